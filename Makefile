@@ -1,0 +1,48 @@
+# go-ceph needs the tag of the Ceph release it builds against (Pacific here).
+GO_TAGS   ?= pacific
+GO        ?= go
+GOFLAGS_T := -tags $(GO_TAGS)
+BIN       ?= bin
+CLUSTER_DIR ?= $(CURDIR)/.cluster
+TEST_TIMEOUT ?= 75m
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build test unit demo deps cluster-up cluster-down vet fmt-check lint image clean
+
+all: build
+
+## build: the driver and pelagicctl into ./bin
+build:
+	$(GO) build $(GOFLAGS_T) -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./cmd/...
+
+## deps: the Debian packages the build and the local cluster need
+deps:
+	bash e2e/ceph/deps.sh
+
+## test: every test, unit and integration, against a local cluster this target starts and stops
+test: deps vet
+	bash e2e/run-tests.sh $(GO) test $(GOFLAGS_T) -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## unit: the tests that need no cluster
+unit:
+	$(GO) test $(GOFLAGS_T) -count=1 ./cmd/... ./pkg/...
+
+## demo: the main job: a local cluster, the driver, and a volume's life on it
+demo: deps build
+	bash e2e/demo.sh
+
+cluster-up: deps
+	bash e2e/ceph/up.sh $(CLUSTER_DIR)
+
+cluster-down:
+	bash e2e/ceph/down.sh $(CLUSTER_DIR)
+
+vet:
+	$(GO) vet $(GOFLAGS_T) ./...
+	@test -z "$$(gofmt -l cmd pkg e2e)" || { echo "gofmt needed:"; gofmt -l cmd pkg e2e; exit 1; }
+
+image:
+	docker build -t pelagic:$(VERSION) .
+
+clean:
+	rm -rf $(BIN)

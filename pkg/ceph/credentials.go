@@ -1,0 +1,77 @@
+package ceph
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+)
+
+// Secret keys ceph-csi and Rook use in CSI secrets.
+const (
+	SecretUserID   = "userID"
+	SecretUserKey  = "userKey"
+	SecretAdminID  = "adminID"
+	SecretAdminKey = "adminKey"
+)
+
+// Credentials is a cephx identity. The key never appears in String or in
+// any error built from a Credentials value.
+type Credentials struct {
+	ID  string // without the "client." prefix
+	Key string
+}
+
+// String names the user and hides the key.
+func (c Credentials) String() string { return "client." + c.ID }
+
+// ErrMissingCredentials is returned when the secrets lack an ID or key.
+var ErrMissingCredentials = errors.New("missing credentials")
+
+// UserCredentials reads userID/userKey from CSI secrets.
+func UserCredentials(secrets map[string]string) (Credentials, error) {
+	return credentials(secrets, SecretUserID, SecretUserKey)
+}
+
+// AdminCredentials reads adminID/adminKey from CSI secrets.
+func AdminCredentials(secrets map[string]string) (Credentials, error) {
+	return credentials(secrets, SecretAdminID, SecretAdminKey)
+}
+
+// UserOrAdminCredentials prefers userID/userKey and falls back to
+// adminID/adminKey, which is what CephFS provisioner secrets carry.
+func UserOrAdminCredentials(secrets map[string]string) (Credentials, error) {
+	if c, err := UserCredentials(secrets); err == nil {
+		return c, nil
+	}
+	if c, err := AdminCredentials(secrets); err == nil {
+		return c, nil
+	}
+	return Credentials{}, fmt.Errorf("%w: secrets need %s/%s or %s/%s",
+		ErrMissingCredentials, SecretUserID, SecretUserKey, SecretAdminID, SecretAdminKey)
+}
+
+func credentials(secrets map[string]string, idKey, keyKey string) (Credentials, error) {
+	c := Credentials{ID: secrets[idKey], Key: secrets[keyKey]}
+	if c.ID == "" || c.Key == "" {
+		return Credentials{}, fmt.Errorf("%w: secrets need %s and %s", ErrMissingCredentials, idKey, keyKey)
+	}
+	if err := c.Validate(); err != nil {
+		return Credentials{}, err
+	}
+	return c, nil
+}
+
+// Validate checks the shape of the ID and key without echoing the key.
+func (c Credentials) Validate() error {
+	for _, r := range c.ID {
+		if r <= ' ' || r == ',' || r == '=' || r > '~' {
+			return fmt.Errorf("%w: user ID %q contains an invalid character", ErrMissingCredentials, c.ID)
+		}
+	}
+	// A cephx key is base64; librados would otherwise fail with an opaque
+	// error after a network round trip.
+	if _, err := base64.StdEncoding.DecodeString(c.Key); err != nil {
+		return fmt.Errorf("%w: the key for %s is not valid base64", ErrMissingCredentials, c)
+	}
+	return nil
+}

@@ -1,0 +1,68 @@
+package ceph
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+const (
+	goodKey = "QVFELVRPUC1TRUNSRVQtS0VZLWZvci10ZXN0cw=="
+	badKey  = "AQD-TOP-SECRET-KEY!!" // not base64
+)
+
+func TestCredentials(t *testing.T) {
+	user := map[string]string{SecretUserID: "csi-rbd-node", SecretUserKey: goodKey}
+	admin := map[string]string{SecretAdminID: "admin", SecretAdminKey: goodKey}
+	both := map[string]string{SecretUserID: "csi-rbd-node", SecretUserKey: goodKey, SecretAdminID: "admin", SecretAdminKey: goodKey}
+	tests := []struct {
+		name    string
+		read    func(map[string]string) (Credentials, error)
+		secrets map[string]string
+		wantID  string // "" means an error is expected
+	}{
+		{"user", UserCredentials, user, "csi-rbd-node"},
+		{"user from admin secrets", UserCredentials, admin, ""},
+		{"user without key", UserCredentials, map[string]string{SecretUserID: "u"}, ""},
+		{"user without ID", UserCredentials, map[string]string{SecretUserKey: goodKey}, ""},
+		{"user with bad key", UserCredentials, map[string]string{SecretUserID: "u", SecretUserKey: badKey}, ""},
+		{"user ID with space", UserCredentials, map[string]string{SecretUserID: "a b", SecretUserKey: goodKey}, ""},
+		{"user ID with comma", UserCredentials, map[string]string{SecretUserID: "a,b", SecretUserKey: goodKey}, ""},
+		{"admin", AdminCredentials, admin, "admin"},
+		{"admin from user secrets", AdminCredentials, user, ""},
+		{"user or admin prefers user", UserOrAdminCredentials, both, "csi-rbd-node"},
+		{"user or admin falls back", UserOrAdminCredentials, admin, "admin"},
+		{"user or admin skips a bad user key", UserOrAdminCredentials,
+			map[string]string{SecretUserID: "u", SecretUserKey: badKey, SecretAdminID: "admin", SecretAdminKey: goodKey}, "admin"},
+		{"user or admin with nothing", UserOrAdminCredentials, nil, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tc.read(tc.secrets)
+			if tc.wantID == "" {
+				if !errors.Is(err, ErrMissingCredentials) {
+					t.Fatalf("got %v, %v; want ErrMissingCredentials", c, err)
+				}
+				for _, k := range []string{goodKey, badKey} {
+					if strings.Contains(err.Error(), k) {
+						t.Errorf("error leaks the key: %v", err)
+					}
+				}
+				return
+			}
+			if err != nil || c.ID != tc.wantID || c.Key != goodKey {
+				t.Errorf("got %+v, %v; want %s", c, err, tc.wantID)
+			}
+		})
+	}
+}
+
+func TestCredentialsStringHidesKey(t *testing.T) {
+	c := Credentials{ID: "csi-rbd-provisioner", Key: goodKey}
+	for _, s := range []string{c.String(), fmt.Sprint(c), fmt.Sprintf("%v %s %+v", c, c, c), fmt.Errorf("as %s", c).Error()} {
+		if strings.Contains(s, goodKey) || !strings.Contains(s, "client.csi-rbd-provisioner") {
+			t.Errorf("%q: want the user without the key", s)
+		}
+	}
+}

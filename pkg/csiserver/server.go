@@ -1,0 +1,105 @@
+// Package csiserver serves CSI services over gRPC: endpoint handling,
+// request logging with secrets stripped, request IDs, and the Identity
+// service shared by the RBD and CephFS drivers.
+package csiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
+)
+
+// Services are the CSI services one process serves; nil ones are skipped.
+type Services struct {
+	Identity   csi.IdentityServer
+	Controller csi.ControllerServer
+	Node       csi.NodeServer
+}
+
+// ParseEndpoint splits "unix:///path" or "tcp://host:port" into a network
+// and an address. A bare path means a unix socket.
+func ParseEndpoint(endpoint string) (network, addr string, err error) {
+	if strings.HasPrefix(endpoint, "/") {
+		return "unix", endpoint, nil
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return "", "", fmt.Errorf("invalid endpoint %q: %w", endpoint, err)
+	}
+	switch u.Scheme {
+	case "unix":
+		addr = u.Path
+		if u.Host != "" {
+			addr = u.Host + u.Path // unix://relative/path
+		}
+		if addr == "" {
+			return "", "", fmt.Errorf("invalid endpoint %q: empty socket path", endpoint)
+		}
+		return "unix", addr, nil
+	case "tcp":
+		if u.Host == "" {
+			return "", "", fmt.Errorf("invalid endpoint %q: empty address", endpoint)
+		}
+		return "tcp", u.Host, nil
+	default:
+		return "", "", fmt.Errorf("invalid endpoint %q: scheme must be unix or tcp", endpoint)
+	}
+}
+
+// Listen opens the endpoint, replacing a stale unix socket left by a
+// previous run.
+func Listen(endpoint string) (net.Listener, error) {
+	network, addr, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		if err := os.MkdirAll(filepath.Dir(addr), 0o750); err != nil {
+			return nil, err
+		}
+		if err := os.Remove(addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("removing stale socket %s: %w", addr, err)
+		}
+	}
+	return net.Listen(network, addr)
+}
+
+// NewServer returns a gRPC server with the services registered and the
+// logging interceptor installed.
+func NewServer(s Services) *grpc.Server {
+	srv := grpc.NewServer(grpc.UnaryInterceptor(LogInterceptor))
+	if s.Identity != nil {
+		csi.RegisterIdentityServer(srv, s.Identity)
+	}
+	if s.Controller != nil {
+		csi.RegisterControllerServer(srv, s.Controller)
+	}
+	if s.Node != nil {
+		csi.RegisterNodeServer(srv, s.Node)
+	}
+	return srv
+}
+
+// Serve serves s on endpoint until ctx is cancelled.
+func Serve(ctx context.Context, endpoint string, s Services) error {
+	lis, err := Listen(endpoint)
+	if err != nil {
+		return err
+	}
+	srv := NewServer(s)
+	go func() {
+		<-ctx.Done()
+		srv.GracefulStop()
+	}()
+	klog.InfoS("serving CSI", "endpoint", endpoint)
+	return srv.Serve(lis)
+}

@@ -1,0 +1,93 @@
+package journal
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Memory is an in-memory Journal for unit tests of the services.
+type Memory struct {
+	mu      sync.Mutex
+	names   map[string]*Record
+	records map[string]*Record
+}
+
+// NewMemory returns an empty in-memory journal.
+func NewMemory() *Memory {
+	return &Memory{names: map[string]*Record{}, records: map[string]*Record{}}
+}
+
+func copyRecord(r *Record) *Record { c := *r; return &c }
+
+// LookupName implements Journal.
+func (m *Memory) LookupName(_ context.Context, kind Kind, name string) (*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.names[nameObject(kind, name)]; ok {
+		return copyRecord(r), nil
+	}
+	return nil, ErrNotFound
+}
+
+// Lookup implements Journal.
+func (m *Memory) Lookup(_ context.Context, kind Kind, uuid string) (*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.records[string(kind)+"/"+uuid]; ok {
+		return copyRecord(r), nil
+	}
+	return nil, ErrNotFound
+}
+
+// Reserve implements Journal.
+func (m *Memory) Reserve(_ context.Context, rec *Record) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := nameObject(rec.Kind, rec.Name)
+	if _, ok := m.names[key]; ok {
+		return fmt.Errorf("%w: %s %q", ErrNameTaken, rec.Kind, rec.Name)
+	}
+	m.names[key] = copyRecord(rec)
+	m.records[string(rec.Kind)+"/"+rec.UUID] = copyRecord(rec)
+	return nil
+}
+
+// Repair implements the directory rewrite; in memory there is nothing to lose.
+func (m *Memory) Repair(_ context.Context, rec *Record) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.records[string(rec.Kind)+"/"+rec.UUID] = copyRecord(rec)
+	return nil
+}
+
+// Remove implements Journal.
+func (m *Memory) Remove(_ context.Context, rec *Record) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.names, nameObject(rec.Kind, rec.Name))
+	delete(m.records, string(rec.Kind)+"/"+rec.UUID)
+	return nil
+}
+
+// List implements Journal.
+func (m *Memory) List(_ context.Context, kind Kind, startAfter string, max int) ([]*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*Record
+	for _, r := range m.records {
+		if r.Kind == kind && r.UUID > startAfter {
+			out = append(out, copyRecord(r))
+		}
+	}
+	sortByUUID(out)
+	if max > 0 && len(out) > max {
+		out = out[:max]
+	}
+	return out, nil
+}
+
+func sortByUUID(recs []*Record) {
+	sort.Slice(recs, func(i, k int) bool { return recs[i].UUID < recs[k].UUID })
+}

@@ -1,0 +1,39 @@
+package util
+
+import (
+	"context"
+	"fmt"
+)
+
+// Do runs fn, a blocking call that takes no context (a librados or librbd
+// call), and returns when it finishes or ctx is done, whichever is first.
+// A call abandoned this way still runs to its own end in the background;
+// the rados timeouts bound how long that can be.
+func Do[T any](ctx context.Context, what string, fn func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	if err := ctx.Err(); err != nil {
+		var zero T
+		return zero, fmt.Errorf("%s: %w", what, err)
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := fn()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, fmt.Errorf("%s: %w", what, ctx.Err())
+	}
+}
+
+// Run is Do for calls that return only an error.
+func Run(ctx context.Context, what string, fn func() error) error {
+	_, err := Do(ctx, what, func() (struct{}, error) { return struct{}{}, fn() })
+	return err
+}
