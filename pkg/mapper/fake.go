@@ -1,0 +1,120 @@
+package mapper
+
+import (
+	"context"
+	"fmt"
+	"sync"
+)
+
+// FakeMapper is an in-memory Mapper for other packages' tests. Set the
+// error fields to make calls fail and BusyDevices to make Unmap report
+// ErrBusy; read MapCalls and UnmapCalls through their accessors. It is safe
+// for concurrent use.
+type FakeMapper struct {
+	MapperName string
+
+	CheckErr, MapErr, UnmapErr, ListErr error
+	BusyDevices                         map[string]bool
+
+	mu         sync.Mutex
+	mappings   []Mapping
+	next       int
+	mapCalls   []FakeMapCall
+	unmapCalls []FakeUnmapCall
+}
+
+// FakeMapCall records one Map call.
+type FakeMapCall struct {
+	Image Image
+	Opts  MapOptions
+}
+
+// FakeUnmapCall records one Unmap call.
+type FakeUnmapCall struct {
+	Mapping Mapping
+	Opts    UnmapOptions
+}
+
+var _ Mapper = (*FakeMapper)(nil)
+
+// NewFakeMapper returns an empty FakeMapper called name.
+func NewFakeMapper(name string) *FakeMapper {
+	return &FakeMapper{MapperName: name, BusyDevices: map[string]bool{}}
+}
+
+func (f *FakeMapper) Name() string { return f.MapperName }
+
+func (f *FakeMapper) Check(context.Context) error { return f.CheckErr }
+
+// Map returns the existing mapping of img, or a new one on /dev/fakeN.
+func (f *FakeMapper) Map(_ context.Context, img Image, opts MapOptions) (Mapping, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mapCalls = append(f.mapCalls, FakeMapCall{img, opts})
+	if f.MapErr != nil {
+		return Mapping{}, f.MapErr
+	}
+	for _, m := range f.mappings {
+		if m.same(img) {
+			return m, nil
+		}
+	}
+	n := f.next
+	f.next++
+	m := Mapping{
+		Mapper: f.MapperName, Pool: img.Pool, RadosNamespace: img.RadosNamespace, Image: img.Name,
+		Device:     fmt.Sprintf("/dev/fake%d", n),
+		ClientAddr: fmt.Sprintf("192.0.2.1:0/%d", 1000+n),
+		ClientID:   fmt.Sprintf("client.%d", 4000+n),
+	}
+	f.mappings = append(f.mappings, m)
+	return m, nil
+}
+
+// Unmap removes the mapping with m's device, or m's image if m has none.
+func (f *FakeMapper) Unmap(_ context.Context, m Mapping, opts UnmapOptions) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unmapCalls = append(f.unmapCalls, FakeUnmapCall{m, opts})
+	if f.UnmapErr != nil {
+		return f.UnmapErr
+	}
+	for i, c := range f.mappings {
+		byDevice := m.Device != "" && c.Device == m.Device
+		byImage := m.Device == "" && c.Pool == m.Pool && c.RadosNamespace == m.RadosNamespace && c.Image == m.Image
+		if !byDevice && !byImage {
+			continue
+		}
+		if f.BusyDevices[c.Device] && !opts.Force {
+			return fmt.Errorf("%w: %s is in use", ErrBusy, c.Device)
+		}
+		f.mappings = append(f.mappings[:i], f.mappings[i+1:]...)
+		return nil
+	}
+	return nil
+}
+
+func (f *FakeMapper) List(context.Context) ([]Mapping, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ListErr != nil {
+		return nil, f.ListErr
+	}
+	out := append([]Mapping(nil), f.mappings...)
+	sortMappings(out)
+	return out, nil
+}
+
+// MapCalls returns every Map call so far.
+func (f *FakeMapper) MapCalls() []FakeMapCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]FakeMapCall(nil), f.mapCalls...)
+}
+
+// UnmapCalls returns every Unmap call so far.
+func (f *FakeMapper) UnmapCalls() []FakeUnmapCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]FakeUnmapCall(nil), f.unmapCalls...)
+}

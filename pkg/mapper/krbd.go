@@ -1,0 +1,217 @@
+package mapper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// krbd maps images with the kernel rbd module, through `rbd device map`.
+// It reads what is mapped from sysfs, never from the rbd tool's output.
+type krbd struct {
+	cfg Config
+}
+
+func newKRBD(cfg Config) *krbd { return &krbd{cfg: cfg} }
+
+func (k *krbd) Name() string { return KRBD }
+
+func (k *krbd) Check(ctx context.Context) error {
+	if err := moduleLoaded(ctx, k.cfg, "rbd", KRBD); err != nil {
+		return err
+	}
+	return toolRuns(ctx, k.cfg, k.cfg.RBDBinary, KRBD)
+}
+
+func (k *krbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, error) {
+	if err := img.validate(); err != nil {
+		return Mapping{}, err
+	}
+	// The module only: a missing rbd tool shows when it is run.
+	if err := moduleLoaded(ctx, k.cfg, "rbd", KRBD); err != nil {
+		return Mapping{}, err
+	}
+	before, err := k.devices()
+	if err != nil {
+		return Mapping{}, err
+	}
+	for _, d := range before {
+		if d.mapping.same(img) {
+			return d.mapping, nil
+		}
+	}
+
+	keyfile, removeKey, err := writeKeyfile(k.cfg.StateDir, img.Creds)
+	if err != nil {
+		return Mapping{}, err
+	}
+	defer removeKey()
+	if _, err := k.cfg.Runner.Run(ctx, k.cfg.RBDBinary, k.mapArgs(img, opts, keyfile)...); err != nil {
+		return Mapping{}, fmt.Errorf("mapping %s with krbd as %s: %w", img.Spec(), img.Creds, unavailableIfMissing(err, KRBD))
+	}
+
+	after, err := k.devices()
+	if err != nil {
+		return Mapping{}, err
+	}
+	for id, d := range after {
+		if _, old := before[id]; !old && d.mapping.same(img) {
+			if err := waitForDevice(ctx, k.cfg.DeviceTimeout, d.mapping.Device); err != nil {
+				return Mapping{}, err
+			}
+			return d.mapping, nil
+		}
+	}
+	return Mapping{}, fmt.Errorf("mapping %s with krbd: rbd succeeded but no new device for it appeared in %s",
+		img.Spec(), k.devicesDir())
+}
+
+func (k *krbd) mapArgs(img Image, opts MapOptions, keyfile string) []string {
+	args := []string{"device", "map", "--device-type", "krbd",
+		"--id", img.Creds.ID, "--keyfile", keyfile, "-m", img.monHost(),
+		"--pool", img.Pool}
+	if img.RadosNamespace != "" {
+		args = append(args, "--namespace", img.RadosNamespace)
+	}
+	args = append(args, "--image", img.Name)
+	if opts.ReadOnly {
+		args = append(args, "--read-only")
+	}
+	return withOptions(args, opts.Options, opts.Exclusive, "exclusive")
+}
+
+// withOptions appends "-o" with the user's options, plus flagName when flag is set.
+func withOptions(args []string, user string, flag bool, flagName string) []string {
+	var options []string
+	if flag {
+		options = append(options, flagName)
+	}
+	options = append(options, splitOptions(user)...)
+	if len(options) > 0 {
+		args = append(args, "-o", strings.Join(options, ","))
+	}
+	return args
+}
+
+func (k *krbd) Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error {
+	dev, found, err := k.find(m)
+	if err != nil || !found {
+		return err
+	}
+	args := withOptions([]string{"device", "unmap", "--device-type", "krbd"}, opts.Options, opts.Force, "force")
+	args = append(args, dev.mapping.Device)
+
+	out, err := k.cfg.Runner.Run(ctx, k.cfg.RBDBinary, args...)
+	if err == nil {
+		return nil
+	}
+	if _, still, ferr := k.find(m); ferr == nil && !still {
+		return nil // gone anyway, e.g. unmapped concurrently
+	}
+	if isBusy(err, out) {
+		return busyError(ctx, k.cfg.Mounts, dev.mapping.Device, err)
+	}
+	return fmt.Errorf("unmapping %s (%s): %w", dev.mapping.Device, specOf(dev.mapping), err)
+}
+
+// find returns the mapped device m describes: by device when m names one,
+// otherwise by image.
+func (k *krbd) find(m Mapping) (krbdDevice, bool, error) {
+	devs, err := k.devices()
+	if err != nil {
+		return krbdDevice{}, false, err
+	}
+	for _, d := range devs {
+		byDevice := m.Device != "" && d.mapping.Device == m.Device
+		byImage := m.Device == "" && d.mapping.Pool == m.Pool &&
+			d.mapping.RadosNamespace == m.RadosNamespace && d.mapping.Image == m.Image
+		if byDevice || byImage {
+			return d, true, nil
+		}
+	}
+	return krbdDevice{}, false, nil
+}
+
+func (k *krbd) List(context.Context) ([]Mapping, error) {
+	devs, err := k.devices()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Mapping, 0, len(devs))
+	for _, d := range devs {
+		out = append(out, d.mapping)
+	}
+	sortMappings(out)
+	return out, nil
+}
+
+// krbdDevice is one /sys/bus/rbd/devices/ID entry.
+type krbdDevice struct {
+	id      string
+	mapping Mapping
+}
+
+func (k *krbd) devicesDir() string { return filepath.Join(k.cfg.SysfsRoot, "bus", "rbd", "devices") }
+
+// devices reads every mapped image from sysfs, by device id. Snapshot
+// mappings are left out: the driver never maps snapshots, and they must
+// not be mistaken for their image.
+func (k *krbd) devices() (map[string]krbdDevice, error) {
+	entries, err := os.ReadDir(k.devicesDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]krbdDevice{}, nil // module not loaded: nothing mapped
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing krbd devices: %w", err)
+	}
+	devs := make(map[string]krbdDevice, len(entries))
+	for _, e := range entries {
+		d, err := k.readDevice(e.Name())
+		if errors.Is(err, os.ErrNotExist) {
+			continue // unmapped while we read it
+		}
+		if err != nil {
+			return nil, err
+		}
+		if d.id != "" {
+			devs[d.id] = d
+		}
+	}
+	return devs, nil
+}
+
+func (k *krbd) readDevice(id string) (krbdDevice, error) {
+	dir := filepath.Join(k.devicesDir(), id)
+	attr := func(name string) (string, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		return strings.TrimSpace(string(b)), err
+	}
+	// Older kernels lack pool_ns and client_addr; "" then.
+	optional := func(name string) string {
+		v, _ := attr(name)
+		return v
+	}
+	pool, err := attr("pool")
+	if err != nil {
+		return krbdDevice{}, fmt.Errorf("reading krbd device %s: %w", id, err)
+	}
+	image, err := attr("name")
+	if err != nil {
+		return krbdDevice{}, fmt.Errorf("reading krbd device %s: %w", id, err)
+	}
+	if snap := optional("current_snap"); snap != "" && snap != "-" {
+		return krbdDevice{}, nil
+	}
+	return krbdDevice{id: id, mapping: Mapping{
+		Mapper:         KRBD,
+		Pool:           pool,
+		RadosNamespace: optional("pool_ns"),
+		Image:          image,
+		Device:         filepath.Join(k.cfg.DevRoot, "rbd"+id),
+		ClientAddr:     optional("client_addr"),
+		ClientID:       optional("client_id"),
+	}}, nil
+}

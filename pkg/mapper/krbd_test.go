@@ -1,0 +1,260 @@
+package mapper
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/pelagic-csi/pelagic/pkg/mount"
+)
+
+func TestKRBDMap(t *testing.T) {
+	base := []string{"rbd", "device", "map", "--device-type", "krbd",
+		"--id", "csi-rbd", "--keyfile", "KEYFILE", "-m", "10.0.0.1:6789,10.0.0.2:6789", "--pool", "rbd"}
+	tests := []struct {
+		name      string
+		namespace string
+		opts      MapOptions
+		wantTail  []string
+	}{
+		{"plain", "", MapOptions{}, []string{"--image", "csi-vol-1"}},
+		{"namespace", "ns1", MapOptions{}, []string{"--namespace", "ns1", "--image", "csi-vol-1"}},
+		{"read-only", "", MapOptions{ReadOnly: true}, []string{"--image", "csi-vol-1", "--read-only"}},
+		{"exclusive", "", MapOptions{Exclusive: true}, []string{"--image", "csi-vol-1", "-o", "exclusive"}},
+		{"user options", "", MapOptions{Options: "lock_on_read, queue_depth=1024"},
+			[]string{"--image", "csi-vol-1", "-o", "lock_on_read,queue_depth=1024"}},
+		{"all", "", MapOptions{ReadOnly: true, Exclusive: true, Options: "alloc_size=65536"},
+			[]string{"--image", "csi-vol-1", "--read-only", "-o", "exclusive,alloc_size=65536"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newFakeHost(t, "rbd")
+			host.addRBDDevice(t, "0", map[string]string{"pool": "other", "name": "unrelated"})
+			var keyfile string
+			r := &fakeRunner{}
+			r.handle = func(argv []string) ([]byte, error) {
+				checkKeyfile(t, argv)
+				keyfile = argAfter(argv, "--keyfile")
+				host.addRBDDevice(t, "1", map[string]string{"pool": "rbd", "pool_ns": tt.namespace, "name": "csi-vol-1",
+					"current_snap": "-", "client_addr": "10.0.0.9:0/3264511387", "client_id": "client.4123"})
+				return []byte("/dev/rbd1\n"), nil
+			}
+			img := testImage()
+			img.RadosNamespace = tt.namespace
+			got, err := newKRBD(host.config(r, nil)).Map(context.Background(), img, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := Mapping{Mapper: KRBD, Pool: "rbd", RadosNamespace: tt.namespace, Image: "csi-vol-1",
+				Device: filepath.Join(host.dev, "rbd1"), ClientAddr: "10.0.0.9:0/3264511387", ClientID: "client.4123"}
+			if got != want {
+				t.Fatalf("Map = %+v\nwant %+v", got, want)
+			}
+			if len(r.calls) != 1 {
+				t.Fatalf("ran %q, want one rbd device map", r.calls)
+			}
+			argv := append([]string(nil), r.calls[0]...)
+			argv[8] = "KEYFILE"
+			if wantArgv := append(append([]string(nil), base...), tt.wantTail...); !reflect.DeepEqual(argv, wantArgv) {
+				t.Fatalf("argv %q\nwant %q", argv, wantArgv)
+			}
+			r.assertNoKey(t)
+			if _, err := os.Stat(keyfile); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("keyfile %s still there after Map: %v", keyfile, err)
+			}
+		})
+	}
+}
+
+func TestKRBDMapReturnsExistingMapping(t *testing.T) {
+	host := newFakeHost(t, "rbd")
+	host.addRBDDevice(t, "3", map[string]string{"pool": "rbd", "name": "csi-vol-1", "current_snap": "-"})
+	host.addRBDDevice(t, "4", map[string]string{"pool": "rbd", "name": "csi-vol-1", "current_snap": "snap1"})
+	r := &fakeRunner{}
+	got, err := newKRBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Device != filepath.Join(host.dev, "rbd3") {
+		t.Fatalf("Map = %+v, want the existing /dev/rbd3 (not the snapshot)", got)
+	}
+	if len(r.calls) != 0 {
+		t.Fatalf("ran %q for an image already mapped", r.calls)
+	}
+}
+
+func TestKRBDMapFailures(t *testing.T) {
+	tests := []struct {
+		name    string
+		modules []string
+		img     func(*Image)
+		handle  func(argv []string) ([]byte, error)
+		wantErr error
+	}{
+		{"no rbd module and modprobe fails", nil, nil,
+			func([]string) ([]byte, error) { return nil, execError(1, "modprobe: FATAL: Module rbd not found") },
+			ErrUnavailable},
+		{"image name that looks like a flag", []string{"rbd"}, func(i *Image) { i.Name = "--help" }, nil, ErrInvalidImage},
+		{"spec separator in a pool name", []string{"rbd"}, func(i *Image) { i.Pool = "a/b" }, nil, ErrInvalidImage},
+		{"no monitors", []string{"rbd"}, func(i *Image) { i.Monitors = nil }, nil, ErrInvalidImage},
+		{"rbd fails", []string{"rbd"}, nil,
+			func([]string) ([]byte, error) {
+				return nil, execError(2, "rbd: sysfs write failed\nrbd: map failed: (2) No such file or directory")
+			},
+			nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newFakeHost(t, tt.modules...)
+			img := testImage()
+			if tt.img != nil {
+				tt.img(&img)
+			}
+			r := &fakeRunner{handle: tt.handle}
+			_, err := newKRBD(host.config(r, nil)).Map(context.Background(), img, MapOptions{})
+			if err == nil || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) {
+				t.Fatalf("Map error = %v, want %v", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), testKey) {
+				t.Fatalf("the key is in the error: %v", err)
+			}
+			r.assertNoKey(t)
+		})
+	}
+}
+
+func TestKRBDCheck(t *testing.T) {
+	tests := []struct {
+		name     string
+		modules  []string
+		modprobe func(h fakeHost) error
+		wantErr  error
+	}{
+		{"module loaded", []string{"rbd"}, nil, nil},
+		{"modprobe loads it", nil, func(h fakeHost) error { return os.MkdirAll(filepath.Join(h.sysfs, "module", "rbd"), 0o755) }, nil},
+		{"no module", []string{"nbd"}, func(fakeHost) error { return execError(1, "Module rbd not found") }, ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newFakeHost(t, tt.modules...)
+			r := &fakeRunner{handle: func(argv []string) ([]byte, error) {
+				switch {
+				case reflect.DeepEqual(argv, []string{"modprobe", "rbd"}):
+					return nil, tt.modprobe(host)
+				case reflect.DeepEqual(argv, []string{"rbd", "--version"}):
+					return []byte("ceph version 16.2.15\n"), nil
+				}
+				t.Fatalf("ran %q", argv)
+				return nil, nil
+			}}
+			err := newKRBD(host.config(r, nil)).Check(context.Background())
+			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil) != (err == nil) {
+				t.Fatalf("Check = %v, want %v", err, tt.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), "mounter=fuse") {
+				t.Fatalf("Check error does not suggest the fuse mounter: %v", err)
+			}
+		})
+	}
+}
+
+func TestKRBDUnmap(t *testing.T) {
+	mapped := map[string]string{"pool": "rbd", "name": "csi-vol-1", "current_snap": "-"}
+	tests := []struct {
+		name     string
+		mapped   bool
+		mapping  func(dev string) Mapping
+		opts     UnmapOptions
+		result   func(h fakeHost) error // what the unmap command does
+		wantArgv []string
+		wantErr  error
+		anyErr   bool
+		errHas   string
+	}{
+		{name: "not mapped is success", mapped: false,
+			mapping: func(dev string) Mapping { return Mapping{Device: dev} }},
+		{name: "by device", mapped: true,
+			mapping:  func(dev string) Mapping { return Mapping{Device: dev} },
+			result:   func(h fakeHost) error { return os.RemoveAll(filepath.Join(h.sysfs, "bus", "rbd", "devices", "0")) },
+			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "DEV"}},
+		{name: "by image, forced, with options", mapped: true,
+			mapping:  func(string) Mapping { return Mapping{Pool: "rbd", Image: "csi-vol-1"} },
+			opts:     UnmapOptions{Force: true, Options: "noudev"},
+			result:   func(h fakeHost) error { return os.RemoveAll(filepath.Join(h.sysfs, "bus", "rbd", "devices", "0")) },
+			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "-o", "force,noudev", "DEV"}},
+		{name: "busy names the mount", mapped: true,
+			mapping: func(dev string) Mapping { return Mapping{Device: dev} },
+			result: func(fakeHost) error {
+				return execError(16, "rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy")
+			},
+			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "DEV"},
+			wantErr:  ErrBusy, anyErr: true, errHas: "/var/lib/kubelet/staging"},
+		{name: "other failure is not busy", mapped: true,
+			mapping:  func(dev string) Mapping { return Mapping{Device: dev} },
+			result:   func(fakeHost) error { return execError(1, "rbd: unmap failed: (22) Invalid argument") },
+			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "DEV"},
+			anyErr:   true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newFakeHost(t, "rbd")
+			dev := filepath.Join(host.dev, "rbd0")
+			if tt.mapped {
+				host.addRBDDevice(t, "0", mapped)
+			}
+			mounts := mount.NewFakeMounter()
+			mounts.Mounts["/var/lib/kubelet/staging"] = mount.FakeMount{Device: dev, FSType: "ext4"}
+			r := &fakeRunner{handle: func([]string) ([]byte, error) { return nil, tt.result(host) }}
+			err := newKRBD(host.config(r, mounts)).Unmap(context.Background(), tt.mapping(dev), tt.opts)
+			if (err != nil) != tt.anyErr || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) {
+				t.Fatalf("Unmap = %v, want %v", err, tt.wantErr)
+			}
+			if tt.wantErr == nil && errors.Is(err, ErrBusy) {
+				t.Fatalf("Unmap = %v, should not be ErrBusy", err)
+			}
+			if tt.errHas != "" && !strings.Contains(err.Error(), tt.errHas) {
+				t.Fatalf("Unmap error %q does not name %s", err, tt.errHas)
+			}
+			var want [][]string
+			if tt.wantArgv != nil {
+				argv := append([]string(nil), tt.wantArgv...)
+				argv[len(argv)-1] = dev
+				want = [][]string{argv}
+			}
+			if !reflect.DeepEqual(r.calls, want) {
+				t.Fatalf("ran %q, want %q", r.calls, want)
+			}
+		})
+	}
+}
+
+func TestKRBDList(t *testing.T) {
+	host := newFakeHost(t, "rbd")
+	host.addRBDDevice(t, "0", map[string]string{"pool": "rbd", "pool_ns": "", "name": "a", "current_snap": "-",
+		"client_addr": "10.0.0.9:0/1", "client_id": "client.1"})
+	host.addRBDDevice(t, "1", map[string]string{"pool": "rbd", "pool_ns": "ns", "name": "b", "current_snap": "-",
+		"client_addr": "10.0.0.9:0/2", "client_id": "client.2"})
+	host.addRBDDevice(t, "2", map[string]string{"pool": "rbd", "name": "a", "current_snap": "snap"})
+	host.addRBDDevice(t, "3", map[string]string{"pool": "old", "name": "kernel"}) // no pool_ns, client_* files
+	got, err := newKRBD(host.config(&fakeRunner{}, nil)).List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Mapping{
+		{Mapper: KRBD, Pool: "rbd", Image: "a", Device: filepath.Join(host.dev, "rbd0"), ClientAddr: "10.0.0.9:0/1", ClientID: "client.1"},
+		{Mapper: KRBD, Pool: "rbd", RadosNamespace: "ns", Image: "b", Device: filepath.Join(host.dev, "rbd1"), ClientAddr: "10.0.0.9:0/2", ClientID: "client.2"},
+		{Mapper: KRBD, Pool: "old", Image: "kernel", Device: filepath.Join(host.dev, "rbd3")},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("List = %+v\nwant %+v", got, want)
+	}
+
+	empty := newFakeHost(t) // no rbd module: nothing mapped, no error
+	if got, err := newKRBD(empty.config(&fakeRunner{}, nil)).List(context.Background()); err != nil || len(got) != 0 {
+		t.Fatalf("List without the module = %v, %v", got, err)
+	}
+}

@@ -1,0 +1,186 @@
+package mapper
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// nbd maps images with rbd-nbd, a userspace librbd daemon behind the
+// kernel nbd module. It learns what is mapped from `rbd-nbd list-mapped
+// --format json`. It does not know the client address of its daemons.
+type nbd struct {
+	cfg Config
+}
+
+func newNBD(cfg Config) *nbd { return &nbd{cfg: cfg} }
+
+func (n *nbd) Name() string { return NBD }
+
+func (n *nbd) Check(ctx context.Context) error {
+	if err := moduleLoaded(ctx, n.cfg, "nbd", NBD); err != nil {
+		return err
+	}
+	return toolRuns(ctx, n.cfg, n.cfg.NBDBinary, NBD)
+}
+
+func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, error) {
+	if err := img.validate(); err != nil {
+		return Mapping{}, err
+	}
+	if err := moduleLoaded(ctx, n.cfg, "nbd", NBD); err != nil {
+		return Mapping{}, err
+	}
+	before, err := n.List(ctx)
+	if err != nil {
+		return Mapping{}, err
+	}
+	for _, m := range before {
+		if m.same(img) {
+			return m, nil
+		}
+	}
+
+	keyfile, removeKey, err := writeKeyfile(n.cfg.StateDir, img.Creds)
+	if err != nil {
+		return Mapping{}, err
+	}
+	// rbd-nbd reads the key before it returns; its daemon keeps it in memory.
+	defer removeKey()
+	if _, err := n.cfg.Runner.Run(ctx, n.cfg.NBDBinary, n.mapArgs(img, opts, keyfile)...); err != nil {
+		return Mapping{}, fmt.Errorf("mapping %s with rbd-nbd as %s: %w", img.Spec(), img.Creds, unavailableIfMissing(err, NBD))
+	}
+
+	after, err := n.List(ctx)
+	if err != nil {
+		return Mapping{}, err
+	}
+	for _, m := range after {
+		if m.same(img) && !containsDevice(before, m.Device) {
+			if err := waitForDevice(ctx, n.cfg.DeviceTimeout, m.Device); err != nil {
+				return Mapping{}, err
+			}
+			return m, nil
+		}
+	}
+	return Mapping{}, fmt.Errorf("mapping %s with rbd-nbd: it succeeded but list-mapped does not show the image", img.Spec())
+}
+
+func (n *nbd) mapArgs(img Image, opts MapOptions, keyfile string) []string {
+	args := []string{"map", "--id", img.Creds.ID, "--keyfile", keyfile, "-m", img.monHost()}
+	if opts.ReadOnly {
+		args = append(args, "--read-only")
+	}
+	if opts.Exclusive {
+		args = append(args, "--exclusive")
+	}
+	args = append(args, nbdFlags(opts.Options)...)
+	return append(args, img.Spec())
+}
+
+// nbdFlags turns StorageClass options ("try-netlink,io-timeout=30") into
+// rbd-nbd flags ("--try-netlink", "--io-timeout=30").
+func nbdFlags(options string) []string {
+	var flags []string
+	for _, o := range splitOptions(options) {
+		flags = append(flags, "--"+strings.TrimLeft(o, "-"))
+	}
+	return flags
+}
+
+func containsDevice(ms []Mapping, device string) bool {
+	for _, m := range ms {
+		if m.Device == device {
+			return true
+		}
+	}
+	return false
+}
+
+// Unmap implements Mapper. rbd-nbd has no forced unmap, so Force is ignored.
+func (n *nbd) Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error {
+	current, found, err := n.find(ctx, m)
+	if err != nil || !found {
+		return err
+	}
+	args := append([]string{"unmap"}, nbdFlags(opts.Options)...)
+	args = append(args, current.Device)
+	out, err := n.cfg.Runner.Run(ctx, n.cfg.NBDBinary, args...)
+	if err == nil {
+		return nil
+	}
+	if _, still, ferr := n.find(ctx, m); ferr == nil && !still {
+		return nil
+	}
+	if isBusy(err, out) {
+		return busyError(ctx, n.cfg.Mounts, current.Device, err)
+	}
+	return fmt.Errorf("unmapping %s (%s): %w", current.Device, specOf(current), err)
+}
+
+func (n *nbd) find(ctx context.Context, m Mapping) (Mapping, bool, error) {
+	all, err := n.List(ctx)
+	if err != nil {
+		return Mapping{}, false, err
+	}
+	for _, c := range all {
+		byDevice := m.Device != "" && c.Device == m.Device
+		byImage := m.Device == "" && c.Pool == m.Pool && c.RadosNamespace == m.RadosNamespace && c.Image == m.Image
+		if byDevice || byImage {
+			return c, true, nil
+		}
+	}
+	return Mapping{}, false, nil
+}
+
+// nbdListEntry is one device in `rbd-nbd list-mapped --format json`.
+type nbdListEntry struct {
+	Pool      string `json:"pool"`
+	Namespace string `json:"namespace"`
+	Image     string `json:"image"`
+	Snap      string `json:"snap"`
+	Device    string `json:"device"`
+}
+
+func (n *nbd) List(ctx context.Context) ([]Mapping, error) {
+	out, err := n.cfg.Runner.Run(ctx, n.cfg.NBDBinary, "list-mapped", "--format", "json")
+	if err != nil {
+		return nil, fmt.Errorf("listing rbd-nbd devices: %w", unavailableIfMissing(err, NBD))
+	}
+	var entries []nbdListEntry
+	if err := decodeJSON(out, &entries); err != nil {
+		return nil, fmt.Errorf("listing rbd-nbd devices: unexpected output: %w", err)
+	}
+	var ms []Mapping
+	for _, e := range entries {
+		if e.Snap != "" && e.Snap != "-" {
+			continue // the driver never maps snapshots
+		}
+		ms = append(ms, Mapping{Mapper: NBD, Pool: e.Pool, RadosNamespace: e.Namespace, Image: e.Image, Device: e.Device})
+	}
+	sortMappings(ms)
+	return ms, nil
+}
+
+// decodeJSON decodes the JSON document in a command's output. The runner
+// merges stderr into the output, so warnings may come before or after it:
+// the document starts on the first line that starts with [ or {.
+func decodeJSON(out []byte, v any) error {
+	start := 0
+	for _, line := range bytes.SplitAfter(out, []byte("\n")) {
+		if t := bytes.TrimSpace(line); len(t) > 0 && (t[0] == '[' || t[0] == '{') {
+			return json.NewDecoder(bytes.NewReader(out[start:])).Decode(v)
+		}
+		start += len(line)
+	}
+	return fmt.Errorf("no JSON in %q", truncate(string(out), 200))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

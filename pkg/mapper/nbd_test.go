@@ -1,0 +1,168 @@
+package mapper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/pelagic-csi/pelagic/pkg/mount"
+)
+
+// fakeNBD plays rbd-nbd: map adds a device, unmap removes it, list-mapped
+// prints them as JSON after a warning line, as the merged stderr would.
+type fakeNBD struct {
+	t       *testing.T
+	dev     string // fake /dev: map creates the device node there
+	devices []nbdListEntry
+	unmap   error // what unmap returns
+}
+
+func (f *fakeNBD) handle(argv []string) ([]byte, error) {
+	switch argv[1] {
+	case "list-mapped":
+		out, err := json.Marshal(append([]nbdListEntry{}, f.devices...))
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		return append([]byte("2026-01-01T00:00:00 7f -1 did not load config file [global]\n"), out...), nil
+	case "map":
+		checkKeyfile(f.t, argv)
+		spec := strings.SplitN(argv[len(argv)-1], "/", 3)
+		e := nbdListEntry{Pool: spec[0], Image: spec[len(spec)-1], Device: filepath.Join(f.dev, fmt.Sprintf("nbd%d", len(f.devices)))}
+		if len(spec) == 3 {
+			e.Namespace = spec[1]
+		}
+		writeFile(f.t, e.Device, "")
+		f.devices = append(f.devices, e)
+		return []byte(e.Device + "\n"), nil
+	case "unmap":
+		if f.unmap != nil {
+			return nil, f.unmap
+		}
+		f.devices = nil
+		return nil, nil
+	}
+	f.t.Fatalf("unexpected command %q", argv)
+	return nil, nil
+}
+
+func TestNBDMap(t *testing.T) {
+	tests := []struct {
+		name      string
+		namespace string
+		opts      MapOptions
+		want      []string
+	}{
+		{"plain", "", MapOptions{}, []string{"rbd/csi-vol-1"}},
+		{"namespace", "ns1", MapOptions{}, []string{"rbd/ns1/csi-vol-1"}},
+		{"read-only exclusive", "", MapOptions{ReadOnly: true, Exclusive: true},
+			[]string{"--read-only", "--exclusive", "rbd/csi-vol-1"}},
+		{"options become flags", "", MapOptions{Options: "try-netlink,io-timeout=30"},
+			[]string{"--try-netlink", "--io-timeout=30", "rbd/csi-vol-1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newFakeHost(t, "nbd")
+			nbdHost := &fakeNBD{t: t, dev: host.dev, devices: []nbdListEntry{{Pool: "rbd", Image: "other", Device: "/dev/nbd0"}}}
+			r := &fakeRunner{handle: nbdHost.handle}
+			img := testImage()
+			img.RadosNamespace = tt.namespace
+			got, err := newNBD(host.config(r, nil)).Map(context.Background(), img, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Device != filepath.Join(host.dev, "nbd1") || got.Image != "csi-vol-1" || got.RadosNamespace != tt.namespace || got.Mapper != NBD {
+				t.Fatalf("Map = %+v", got)
+			}
+			var mapArgv []string
+			for _, argv := range r.calls {
+				if argv[1] == "map" {
+					mapArgv = argv
+				}
+			}
+			want := append([]string{"rbd-nbd", "map", "--id", "csi-rbd", "--keyfile", argAfter(mapArgv, "--keyfile"),
+				"-m", "10.0.0.1:6789,10.0.0.2:6789"}, tt.want...)
+			if !reflect.DeepEqual(mapArgv, want) {
+				t.Fatalf("argv %q\nwant %q", mapArgv, want)
+			}
+			r.assertNoKey(t)
+		})
+	}
+}
+
+func TestNBDMapReturnsExistingMapping(t *testing.T) {
+	host := newFakeHost(t, "nbd")
+	nbdHost := &fakeNBD{t: t, devices: []nbdListEntry{{Pool: "rbd", Image: "csi-vol-1", Snap: "-", Device: "/dev/nbd5"}}}
+	r := &fakeRunner{handle: nbdHost.handle}
+	got, err := newNBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
+	if err != nil || got.Device != "/dev/nbd5" {
+		t.Fatalf("Map = %+v, %v; want the existing /dev/nbd5", got, err)
+	}
+	for _, argv := range r.calls {
+		if argv[1] != "list-mapped" {
+			t.Fatalf("ran %q for an image already mapped", argv)
+		}
+	}
+}
+
+func TestNBDCheckWithoutModule(t *testing.T) {
+	host := newFakeHost(t, "rbd")
+	r := &fakeRunner{handle: func([]string) ([]byte, error) { return nil, execError(1, "Module nbd not found") }}
+	if err := newNBD(host.config(r, nil)).Check(context.Background()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Check = %v, want ErrUnavailable", err)
+	}
+	_, err := newNBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Map = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestNBDUnmap(t *testing.T) {
+	tests := []struct {
+		name     string
+		devices  []nbdListEntry
+		unmapErr error
+		wantErr  error
+		anyErr   bool
+		ranUnmap bool
+	}{
+		{name: "not mapped is success"},
+		{name: "mapped", devices: []nbdListEntry{{Pool: "rbd", Image: "csi-vol-1", Device: "/dev/nbd0"}}, ranUnmap: true},
+		{name: "busy", devices: []nbdListEntry{{Pool: "rbd", Image: "csi-vol-1", Device: "/dev/nbd0"}},
+			unmapErr: execError(16, "rbd-nbd: failed to unmap: (16) Device or resource busy"),
+			wantErr:  ErrBusy, anyErr: true, ranUnmap: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newFakeHost(t, "nbd")
+			nbdHost := &fakeNBD{t: t, devices: tt.devices, unmap: tt.unmapErr}
+			r := &fakeRunner{handle: nbdHost.handle}
+			mounts := mount.NewFakeMounter()
+			mounts.Mounts["/staging"] = mount.FakeMount{Device: "/dev/nbd0"}
+			err := newNBD(host.config(r, mounts)).Unmap(context.Background(), Mapping{Device: "/dev/nbd0"}, UnmapOptions{})
+			if (err != nil) != tt.anyErr || !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Unmap = %v, want %v", err, tt.wantErr)
+			}
+			if tt.wantErr != nil && !strings.Contains(err.Error(), "/staging") {
+				t.Fatalf("busy error %q does not name the mount", err)
+			}
+			ran := false
+			for _, argv := range r.calls {
+				if argv[1] == "unmap" {
+					ran = true
+					if !reflect.DeepEqual(argv, []string{"rbd-nbd", "unmap", "/dev/nbd0"}) {
+						t.Fatalf("ran %q", argv)
+					}
+				}
+			}
+			if ran != tt.ranUnmap {
+				t.Fatalf("ran unmap: %v, want %v", ran, tt.ranUnmap)
+			}
+		})
+	}
+}
