@@ -3,10 +3,10 @@ package ceph
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
@@ -126,8 +126,16 @@ func (p *ConnPool) dial(cluster *ClusterConfig, creds Credentials) (*Conn, error
 	}
 	if err := rc.Connect(); err != nil {
 		rc.Shutdown()
-		if errors.Is(err, rados.ErrPermissionDenied) || Errno(err) == 1 || Errno(err) == 13 {
+		switch Errno(err) {
+		case syscall.EPERM, syscall.EACCES:
 			return fail("authentication failed (check the user ID and key in the secret)", err)
+		case syscall.EINVAL:
+			return fail("the key in the secret is not a valid cephx key", err)
+		case syscall.ETIMEDOUT:
+			// librados retries a rejected key until client_mount_timeout, so
+			// a wrong key and unreachable monitors look the same here.
+			return fail("no monitor accepted the session within "+p.Timeouts.Mount.String()+
+				" (monitors unreachable, or the user ID or key in the secret is wrong)", err)
 		}
 		return fail("connect", err)
 	}

@@ -1,0 +1,94 @@
+// Command pelagic is the Pelagic CSI driver for Ceph RBD and CephFS.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
+	"github.com/pelagic-csi/pelagic/pkg/csiserver"
+	"github.com/pelagic-csi/pelagic/pkg/driver"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
+	klog.InitFlags(klogFlags)
+	args, klogArgs := splitKlogArgs(os.Args[1:], klogFlags)
+	_ = klogFlags.Parse(klogArgs)
+
+	opts, _, err := ParseOptions(args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pelagic:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, opts); err != nil {
+		klog.ErrorS(err, "driver stopped")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+// splitKlogArgs sends -v, --logtostderr and other klog flags to klog.
+func splitKlogArgs(args []string, klogFlags *flag.FlagSet) (ours, theirs []string) {
+	for _, a := range args {
+		name := a
+		for len(name) > 0 && name[0] == '-' {
+			name = name[1:]
+		}
+		if i := indexByte(name, '='); i >= 0 {
+			name = name[:i]
+		}
+		if klogFlags.Lookup(name) != nil {
+			theirs = append(theirs, a)
+		} else {
+			ours = append(ours, a)
+		}
+	}
+	return ours, theirs
+}
+
+func indexByte(s string, b byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == b {
+			return i
+		}
+	}
+	return -1
+}
+
+func run(ctx context.Context, o *Options) error {
+	cfg, err := ceph.LoadConfig(o.ConfigPath)
+	if err != nil {
+		return err
+	}
+	labels, _ := ParseLabels(o.NodeLabels) // validated with the options
+	d, err := driver.New(driver.Options{
+		Type: o.Type, DriverName: o.DriverName, Version: version,
+		Controller: o.Controller, Node: o.Node, NodeID: o.NodeID, Config: cfg,
+		KubeletDir: o.KubeletDir, Mounter: o.Mounter, StateDir: o.StateDir,
+		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	klog.InfoS("starting", "driver", o.DriverName, "version", version, "type", o.Type,
+		"controller", o.Controller, "node", o.Node, "nodeID", o.NodeID)
+	return csiserver.Serve(ctx, o.Endpoint, d.Services)
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Options are the driver's command-line settings.
+type Options struct {
+	Endpoint     string
+	Type         string // "rbd" or "cephfs"
+	Controller   bool
+	Node         bool
+	NodeID       string
+	DriverName   string
+	ConfigPath   string
+	KubeletDir   string
+	Mounter      string // node default for RBD: krbd, rbd-nbd or fuse
+	StateDir     string
+	NodeLabels   string // topology, "key=value,key=value"
+	MaxVolumes   int64
+	CallTimeout  time.Duration
+	ProbeTimeout time.Duration
+}
+
+// Default driver names per type.
+const (
+	DefaultRBDDriverName    = "rbd.csi.pelagic.dev"
+	DefaultCephFSDriverName = "cephfs.csi.pelagic.dev"
+)
+
+// ParseOptions parses args (without the program name) and validates them.
+func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, error) {
+	o := &Options{}
+	fs := flag.NewFlagSet("pelagic", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&o.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix:///path or tcp://host:port)")
+	fs.StringVar(&o.Type, "type", "", "driver type: rbd or cephfs")
+	fs.BoolVar(&o.Controller, "controller", false, "serve the Controller service")
+	fs.BoolVar(&o.Node, "node", false, "serve the Node service")
+	fs.StringVar(&o.NodeID, "nodeid", "", "this node's ID (required with --node)")
+	fs.StringVar(&o.DriverName, "drivername", "", "CSI driver name (default rbd.csi.pelagic.dev or cephfs.csi.pelagic.dev)")
+	fs.StringVar(&o.ConfigPath, "config", "/etc/ceph-csi-config/config.json", "path of the cluster config (ceph-csi config.json format)")
+	fs.StringVar(&o.KubeletDir, "kubelet-dir", "", "when set, staging and target paths must lie inside it")
+	fs.StringVar(&o.Mounter, "mounter", "krbd", "default RBD mapper on this node: krbd, rbd-nbd or fuse")
+	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/pelagic", "node state: mapping records, fuse mounts")
+	fs.StringVar(&o.NodeLabels, "node-labels", "", "topology labels of this node, key=value,...")
+	fs.Int64Var(&o.MaxVolumes, "max-volumes", 0, "maximum volumes per node (0: no limit)")
+	fs.DurationVar(&o.CallTimeout, "call-timeout", 2*time.Minute, "deadline of a CSI call when the caller sets none")
+	fs.DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "deadline of the backend check behind Probe")
+	if err := fs.Parse(args); err != nil {
+		return nil, fs, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fs, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	return o, fs, o.Validate()
+}
+
+// Validate checks that the options make a runnable driver.
+func (o *Options) Validate() error {
+	var errs []error
+	switch o.Type {
+	case "rbd":
+		if o.DriverName == "" {
+			o.DriverName = DefaultRBDDriverName
+		}
+	case "cephfs":
+		if o.DriverName == "" {
+			o.DriverName = DefaultCephFSDriverName
+		}
+	case "":
+		errs = append(errs, errors.New("--type is required (rbd or cephfs)"))
+	default:
+		errs = append(errs, fmt.Errorf("--type=%q: must be rbd or cephfs", o.Type))
+	}
+	if !o.Controller && !o.Node {
+		errs = append(errs, errors.New("at least one of --controller and --node is required"))
+	}
+	if o.Node && o.NodeID == "" {
+		errs = append(errs, errors.New("--nodeid is required with --node"))
+	}
+	if o.DriverName != "" {
+		if err := validateDriverName(o.DriverName); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if o.Endpoint == "" {
+		errs = append(errs, errors.New("--endpoint is required"))
+	}
+	if o.KubeletDir != "" && !filepath.IsAbs(o.KubeletDir) {
+		errs = append(errs, fmt.Errorf("--kubelet-dir=%q must be an absolute path", o.KubeletDir))
+	}
+	switch o.Mounter {
+	case "krbd", "rbd-nbd", "nbd", "fuse", "rbd-fuse":
+	default:
+		errs = append(errs, fmt.Errorf("--mounter=%q: must be krbd, rbd-nbd or fuse", o.Mounter))
+	}
+	if o.MaxVolumes < 0 {
+		errs = append(errs, errors.New("--max-volumes must not be negative"))
+	}
+	if o.CallTimeout <= 0 || o.ProbeTimeout <= 0 {
+		errs = append(errs, errors.New("--call-timeout and --probe-timeout must be positive"))
+	}
+	if _, err := ParseLabels(o.NodeLabels); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// validateDriverName applies the CSI rule: at most 63 characters,
+// alphanumerics, '-', '_' and '.', starting and ending with an alphanumeric.
+func validateDriverName(name string) error {
+	bad := len(name) > 63
+	for i, r := range name {
+		alnum := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		edge := i == 0 || i == len(name)-1
+		if !alnum && (edge || (r != '-' && r != '_' && r != '.')) {
+			bad = true
+		}
+	}
+	if bad {
+		return fmt.Errorf("--drivername=%q: must be at most 63 characters of [a-zA-Z0-9._-], starting and ending with a letter or digit", name)
+	}
+	return nil
+}
+
+// ParseLabels parses "k=v,k2=v2".
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--node-labels: %q is not key=value", kv)
+		}
+		out[k] = strings.TrimSpace(v)
+	}
+	return out, nil
+}

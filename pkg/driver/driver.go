@@ -1,0 +1,90 @@
+// Package driver assembles the CSI services of one driver process from
+// plain options, so the command and the end-to-end tests build the same thing.
+package driver
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
+	"github.com/pelagic-csi/pelagic/pkg/csiserver"
+	"github.com/pelagic-csi/pelagic/pkg/mapper"
+	"github.com/pelagic-csi/pelagic/pkg/mount"
+	"github.com/pelagic-csi/pelagic/pkg/rbd"
+	"github.com/pelagic-csi/pelagic/pkg/util"
+)
+
+// Options describe one driver process.
+type Options struct {
+	Type         string // "rbd" or "cephfs"
+	DriverName   string
+	Version      string
+	Controller   bool
+	Node         bool
+	NodeID       string
+	Config       *ceph.Config
+	KubeletDir   string
+	Mounter      string
+	StateDir     string
+	NodeLabels   map[string]string
+	MaxVolumes   int64
+	ProbeTimeout time.Duration
+	Timeouts     ceph.Timeouts
+}
+
+// Driver is an assembled set of services and what they share.
+type Driver struct {
+	Services csiserver.Services
+	Conns    *ceph.ConnPool
+}
+
+// New builds the services o asks for.
+func New(o Options) (*Driver, error) {
+	conns := ceph.NewConnPool(o.Timeouts)
+	d := &Driver{Conns: conns}
+	d.Services.Identity = csiserver.NewIdentity(csiserver.IdentityOptions{
+		Name:         o.DriverName,
+		Version:      o.Version,
+		Controller:   o.Controller,
+		Expansion:    o.Type == "rbd",
+		Prober:       &ceph.Prober{Config: o.Config, Pool: conns},
+		ProbeTimeout: o.ProbeTimeout,
+	})
+	switch o.Type {
+	case "rbd":
+		connector := &rbd.CephConnector{Config: o.Config, Conns: conns}
+		if o.Controller {
+			d.Services.Controller = rbd.NewController(rbd.ControllerOptions{Connector: connector, Config: o.Config})
+		}
+		if o.Node {
+			node, err := newRBDNode(o)
+			if err != nil {
+				return nil, err
+			}
+			d.Services.Node = node
+		}
+	case "cephfs":
+		// CephFS services arrive with their own issue; Identity works now.
+	default:
+		return nil, fmt.Errorf("unknown driver type %q", o.Type)
+	}
+	return d, nil
+}
+
+func newRBDNode(o Options) (*rbd.Node, error) {
+	runner := util.ExecRunner{DefaultTimeout: 2 * time.Minute}
+	mounter := mount.NewHostMounter(mount.Config{Runner: runner})
+	mappers, err := mapper.NewRegistry(mapper.Config{
+		Runner: runner, Mounts: mounter, StateDir: o.StateDir, Default: o.Mounter,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rbd.NewNode(rbd.NodeOptions{
+		NodeID: o.NodeID, Config: o.Config, Mappers: mappers, Mounter: mounter,
+		KubeletDir: o.KubeletDir, Labels: o.NodeLabels, MaxVolumes: o.MaxVolumes,
+	}), nil
+}
+
+// Close releases shared connections.
+func (d *Driver) Close() { d.Conns.Close() }

@@ -1,0 +1,509 @@
+package rbd
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
+	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/util"
+)
+
+// CephConnector is the Connector over real clusters. Pool handles and pool
+// IDs are cached per connection, so a request costs no extra lookups.
+type CephConnector struct {
+	Config *ceph.Config
+	Conns  *ceph.ConnPool
+
+	mu       sync.Mutex
+	clusters map[*ceph.Conn]*cephCluster
+}
+
+// Connect implements Connector.
+func (c *CephConnector) Connect(ctx context.Context, clusterID string, creds ceph.Credentials) (Cluster, error) {
+	cc, err := c.Config.Cluster(clusterID)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.Conns.Get(ctx, cc, creds)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.clusters == nil {
+		c.clusters = map[*ceph.Conn]*cephCluster{}
+	}
+	cl, ok := c.clusters[conn]
+	if !ok {
+		cl = &cephCluster{conn: conn, pools: map[string]*cephPool{}, poolIDs: map[string]int64{}}
+		c.clusters[conn] = cl
+	}
+	return cl, nil
+}
+
+type cephCluster struct {
+	conn *ceph.Conn
+
+	mu      sync.Mutex
+	pools   map[string]*cephPool // "pool/namespace"
+	poolIDs map[string]int64
+}
+
+func (c *cephCluster) ClusterID() string { return c.conn.ClusterID }
+
+func (c *cephCluster) PoolID(ctx context.Context, pool string) (int64, error) {
+	c.mu.Lock()
+	id, ok := c.poolIDs[pool]
+	c.mu.Unlock()
+	if ok {
+		return id, nil
+	}
+	id, err := util.Do(ctx, "looking up pool "+pool, func() (int64, error) { return c.conn.GetPoolByName(pool) })
+	if errors.Is(err, rados.ErrNotFound) {
+		return 0, fmt.Errorf("%w: %q in cluster %q", ErrPoolNotFound, pool, c.conn.ClusterID)
+	}
+	if err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	c.poolIDs[pool] = id
+	c.mu.Unlock()
+	return id, nil
+}
+
+func (c *cephCluster) PoolName(ctx context.Context, id int64) (string, error) {
+	c.mu.Lock()
+	for name, pid := range c.poolIDs {
+		if pid == id {
+			c.mu.Unlock()
+			return name, nil
+		}
+	}
+	c.mu.Unlock()
+	name, err := util.Do(ctx, "looking up pool ID", func() (string, error) { return c.conn.GetPoolByID(id) })
+	if errors.Is(err, rados.ErrNotFound) || (err == nil && name == "") {
+		return "", fmt.Errorf("%w: ID %d in cluster %q", ErrPoolNotFound, id, c.conn.ClusterID)
+	}
+	if err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	c.poolIDs[name] = id
+	c.mu.Unlock()
+	return name, nil
+}
+
+func (c *cephCluster) Pool(ctx context.Context, pool, namespace string) (Pool, error) {
+	key := pool + "/" + namespace
+	c.mu.Lock()
+	p, ok := c.pools[key]
+	c.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	id, err := c.PoolID(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	ioctx, err := util.Do(ctx, "opening pool "+pool, func() (*rados.IOContext, error) { return c.conn.OpenIOContext(pool) })
+	if err != nil {
+		return nil, fmt.Errorf("opening pool %q: %w", pool, err)
+	}
+	ioctx.SetNamespace(namespace)
+	p = &cephPool{Rados: journal.NewRados(ioctx), ioctx: ioctx, name: pool, id: id}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if existing, ok := c.pools[key]; ok {
+		ioctx.Destroy()
+		return existing, nil
+	}
+	c.pools[key] = p
+	return p, nil
+}
+
+func (c *cephCluster) AvailableBytes(ctx context.Context, pool string) (int64, error) {
+	out, err := c.conn.MonCommand(ctx, map[string]any{"prefix": "df", "format": "json"})
+	if err != nil {
+		return 0, err
+	}
+	var df struct {
+		Pools []struct {
+			Name  string `json:"name"`
+			Stats struct {
+				MaxAvail int64 `json:"max_avail"`
+			} `json:"stats"`
+		} `json:"pools"`
+	}
+	if err := json.Unmarshal(out, &df); err != nil {
+		return 0, fmt.Errorf("decoding df: %w", err)
+	}
+	for _, p := range df.Pools {
+		if p.Name == pool {
+			return p.Stats.MaxAvail, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: %q in cluster %q", ErrPoolNotFound, pool, c.conn.ClusterID)
+}
+
+func (c *cephCluster) Blocklist(ctx context.Context, addr string, expiry time.Duration) error {
+	cmd := map[string]any{"prefix": "osd blocklist", "blocklistop": "add", "addr": addr}
+	if expiry > 0 {
+		cmd["expire"] = expiry.Seconds()
+	}
+	_, err := c.conn.MonCommand(ctx, cmd)
+	return err
+}
+
+func (c *cephCluster) Unblocklist(ctx context.Context, addr string) error {
+	_, err := c.conn.MonCommand(ctx, map[string]any{"prefix": "osd blocklist", "blocklistop": "rm", "addr": addr})
+	return err
+}
+
+func (c *cephCluster) ClientAddr(ctx context.Context) (string, error) {
+	return util.Do(ctx, "reading client address", c.conn.GetAddrs)
+}
+
+type cephPool struct {
+	*journal.Rados
+	ioctx *rados.IOContext
+	name  string
+	id    int64
+}
+
+func (p *cephPool) Name() string { return p.name }
+func (p *cephPool) ID() int64    { return p.id }
+
+func (p *cephPool) imageErr(image string, err error) error {
+	if errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == 2 {
+		return fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.name, image)
+	}
+	return fmt.Errorf("image %s/%s: %w", p.name, image, err)
+}
+
+func imageOptions(spec ImageSpec) (*librbd.ImageOptions, error) {
+	opts := librbd.NewRbdImageOptions()
+	set := []error{
+		opts.SetUint64(librbd.ImageOptionFormat, 2),
+		opts.SetUint64(librbd.ImageOptionFeatures, spec.Features),
+	}
+	if spec.DataPool != "" {
+		set = append(set, opts.SetString(librbd.ImageOptionDataPool, spec.DataPool))
+	}
+	if err := errors.Join(set...); err != nil {
+		opts.Destroy()
+		return nil, err
+	}
+	return opts, nil
+}
+
+func (p *cephPool) CreateImage(ctx context.Context, spec ImageSpec) error {
+	return util.Run(ctx, "creating image "+spec.Name, func() error {
+		opts, err := imageOptions(spec)
+		if err != nil {
+			return err
+		}
+		defer opts.Destroy()
+		if err := librbd.CreateImage(p.ioctx, spec.Name, uint64(spec.Size), opts); err != nil {
+			return fmt.Errorf("creating image %s/%s: %w", p.name, spec.Name, err)
+		}
+		return nil
+	})
+}
+
+func (p *cephPool) Clone(ctx context.Context, parentImage, snap string, spec ImageSpec) error {
+	return util.Run(ctx, "cloning image "+spec.Name, func() error {
+		opts, err := imageOptions(spec)
+		if err != nil {
+			return err
+		}
+		defer opts.Destroy()
+		if err := opts.SetUint64(librbd.ImageOptionCloneFormat, 2); err != nil {
+			return err
+		}
+		if err := librbd.CloneImage(p.ioctx, parentImage, snap, p.ioctx, spec.Name, opts); err != nil {
+			if ceph.Errno(err) == 95 { // EOPNOTSUPP: clone v2 needs mimic clients
+				return fmt.Errorf("cloning %s@%s: clone v2 is not enabled; run 'ceph osd set-require-min-compat-client mimic': %w",
+					parentImage, snap, err)
+			}
+			return p.imageErr(parentImage, err)
+		}
+		return nil
+	})
+}
+
+// withImage opens image (by name, or by ID when byID) for fn. Read-only
+// opens register no header watch of our own, so they are the default.
+func (p *cephPool) withImage(ctx context.Context, what, image string, byID bool, fn func(*librbd.Image) error) error {
+	return p.openImage(ctx, what, image, byID, false, fn)
+}
+
+// withWritableImage is withImage for calls that change the image.
+func (p *cephPool) withWritableImage(ctx context.Context, what, image string, byID bool, fn func(*librbd.Image) error) error {
+	return p.openImage(ctx, what, image, byID, true, fn)
+}
+
+func (p *cephPool) openImage(ctx context.Context, what, image string, byID, writable bool, fn func(*librbd.Image) error) error {
+	open := map[[2]bool]func(*rados.IOContext, string, string) (*librbd.Image, error){
+		{false, false}: librbd.OpenImageReadOnly,
+		{false, true}:  librbd.OpenImage,
+		{true, false}:  librbd.OpenImageByIdReadOnly,
+		{true, true}:   librbd.OpenImageById,
+	}[[2]bool{byID, writable}]
+	return util.Run(ctx, what+" "+image, func() error {
+		img, err := open(p.ioctx, image, librbd.NoSnapshot)
+		if err != nil {
+			return p.imageErr(image, err)
+		}
+		defer img.Close()
+		return fn(img)
+	})
+}
+
+func statImage(img *librbd.Image) (ImageInfo, error) {
+	info := ImageInfo{Name: img.GetName()}
+	size, err := img.GetSize()
+	if err != nil {
+		return info, err
+	}
+	info.Size = int64(size)
+	if info.ID, err = img.GetId(); err != nil {
+		return info, err
+	}
+	if info.Features, err = img.GetFeatures(); err != nil {
+		return info, err
+	}
+	parent, err := img.GetParent()
+	switch {
+	case err == nil:
+		info.Parent = &ParentRef{Pool: parent.Image.PoolName, Namespace: parent.Image.PoolNamespace,
+			Image: parent.Image.ImageName, ImageID: parent.Image.ImageID, Snap: parent.Snap.SnapName,
+			Trashed: parent.Image.Trash}
+	case errors.Is(err, librbd.ErrNotFound):
+	default:
+		return info, err
+	}
+	return info, nil
+}
+
+func (p *cephPool) Stat(ctx context.Context, image string) (ImageInfo, error) {
+	var info ImageInfo
+	err := p.withImage(ctx, "stat", image, false, func(img *librbd.Image) (err error) {
+		info, err = statImage(img)
+		return err
+	})
+	return info, err
+}
+
+func (p *cephPool) StatByID(ctx context.Context, id string) (ImageInfo, error) {
+	var info ImageInfo
+	err := p.withImage(ctx, "stat", id, true, func(img *librbd.Image) (err error) {
+		info, err = statImage(img)
+		return err
+	})
+	return info, err
+}
+
+func (p *cephPool) Resize(ctx context.Context, image string, size int64) error {
+	return p.withWritableImage(ctx, "resizing", image, false, func(img *librbd.Image) error {
+		return img.Resize(uint64(size))
+	})
+}
+
+func (p *cephPool) Flatten(ctx context.Context, image string) error {
+	return p.withWritableImage(ctx, "flattening", image, false, func(img *librbd.Image) error {
+		err := img.Flatten()
+		if errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == 22 { // not a clone
+			return nil
+		}
+		return err
+	})
+}
+
+func (p *cephPool) Watchers(ctx context.Context, image string) ([]Watcher, error) {
+	var out []Watcher
+	err := p.withImage(ctx, "listing watchers of", image, false, func(img *librbd.Image) error {
+		ws, err := img.ListWatchers()
+		for _, w := range ws {
+			out = append(out, Watcher{Addr: w.Addr, ID: w.Id, Cookie: w.Cookie})
+		}
+		return err
+	})
+	return out, err
+}
+
+// Image metadata lives in the image header's omap under "metadata_<key>"
+// (RBD image format 2). Reading and writing it there costs one RADOS op,
+// where opening the image costs a header read and a watch round trip.
+
+// headerObject returns the header object name of image.
+func (p *cephPool) headerObject(ctx context.Context, image string) (string, error) {
+	return util.Do(ctx, "reading the ID of "+image, func() (string, error) {
+		buf := make([]byte, 256)
+		n, err := p.ioctx.Read("rbd_id."+image, buf, 0)
+		if errors.Is(err, rados.ErrNotFound) {
+			return "", fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.name, image)
+		}
+		if err != nil {
+			return "", err
+		}
+		// The object holds an encoded string: a little-endian length, then the ID.
+		if n < 4 || int(binary.LittleEndian.Uint32(buf))+4 != n {
+			return "", fmt.Errorf("image %s/%s has a malformed ID object", p.name, image)
+		}
+		return "rbd_header." + string(buf[4:n]), nil
+	})
+}
+
+const metadataPrefix = "metadata_"
+
+func (p *cephPool) Metadata(ctx context.Context, image string) (map[string]string, error) {
+	header, err := p.headerObject(ctx, image)
+	if err != nil {
+		return nil, err
+	}
+	vals, err := util.Do(ctx, "reading metadata of "+image, func() (map[string][]byte, error) {
+		return p.ioctx.GetAllOmapValues(header, "", metadataPrefix, 256)
+	})
+	if err != nil {
+		return nil, p.imageErr(image, err)
+	}
+	out := make(map[string]string, len(vals))
+	for k, v := range vals {
+		out[strings.TrimPrefix(k, metadataPrefix)] = string(v)
+	}
+	return out, nil
+}
+
+func (p *cephPool) SetMetadata(ctx context.Context, image string, kv map[string]string) error {
+	header, err := p.headerObject(ctx, image)
+	if err != nil {
+		return err
+	}
+	pairs := make(map[string][]byte, len(kv))
+	for k, v := range kv {
+		pairs[metadataPrefix+k] = []byte(v)
+	}
+	return util.Run(ctx, "writing metadata of "+image, func() error {
+		op := rados.CreateWriteOp()
+		defer op.Release()
+		op.AssertExists()
+		op.SetOmap(pairs)
+		return op.Operate(p.ioctx, header, rados.OperationNoFlag)
+	})
+}
+
+func (p *cephPool) RemoveMetadata(ctx context.Context, image, key string) error {
+	header, err := p.headerObject(ctx, image)
+	if err != nil {
+		return err
+	}
+	return util.Run(ctx, "removing metadata of "+image, func() error {
+		return p.ioctx.RmOmapKeys(header, []string{metadataPrefix + key})
+	})
+}
+
+func (p *cephPool) Delete(ctx context.Context, image string) error {
+	watchers, err := p.Watchers(ctx, image)
+	if errors.Is(err, ErrImageNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if len(watchers) > 0 {
+		return &InUseError{Image: p.name + "/" + image, Watchers: watchers}
+	}
+	info, err := p.Stat(ctx, image)
+	if errors.Is(err, ErrImageNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	err = util.Run(ctx, "trashing image "+image, func() error { return librbd.GetImage(p.ioctx, image).Trash(0) })
+	if err != nil && !errors.Is(err, librbd.ErrNotFound) {
+		return p.imageErr(image, err)
+	}
+	return p.purge(ctx, info.ID)
+}
+
+// purge removes a trashed image unless snapshots or clone children still
+// need it; then it stays in the trash until PurgeTrash finds it free.
+func (p *cephPool) purge(ctx context.Context, id string) error {
+	err := util.Run(ctx, "purging image "+id, func() error { return librbd.TrashRemove(p.ioctx, id, false) })
+	switch ceph.Errno(err) {
+	case 0, 2: // gone
+		return nil
+	case 16, 39: // EBUSY, ENOTEMPTY: snapshots or children remain
+		return nil
+	}
+	return fmt.Errorf("purging trashed image %s: %w", id, err)
+}
+
+func (p *cephPool) PurgeTrash(ctx context.Context, prefix string) error {
+	items, err := util.Do(ctx, "listing trash", func() ([]librbd.TrashInfo, error) { return librbd.GetTrashList(p.ioctx) })
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		if strings.HasPrefix(it.Name, prefix) {
+			if err := p.purge(ctx, it.Id); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (p *cephPool) CreateSnap(ctx context.Context, imageID, snap string) (SnapInfo, error) {
+	err := p.withWritableImage(ctx, "snapshotting", imageID, true, func(img *librbd.Image) error {
+		_, err := img.CreateSnapshot(snap)
+		return err
+	})
+	if err != nil && ceph.Errno(err) != 17 { // EEXIST: a retry after a crash
+		return SnapInfo{}, err
+	}
+	return p.Snap(ctx, imageID, snap)
+}
+
+func (p *cephPool) RemoveSnap(ctx context.Context, imageID, snap string) error {
+	err := p.withWritableImage(ctx, "removing snapshot of", imageID, true, func(img *librbd.Image) error {
+		return img.GetSnapshot(snap).Remove()
+	})
+	if errors.Is(err, ErrImageNotFound) || errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == 2 {
+		return nil
+	}
+	return err
+}
+
+func (p *cephPool) Snap(ctx context.Context, imageID, snap string) (SnapInfo, error) {
+	var out SnapInfo
+	err := p.withImage(ctx, "reading snapshot of", imageID, true, func(img *librbd.Image) error {
+		snaps, err := img.GetSnapshotNames()
+		if err != nil {
+			return err
+		}
+		for _, s := range snaps {
+			if s.Name != snap {
+				continue
+			}
+			out = SnapInfo{Name: s.Name, ID: s.Id, Size: int64(s.Size)}
+			if ts, err := img.GetSnapTimestamp(s.Id); err == nil {
+				out.Created = time.Unix(ts.Sec, ts.Nsec)
+			}
+			return nil
+		}
+		return fmt.Errorf("%w: %s@%s", ErrSnapNotFound, imageID, snap)
+	})
+	return out, err
+}
