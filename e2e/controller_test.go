@@ -1,0 +1,254 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	librbd "github.com/ceph/go-ceph/rbd"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/pelagic-csi/pelagic/e2e/cephtest"
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
+	"github.com/pelagic-csi/pelagic/pkg/rbd"
+)
+
+// controllerEnv is a controller on the local cluster with a pool of its own.
+type controllerEnv struct {
+	cluster *cephtest.Cluster
+	cfg     *ceph.Config
+	conns   *ceph.ConnPool
+	pool    string
+	secrets map[string]string
+	params  map[string]string
+}
+
+func newControllerEnv(t testing.TB) *controllerEnv {
+	c := cephtest.Get(t)
+	cfg, _ := clusterConfig(t, c)
+	conns := ceph.NewConnPool(ceph.Timeouts{})
+	t.Cleanup(conns.Close)
+	pool := createPool(t, c, uniqueName("ctrl"))
+	return &controllerEnv{
+		cluster: c, cfg: cfg, conns: conns, pool: pool, secrets: rbdSecrets(c),
+		params: map[string]string{"clusterID": testClusterID, "pool": pool},
+	}
+}
+
+// controller returns a fresh controller, as a restarted process would be,
+// sharing only the cluster.
+func (e *controllerEnv) controller(afterReserve func(string)) *rbd.Controller {
+	return rbd.NewController(rbd.ControllerOptions{
+		Connector:    &rbd.CephConnector{Config: e.cfg, Conns: ceph.NewConnPool(ceph.Timeouts{})},
+		Config:       e.cfg,
+		AfterReserve: afterReserve,
+	})
+}
+
+func (e *controllerEnv) createReq(name string, size int64) *csi.CreateVolumeRequest {
+	return &csi.CreateVolumeRequest{
+		Name:               name,
+		CapacityRange:      &csi.CapacityRange{RequiredBytes: size},
+		VolumeCapabilities: []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)},
+		Parameters:         e.params,
+		Secrets:            e.secrets,
+	}
+}
+
+func mountCap(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode},
+	}
+}
+
+// images lists the pool's images with the admin user, outside the driver.
+func (e *controllerEnv) images(t *testing.T) []string {
+	t.Helper()
+	ioctx := e.adminIOContext(t)
+	names, err := librbd.GetImageNames(ioctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+func (e *controllerEnv) trash(t *testing.T) []librbd.TrashInfo {
+	t.Helper()
+	items, err := librbd.GetTrashList(e.adminIOContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return items
+}
+
+func (e *controllerEnv) adminIOContext(t testing.TB) *rados.IOContext {
+	t.Helper()
+	cc, _ := e.cfg.Cluster(testClusterID)
+	conn, err := e.conns.Get(testContext(t, 30*time.Second), cc,
+		ceph.Credentials{ID: e.cluster.AdminID, Key: e.cluster.AdminKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ioctx, err := conn.OpenIOContext(e.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ioctx.Destroy)
+	return ioctx
+}
+
+// TestConcurrentCreateSameName: 50 concurrent calls with one name, spread
+// over two controllers (so the in-process lock cannot be what saves us),
+// retried as the provisioner would, make exactly one image.
+func TestConcurrentCreateSameName(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrls := []*rbd.Controller{e.controller(nil), e.controller(nil)}
+	const calls = 50
+	ids := make([]string, calls)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := testContext(t, 2*time.Minute)
+			for {
+				resp, err := ctrls[i%2].CreateVolume(ctx, e.createReq("pvc-concurrent", 64<<20))
+				if status.Code(err) == codes.Aborted {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				if err != nil {
+					t.Errorf("call %d: %v", i, err)
+					return
+				}
+				ids[i] = resp.GetVolume().GetVolumeId()
+				return
+			}
+		}()
+	}
+	wg.Wait()
+	for i, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("call %d got volume %s, call 0 got %s", i, id, ids[0])
+		}
+	}
+	if imgs := e.images(t); len(imgs) != 1 {
+		t.Fatalf("pool holds %d images, want exactly 1: %v", len(imgs), imgs)
+	}
+	if _, err := ctrls[0].DeleteVolume(testContext(t, time.Minute),
+		&csi.DeleteVolumeRequest{VolumeId: ids[0], Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCrashBetweenReservationAndImage stops a controller right after it
+// reserved the name and before it created the image; a new controller's
+// retry must finish the job under the same ID and leave no orphan.
+func TestCrashBetweenReservationAndImage(t *testing.T) {
+	e := newControllerEnv(t)
+	crashed := make(chan struct{})
+	never := make(chan struct{}) // the stuck controller never resumes: it "died"
+	dying := e.controller(func(string) {
+		close(crashed)
+		<-never
+	})
+	go func() { _, _ = dying.CreateVolume(context.Background(), e.createReq("pvc-crash", 64<<20)) }()
+	select {
+	case <-crashed:
+	case <-time.After(time.Minute):
+		t.Fatal("the first controller never reached its reservation")
+	}
+	if imgs := e.images(t); len(imgs) != 0 {
+		t.Fatalf("an image exists before the retry: %v", imgs)
+	}
+
+	restarted := e.controller(nil)
+	resp, err := restarted.CreateVolume(testContext(t, time.Minute), e.createReq("pvc-crash", 64<<20))
+	if err != nil {
+		t.Fatalf("retry after the crash: %v", err)
+	}
+	again, err := restarted.CreateVolume(testContext(t, time.Minute), e.createReq("pvc-crash", 64<<20))
+	if err != nil || again.GetVolume().GetVolumeId() != resp.GetVolume().GetVolumeId() {
+		t.Fatalf("second retry = %v, %v; want the same volume", again.GetVolume().GetVolumeId(), err)
+	}
+	imgs := e.images(t)
+	if len(imgs) != 1 || !strings.HasSuffix(resp.GetVolume().GetVolumeId(), strings.TrimPrefix(imgs[0], "csi-vol-")) {
+		t.Fatalf("images after the retry = %v, want exactly the one of %s", imgs, resp.GetVolume().GetVolumeId())
+	}
+	if _, err := restarted.DeleteVolume(testContext(t, time.Minute),
+		&csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId(), Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	if imgs := e.images(t); len(imgs) != 0 {
+		t.Fatalf("images after delete = %v", imgs)
+	}
+}
+
+// TestDeleteParentWithLiveClone deletes a volume while a clone of it
+// lives; the clone stays usable, and the parent leaves the trash once the
+// clone is gone.
+func TestDeleteParentWithLiveClone(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controller(nil)
+	ctx := testContext(t, 2*time.Minute)
+	parent, err := ctrl.CreateVolume(ctx, e.createReq("pvc-parent", 64<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cloneReq := e.createReq("pvc-clone", 128<<20)
+	cloneReq.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: parent.GetVolume().GetVolumeId()}}}
+	clone, err := ctrl.CreateVolume(ctx, cloneReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if clone.GetVolume().GetCapacityBytes() != 128<<20 {
+		t.Errorf("clone capacity = %d, want %d", clone.GetVolume().GetCapacityBytes(), 128<<20)
+	}
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: parent.GetVolume().GetVolumeId(), Secrets: e.secrets}); err != nil {
+		t.Fatalf("deleting the parent of a live clone: %v", err)
+	}
+	if _, err := ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{
+		VolumeId: clone.GetVolume().GetVolumeId(), Secrets: e.secrets,
+		VolumeCapabilities: []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)},
+	}); err != nil {
+		t.Fatalf("clone after its parent was deleted: %v", err)
+	}
+	if imgs := e.images(t); len(imgs) != 1 {
+		t.Fatalf("live images = %v, want only the clone", imgs)
+	}
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: clone.GetVolume().GetVolumeId(), Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	if imgs, trash := e.images(t), e.trash(t); len(imgs) != 0 || len(trash) != 0 {
+		t.Fatalf("after deleting both: images %v, trash %v", imgs, trash)
+	}
+}
+
+// TestMalformedIDsNeverPanic sends garbage IDs to every RPC that takes one.
+func TestMalformedIDsNeverPanic(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controller(nil)
+	ctx := testContext(t, time.Minute)
+	for _, id := range []string{"x", "0001-", "0001-0003-e2e-", "0001-ffff-" + strings.Repeat("a", 80),
+		"0001-0003-e2e-0000000000000063-00000000-0000-0000-0000-000000000000", "\x00\xff", strings.Repeat("-", 200)} {
+		if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: e.secrets}); err != nil {
+			t.Errorf("DeleteVolume(%q) = %v, want success for a volume that does not exist", id, err)
+		}
+		_, err := ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, Secrets: e.secrets,
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}})
+		if status.Code(err) != codes.NotFound {
+			t.Errorf("ControllerExpandVolume(%q) = %v, want NotFound", id, err)
+		}
+		_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: id, Secrets: e.secrets})
+		if status.Code(err) != codes.NotFound {
+			t.Errorf("CreateSnapshot(%q) = %v, want NotFound", id, err)
+		}
+	}
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# demo.sh: the main job. Starts a local Ceph cluster, the Pelagic RBD driver
+# (controller and node in one process, fuse mapper), and walks a volume
+# through its life over CSI, printing each step and its time.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DIR=${DEMO_DIR:-$(mktemp -d /tmp/pelagic-demo.XXXXXX)}
+cleanup() {
+	[[ -n ${DRIVER_PID:-} ]] && kill "$DRIVER_PID" 2>/dev/null && wait "$DRIVER_PID" 2>/dev/null
+	bash "$ROOT/e2e/ceph/down.sh" "$DIR/cluster" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+bash "$ROOT/e2e/ceph/up.sh" "$DIR/cluster" | tail -n 1
+# shellcheck disable=SC1091
+source "$DIR/cluster/cluster.env"
+cat >"$DIR/config.json" <<JSON
+[{"clusterID": "demo", "monitors": ["$CEPH_MONITORS"], "rbd": {}, "cephFS": {"subvolumeGroup": "csi"}}]
+JSON
+"$ROOT/bin/pelagic" --type=rbd --controller --node --nodeid=demo-node --mounter=fuse \
+	--endpoint="unix://$DIR/csi.sock" --config="$DIR/config.json" --state-dir="$DIR/state" \
+	>"$DIR/driver.log" 2>&1 &
+DRIVER_PID=$!
+echo "driver started (pid $DRIVER_PID, log $DIR/driver.log)"
+cd "$ROOT"
+go run -tags pacific ./e2e/demo --endpoint="unix://$DIR/csi.sock" --cluster-id=demo \
+	--pool="$CEPH_POOL" --user="$CEPH_RBD_USER_ID" --key-file=<(printf %s "$CEPH_RBD_USER_KEY") \
+	--work-dir="$DIR/work"
