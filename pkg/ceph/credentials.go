@@ -24,6 +24,9 @@ type Credentials struct {
 // String names the user and hides the key.
 func (c Credentials) String() string { return "client." + c.ID }
 
+// GoString hides the key from %#v too.
+func (c Credentials) GoString() string { return c.String() }
+
 // ErrMissingCredentials is returned when the secrets lack an ID or key.
 var ErrMissingCredentials = errors.New("missing credentials")
 
@@ -40,11 +43,15 @@ func AdminCredentials(secrets map[string]string) (Credentials, error) {
 // UserOrAdminCredentials prefers userID/userKey and falls back to
 // adminID/adminKey, which is what CephFS provisioner secrets carry.
 func UserOrAdminCredentials(secrets map[string]string) (Credentials, error) {
-	if c, err := UserCredentials(secrets); err == nil {
+	c, userErr := UserCredentials(secrets)
+	if userErr == nil {
 		return c, nil
 	}
-	if c, err := AdminCredentials(secrets); err == nil {
-		return c, nil
+	if secrets[SecretAdminID] != "" {
+		return AdminCredentials(secrets)
+	}
+	if secrets[SecretUserID] != "" {
+		return Credentials{}, userErr // say what is wrong with the user given
 	}
 	return Credentials{}, fmt.Errorf("%w: secrets need %s/%s or %s/%s",
 		ErrMissingCredentials, SecretUserID, SecretUserKey, SecretAdminID, SecretAdminKey)

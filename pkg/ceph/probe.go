@@ -73,9 +73,13 @@ func probeBanner(ctx context.Context, mon string) error {
 // monTCPAddr turns "v2:1.2.3.4:3300/0", "[v2:...,v1:...]" or "host" into
 // host:port for a plain TCP dial.
 func monTCPAddr(mon string) string {
-	mon = strings.Trim(mon, "[]")
-	if i := strings.Index(mon, ","); i >= 0 {
-		mon = mon[:i]
+	// Only a messenger address list is bracketed as a whole; "[fd00::1]:6789"
+	// is an IPv6 host and port.
+	if strings.HasPrefix(mon, "[v1:") || strings.HasPrefix(mon, "[v2:") {
+		mon = strings.TrimSuffix(mon[1:], "]")
+		if i := strings.Index(mon, ","); i >= 0 {
+			mon = mon[:i]
+		}
 	}
 	mon = strings.TrimPrefix(strings.TrimPrefix(mon, "v1:"), "v2:")
 	if i := strings.LastIndex(mon, "/"); i >= 0 {

@@ -3,6 +3,7 @@ package journal
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 )
@@ -19,7 +20,11 @@ func NewMemory() *Memory {
 	return &Memory{names: map[string]*Record{}, records: map[string]*Record{}}
 }
 
-func copyRecord(r *Record) *Record { c := *r; return &c }
+func copyRecord(r *Record) *Record {
+	c := *r
+	c.Params = maps.Clone(r.Params)
+	return &c
+}
 
 // LookupName implements Journal.
 func (m *Memory) LookupName(_ context.Context, kind Kind, name string) (*Record, error) {

@@ -20,18 +20,17 @@ import (
 // adminID/adminKey, or the in-tree form (a "key" secret with the user
 // named by the adminId/userId parameter).
 func credentialsFrom(secrets, params map[string]string) (ceph.Credentials, error) {
-	if c, err := ceph.UserOrAdminCredentials(secrets); err == nil {
-		return c, nil
+	c, err := ceph.UserOrAdminCredentials(secrets)
+	if err == nil || secrets["key"] == "" {
+		return c, err // a specific error (e.g. a malformed key) stays specific
 	}
-	if key := secrets["key"]; key != "" {
-		for _, p := range []string{"adminId", "userId"} {
-			if id := params[p]; id != "" {
-				c := ceph.Credentials{ID: id, Key: key}
-				return c, c.Validate()
-			}
+	for _, p := range []string{"adminId", "userId"} {
+		if id := params[p]; id != "" {
+			c := ceph.Credentials{ID: id, Key: secrets["key"]}
+			return c, c.Validate()
 		}
 	}
-	return ceph.UserOrAdminCredentials(secrets)
+	return c, err
 }
 
 // statusFor turns a backend error into a gRPC status. Messages name the

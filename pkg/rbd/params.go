@@ -95,6 +95,9 @@ func ParseVolumeParams(in map[string]string) (*VolumeParams, error) {
 			return nil, fmt.Errorf("parameter %q: %s", k, why)
 		}
 		if modern, ok := legacyParams[k]; ok {
+			if _, both := in[modern]; both {
+				continue // the CSI name wins over the in-tree one
+			}
 			k = modern
 		}
 		params[k] = v

@@ -1,0 +1,864 @@
+package rbd
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"strings"
+	"testing"
+
+	librbd "github.com/ceph/go-ceph/rbd"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
+	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volumeid"
+)
+
+const (
+	testClusterID = "rook-ceph"
+	testPool      = "replicapool"
+	testPoolID    = 2
+	testKey       = "QVFELVRPUC1TRUNSRVQtS0VZLWZvci10ZXN0cw==" // base64, as cephx keys are
+	gib           = int64(1 << 30)
+)
+
+var testSecrets = map[string]string{"userID": "csi-rbd-provisioner", "userKey": testKey}
+
+// errnoErr carries a Ceph errno the way go-ceph errors do.
+type errnoErr int
+
+func (e errnoErr) Error() string  { return "rados error" }
+func (e errnoErr) ErrorCode() int { return int(e) }
+
+type env struct {
+	c     *Controller
+	conn  *fakeConnector
+	pool  *fakePool
+	other *fakePool
+}
+
+func newEnv(t *testing.T, opts ...func(*ControllerOptions)) *env {
+	t.Helper()
+	cfg, err := ceph.ParseConfig([]byte(`[
+		{"clusterID": "rook-ceph", "monitors": ["10.0.0.1:6789"]},
+		{"clusterID": "ghost", "monitors": ["10.0.0.2:6789"]}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{pool: newFakePool(testPool, testPoolID), other: newFakePool("other", 3)}
+	e.conn = &fakeConnector{clusters: map[string]*fakeCluster{testClusterID: newFakeCluster(testClusterID, e.pool, e.other)}}
+	o := ControllerOptions{Connector: e.conn, Config: cfg}
+	for _, f := range opts {
+		f(&o)
+	}
+	e.c = NewController(o)
+	return e
+}
+
+func accessMode(m csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability_AccessMode {
+	return &csi.VolumeCapability_AccessMode{Mode: m}
+}
+
+func mountCap(m csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
+	return &csi.VolumeCapability{AccessMode: accessMode(m),
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}}}
+}
+
+func blockCap(m csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
+	return &csi.VolumeCapability{AccessMode: accessMode(m),
+		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}}
+}
+
+const (
+	rwo = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	rwx = csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
+)
+
+func createReq(name string, size int64) *csi.CreateVolumeRequest {
+	return &csi.CreateVolumeRequest{
+		Name:               name,
+		CapacityRange:      &csi.CapacityRange{RequiredBytes: size},
+		VolumeCapabilities: []*csi.VolumeCapability{mountCap(rwo)},
+		Parameters:         map[string]string{ParamClusterID: testClusterID, ParamPool: testPool, ParamImageFeatures: "layering"},
+		Secrets:            maps.Clone(testSecrets),
+	}
+}
+
+func fromSnapshot(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
+}
+
+func fromVolume(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
+}
+
+func (e *env) create(t *testing.T, req *csi.CreateVolumeRequest) *csi.Volume {
+	t.Helper()
+	resp, err := e.c.CreateVolume(context.Background(), req)
+	if err != nil {
+		t.Fatalf("CreateVolume(%s): %v", req.GetName(), err)
+	}
+	return resp.GetVolume()
+}
+
+func (e *env) snapshot(t *testing.T, name, volID string) *csi.Snapshot {
+	t.Helper()
+	resp, err := e.c.CreateSnapshot(context.Background(), &csi.CreateSnapshotRequest{
+		Name: name, SourceVolumeId: volID, Secrets: maps.Clone(testSecrets)})
+	if err != nil {
+		t.Fatalf("CreateSnapshot(%s): %v", name, err)
+	}
+	return resp.GetSnapshot()
+}
+
+func (e *env) records(t *testing.T, kind journal.Kind) []*journal.Record {
+	t.Helper()
+	recs, err := e.pool.List(context.Background(), kind, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+func wantCode(t *testing.T, err error, want codes.Code) {
+	t.Helper()
+	if got := status.Code(err); got != want {
+		t.Fatalf("got code %v (%v), want %v", got, err, want)
+	}
+}
+
+func TestCreateVolumeInvalidArgument(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*csi.CreateVolumeRequest)
+	}{
+		{"missing name", func(r *csi.CreateVolumeRequest) { r.Name = "" }},
+		{"missing capabilities", func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = nil }},
+		{"capability without access mode", func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities[0].AccessMode = nil }},
+		{"RWX filesystem", func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities[0] = mountCap(rwx) }},
+		{"unsupported fsType in capability", func(r *csi.CreateVolumeRequest) {
+			r.VolumeCapabilities[0].GetMount().FsType = "btrfs"
+		}},
+		{"unknown feature", func(r *csi.CreateVolumeRequest) { r.Parameters[ParamImageFeatures] = "layering,bogus" }},
+		{"object-map without exclusive-lock", func(r *csi.CreateVolumeRequest) {
+			r.Parameters[ParamImageFeatures] = "layering,object-map"
+		}},
+		{"image format 1", func(r *csi.CreateVolumeRequest) { r.Parameters[ParamImageFormat] = "1" }},
+		{"missing clusterID", func(r *csi.CreateVolumeRequest) { delete(r.Parameters, ParamClusterID) }},
+		{"missing pool", func(r *csi.CreateVolumeRequest) { delete(r.Parameters, ParamPool) }},
+		{"encrypted", func(r *csi.CreateVolumeRequest) { r.Parameters["encrypted"] = "true" }},
+		{"clusterID not in config", func(r *csi.CreateVolumeRequest) { r.Parameters[ParamClusterID] = "nope" }},
+		{"clusterID the connector does not know", func(r *csi.CreateVolumeRequest) { r.Parameters[ParamClusterID] = "ghost" }},
+		{"no secrets", func(r *csi.CreateVolumeRequest) { r.Secrets = nil }},
+		{"key without user ID", func(r *csi.CreateVolumeRequest) { delete(r.Secrets, "userID") }},
+		{"key not base64", func(r *csi.CreateVolumeRequest) { r.Secrets["userKey"] = "AQD-TOP-SECRET-KEY==" }},
+		{"in-tree key without user parameter", func(r *csi.CreateVolumeRequest) { r.Secrets = map[string]string{"key": testKey} }},
+		{"negative size", func(r *csi.CreateVolumeRequest) { r.CapacityRange.RequiredBytes = -1 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			req := createReq("pvc-1", gib)
+			tc.mutate(req)
+			_, err := e.c.CreateVolume(context.Background(), req)
+			wantCode(t, err, codes.InvalidArgument)
+			for _, secret := range []string{testKey, "AQD-TOP-SECRET-KEY=="} {
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("error leaks the key: %v", err)
+				}
+			}
+			if n := e.pool.count("CreateImage"); n != 0 {
+				t.Errorf("CreateImage called %d times", n)
+			}
+			if recs := e.records(t, journal.Volume); len(recs) != 0 {
+				t.Errorf("journal holds %d records", len(recs))
+			}
+		})
+	}
+}
+
+func TestCreateVolumeInTreeKeySecret(t *testing.T) {
+	e := newEnv(t)
+	req := createReq("pvc-1", gib)
+	req.Secrets = map[string]string{"key": testKey}
+	req.Parameters["adminId"] = "admin"
+	e.create(t, req)
+	if got := e.conn.creds[len(e.conn.creds)-1]; got.ID != "admin" || got.Key != testKey {
+		t.Errorf("connected as %v", got)
+	}
+}
+
+func TestCreateVolumeSize(t *testing.T) {
+	tests := []struct {
+		name     string
+		capRange *csi.CapacityRange
+		want     int64
+		code     codes.Code
+	}{
+		{"default", nil, gib, codes.OK},
+		{"rounded up to MiB", &csi.CapacityRange{RequiredBytes: mib + 1}, 2 * mib, codes.OK},
+		{"limit only", &csi.CapacityRange{LimitBytes: 10 * mib}, 10 * mib, codes.OK},
+		{"limit below rounded size", &csi.CapacityRange{RequiredBytes: 1, LimitBytes: 1000}, 0, codes.OutOfRange},
+		{"required above limit", &csi.CapacityRange{RequiredBytes: 2 * mib, LimitBytes: mib}, 0, codes.InvalidArgument},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			req := createReq("pvc-1", 0)
+			req.CapacityRange = tc.capRange
+			resp, err := e.c.CreateVolume(context.Background(), req)
+			wantCode(t, err, tc.code)
+			if err != nil {
+				return
+			}
+			img := e.pool.image(resp.GetVolume().GetVolumeContext()[CtxImageName])
+			if resp.GetVolume().GetCapacityBytes() != tc.want || img == nil || img.size != tc.want {
+				t.Errorf("capacity %d, image %+v; want %d", resp.GetVolume().GetCapacityBytes(), img, tc.want)
+			}
+		})
+	}
+}
+
+func TestCreateVolumeIdempotent(t *testing.T) {
+	e := newEnv(t)
+	first := e.create(t, createReq("pvc-1", gib))
+	again := e.create(t, createReq("pvc-1", gib))
+	if first.GetVolumeId() != again.GetVolumeId() {
+		t.Errorf("retry returned %s, first call %s", again.GetVolumeId(), first.GetVolumeId())
+	}
+	if n := e.pool.count("CreateImage"); n != 1 {
+		t.Errorf("CreateImage called %d times, want 1", n)
+	}
+	id, err := volumeid.Parse(first.GetVolumeId())
+	if err != nil || id.ClusterID != testClusterID || id.PoolID != testPoolID {
+		t.Errorf("volume ID %s: %+v, %v", first.GetVolumeId(), id, err)
+	}
+	image := first.GetVolumeContext()[CtxImageName]
+	if image != "csi-vol-"+id.UUID || first.GetVolumeContext()[ParamPool] != testPool {
+		t.Errorf("volume context %v", first.GetVolumeContext())
+	}
+	if !strings.Contains(e.pool.image(image).meta[metaOwnerKey], `"name":"pvc-1"`) {
+		t.Errorf("owner metadata %v", e.pool.image(image).meta)
+	}
+
+	for name, req := range map[string]*csi.CreateVolumeRequest{
+		"larger size": createReq("pvc-1", 2*gib),
+		"limit too low": func() *csi.CreateVolumeRequest {
+			r := createReq("pvc-1", mib)
+			r.CapacityRange.LimitBytes = mib
+			return r
+		}(),
+		"other features": func() *csi.CreateVolumeRequest {
+			r := createReq("pvc-1", gib)
+			r.Parameters[ParamImageFeatures] = "layering,exclusive-lock"
+			return r
+		}(),
+	} {
+		_, err := e.c.CreateVolume(context.Background(), req)
+		if status.Code(err) != codes.AlreadyExists {
+			t.Errorf("%s: got %v, want AlreadyExists", name, err)
+		}
+	}
+	if got := e.pool.imageNames(); len(got) != 1 {
+		t.Errorf("images %v, want one", got)
+	}
+}
+
+func TestCreateVolumeCompletesReservation(t *testing.T) {
+	e := newEnv(t)
+	req := createReq("pvc-crash", gib)
+	params, err := ParseVolumeParams(req.GetParameters())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A crash between Reserve and CreateImage leaves this behind.
+	const uuid = "0c8a6c8e-7c1f-4a3b-9d3e-2b1f0f1e2d3c"
+	rec := &journal.Record{Kind: journal.Volume, Name: "pvc-crash", UUID: uuid, Image: "csi-vol-" + uuid,
+		SizeBytes: gib, Params: params.journalParams()}
+	if err := e.pool.Reserve(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	vol := e.create(t, req)
+	if id, _ := volumeid.Parse(vol.GetVolumeId()); id.UUID != uuid {
+		t.Errorf("retry used UUID %s, want the reserved %s", id.UUID, uuid)
+	}
+	if got := e.pool.imageNames(); len(got) != 1 || got[0] != rec.Image {
+		t.Errorf("images %v, want only %s", got, rec.Image)
+	}
+	if recs := e.records(t, journal.Volume); len(recs) != 1 {
+		t.Errorf("journal holds %d records, want 1", len(recs))
+	}
+}
+
+func TestCreateVolumeFailureRemovesReservation(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		code codes.Code
+	}{
+		{"plain error", errors.New("boom"), codes.Internal},
+		{"ENOSPC", errnoErr(-28), codes.ResourceExhausted},
+		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.pool.setFail("CreateImage", tc.err)
+			_, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
+			wantCode(t, err, tc.code)
+			if recs := e.records(t, journal.Volume); len(recs) != 0 {
+				t.Errorf("journal holds %v after a failed create", recs[0])
+			}
+			if _, err := e.pool.LookupName(context.Background(), journal.Volume, "pvc-1"); !errors.Is(err, journal.ErrNotFound) {
+				t.Errorf("name still reserved: %v", err)
+			}
+			e.pool.setFail("CreateImage", nil)
+			e.create(t, createReq("pvc-1", gib))
+		})
+	}
+}
+
+func TestCreateVolumeAbortedWhileNameLocked(t *testing.T) {
+	e := newEnv(t)
+	if !e.c.locks.TryLock("volname/pvc-1") {
+		t.Fatal("lock taken")
+	}
+	_, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
+	wantCode(t, err, codes.Aborted)
+	if n := e.pool.count("CreateImage"); n != 0 {
+		t.Errorf("CreateImage called %d times under a held lock", n)
+	}
+	e.c.locks.Unlock("volname/pvc-1")
+	e.create(t, createReq("pvc-1", gib))
+}
+
+func TestDeleteVolume(t *testing.T) {
+	const watcherAddr = "10.244.1.7:0/3021773490"
+	missing := volumeid.ID{ClusterID: testClusterID, PoolID: testPoolID, UUID: "0c8a6c8e-7c1f-4a3b-9d3e-2b1f0f1e2d3c"}
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T, e *env) string // returns the ID to delete
+		code    codes.Code
+		wantMsg string
+	}{
+		{"empty ID", func(*testing.T, *env) string { return "" }, codes.InvalidArgument, ""},
+		{"malformed ID", func(*testing.T, *env) string { return "pvc-not-an-id" }, codes.OK, ""},
+		{"missing volume", func(*testing.T, *env) string { return missing.String() }, codes.OK, ""},
+		{"unknown pool", func(*testing.T, *env) string { m := missing; m.PoolID = 99; return m.String() }, codes.OK, ""},
+		{"unknown cluster", func(*testing.T, *env) string { m := missing; m.ClusterID = "nope"; return m.String() }, codes.OK, ""},
+		{"image in use", func(t *testing.T, e *env) string {
+			v := e.create(t, createReq("pvc-1", gib))
+			e.pool.setWatchers(v.GetVolumeContext()[CtxImageName], Watcher{Addr: watcherAddr, ID: 4123})
+			return v.GetVolumeId()
+		}, codes.FailedPrecondition, watcherAddr},
+		{"existing volume", func(t *testing.T, e *env) string { return e.create(t, createReq("pvc-1", gib)).GetVolumeId() }, codes.OK, ""},
+		{"image already gone", func(t *testing.T, e *env) string {
+			v := e.create(t, createReq("pvc-1", gib))
+			if err := e.pool.Delete(context.Background(), v.GetVolumeContext()[CtxImageName]); err != nil {
+				t.Fatal(err)
+			}
+			return v.GetVolumeId()
+		}, codes.OK, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			id := tc.setup(t, e)
+			_, err := e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id, Secrets: maps.Clone(testSecrets)})
+			wantCode(t, err, tc.code)
+			if tc.wantMsg != "" && !strings.Contains(status.Convert(err).Message(), tc.wantMsg) {
+				t.Errorf("message %q does not name %s", status.Convert(err).Message(), tc.wantMsg)
+			}
+			recs := e.records(t, journal.Volume)
+			switch {
+			case tc.code == codes.OK && (len(recs) != 0 || len(e.pool.imageNames()) != 0):
+				t.Errorf("after delete: journal %d records, images %v", len(recs), e.pool.imageNames())
+			case tc.code == codes.FailedPrecondition && (len(recs) != 1 || len(e.pool.imageNames()) != 1):
+				t.Errorf("refused delete changed state: journal %d records, images %v", len(recs), e.pool.imageNames())
+			}
+		})
+	}
+}
+
+func TestSnapshots(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	other := e.create(t, createReq("pvc-2", gib))
+	snap := e.snapshot(t, "snap-1", vol.GetVolumeId())
+	if !snap.GetReadyToUse() || snap.GetSourceVolumeId() != vol.GetVolumeId() || snap.GetSizeBytes() != gib ||
+		snap.GetCreationTime() == nil {
+		t.Errorf("snapshot %v", snap)
+	}
+	if again := e.snapshot(t, "snap-1", vol.GetVolumeId()); again.GetSnapshotId() != snap.GetSnapshotId() {
+		t.Errorf("retry returned %s, want %s", again.GetSnapshotId(), snap.GetSnapshotId())
+	}
+	_, err := e.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: other.GetVolumeId(), Secrets: testSecrets})
+	wantCode(t, err, codes.AlreadyExists)
+	e.snapshot(t, "snap-2", other.GetVolumeId())
+
+	list := func(req *csi.ListSnapshotsRequest) []string {
+		t.Helper()
+		resp, err := e.c.ListSnapshots(ctx, req)
+		if err != nil {
+			t.Fatalf("ListSnapshots(%v): %v", req, err)
+		}
+		var ids []string
+		for _, en := range resp.GetEntries() {
+			ids = append(ids, en.GetSnapshot().GetSnapshotId())
+		}
+		return ids
+	}
+	listTests := []struct {
+		name string
+		req  *csi.ListSnapshotsRequest
+		want int
+	}{
+		{"all", &csi.ListSnapshotsRequest{}, 2},
+		{"by source volume", &csi.ListSnapshotsRequest{SourceVolumeId: vol.GetVolumeId()}, 1},
+		{"by snapshot ID", &csi.ListSnapshotsRequest{SnapshotId: snap.GetSnapshotId()}, 1},
+		{"by snapshot ID of another source", &csi.ListSnapshotsRequest{SnapshotId: snap.GetSnapshotId(), SourceVolumeId: other.GetVolumeId()}, 0},
+		{"unknown snapshot ID", &csi.ListSnapshotsRequest{SnapshotId: "not-an-id"}, 0},
+	}
+	for _, tc := range listTests {
+		if got := list(tc.req); len(got) != tc.want {
+			t.Errorf("%s: got %v, want %d entries", tc.name, got, tc.want)
+		}
+	}
+	if got := list(&csi.ListSnapshotsRequest{SnapshotId: snap.GetSnapshotId()}); len(got) == 1 && got[0] != snap.GetSnapshotId() {
+		t.Errorf("by ID returned %v", got)
+	}
+
+	// Deleting the volume keeps its image in the trash while the snapshot needs it.
+	if _, err := e.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: testSecrets}); err != nil {
+		t.Fatal(err)
+	}
+	image := vol.GetVolumeContext()[CtxImageName]
+	if img := e.pool.image(image); img == nil || !img.trashed {
+		t.Fatalf("source image %s: %+v, want trashed", image, img)
+	}
+	for range 2 { // the second call finds nothing to delete
+		if _, err := e.c.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: testSecrets}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := list(&csi.ListSnapshotsRequest{SourceVolumeId: vol.GetVolumeId()}); len(got) != 0 {
+		t.Errorf("deleted snapshot still listed: %v", got)
+	}
+	if img := e.pool.image(image); img != nil {
+		t.Errorf("trashed image %s not purged after its last snapshot went", image)
+	}
+}
+
+func TestListSnapshotsPagination(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		e.snapshot(t, "snap-"+n, vol.GetVolumeId())
+	}
+	seen := map[string]bool{}
+	var tokens []string
+	token := ""
+	for {
+		resp, err := e.c.ListSnapshots(ctx, &csi.ListSnapshotsRequest{MaxEntries: 2, StartingToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetEntries()) > 2 {
+			t.Fatalf("page of %d entries", len(resp.GetEntries()))
+		}
+		for _, en := range resp.GetEntries() {
+			seen[en.GetSnapshot().GetSnapshotId()] = true
+		}
+		if token = resp.GetNextToken(); token == "" {
+			break
+		}
+		tokens = append(tokens, token)
+	}
+	if len(seen) != 5 || strings.Join(tokens, ",") != "2,4" {
+		t.Errorf("saw %d snapshots with tokens %v", len(seen), tokens)
+	}
+	for _, bad := range []string{"x", "-1", "6"} {
+		_, err := e.c.ListSnapshots(ctx, &csi.ListSnapshotsRequest{StartingToken: bad})
+		if status.Code(err) != codes.Aborted {
+			t.Errorf("token %q: got %v, want Aborted", bad, err)
+		}
+	}
+}
+
+func TestCreateVolumeFromSource(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name     string
+		volume   bool // clone a volume, not a snapshot
+		capRange *csi.CapacityRange
+		wantSize int64
+		code     codes.Code
+	}{
+		{"snapshot, larger", false, &csi.CapacityRange{RequiredBytes: 2 * gib}, 2 * gib, codes.OK},
+		{"snapshot, size from source", false, &csi.CapacityRange{RequiredBytes: mib}, gib, codes.OK},
+		{"snapshot, limit below source", false, &csi.CapacityRange{RequiredBytes: mib, LimitBytes: 10 * mib}, 0, codes.OutOfRange},
+		{"volume, larger", true, &csi.CapacityRange{RequiredBytes: 3 * gib}, 3 * gib, codes.OK},
+		{"volume, same size", true, &csi.CapacityRange{RequiredBytes: gib}, gib, codes.OK},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			src := e.create(t, createReq("pvc-src", gib))
+			srcImage := src.GetVolumeContext()[CtxImageName]
+			source, wantSnap := fromVolume(src.GetVolumeId()), ""
+			if !tc.volume {
+				snap := e.snapshot(t, "snap-1", src.GetVolumeId())
+				source = fromSnapshot(snap.GetSnapshotId())
+				recs := e.records(t, journal.Snapshot)
+				wantSnap = recs[0].SnapName
+			}
+			req := createReq("pvc-clone", 0)
+			req.CapacityRange, req.VolumeContentSource = tc.capRange, source
+			resp, err := e.c.CreateVolume(ctx, req)
+			wantCode(t, err, tc.code)
+			if err != nil {
+				if got := e.pool.imageNames(); len(got) != 1 {
+					t.Errorf("failed clone left images %v", got)
+				}
+				return
+			}
+			vol := resp.GetVolume()
+			img := e.pool.image(vol.GetVolumeContext()[CtxImageName])
+			if img == nil || img.size != tc.wantSize || vol.GetCapacityBytes() != tc.wantSize {
+				t.Fatalf("clone image %+v, capacity %d; want size %d", img, vol.GetCapacityBytes(), tc.wantSize)
+			}
+			if img.parent == nil || img.parent.Image != srcImage || (wantSnap != "" && img.parent.Snap != wantSnap) {
+				t.Errorf("clone parent %+v, want %s@%s", img.parent, srcImage, wantSnap)
+			}
+			if vol.GetContentSource().String() != source.String() {
+				t.Errorf("content source %v, want %v", vol.GetContentSource(), source)
+			}
+			if tc.volume && len(e.pool.image(srcImage).snaps) != 0 {
+				t.Errorf("temporary clone snapshot left on the source: %v", e.pool.image(srcImage).snaps)
+			}
+			if again := e.create(t, req); again.GetVolumeId() != vol.GetVolumeId() || e.pool.count("Clone") != 1 {
+				t.Errorf("retry: %s vs %s, %d clones", again.GetVolumeId(), vol.GetVolumeId(), e.pool.count("Clone"))
+			}
+		})
+	}
+}
+
+func TestCreateVolumeFromMissingSource(t *testing.T) {
+	e := newEnv(t)
+	e.create(t, createReq("pvc-src", gib)) // opens the pool
+	gone := volumeid.ID{ClusterID: testClusterID, PoolID: testPoolID, UUID: "0c8a6c8e-7c1f-4a3b-9d3e-2b1f0f1e2d3c"}.String()
+	for _, src := range []*csi.VolumeContentSource{fromSnapshot(gone), fromVolume(gone), fromSnapshot("garbage")} {
+		req := createReq("pvc-clone", gib)
+		req.VolumeContentSource = src
+		_, err := e.c.CreateVolume(context.Background(), req)
+		if status.Code(err) != codes.NotFound {
+			t.Errorf("source %v: got %v, want NotFound", src, err)
+		}
+	}
+}
+
+func TestCloneChainFlattenedBeyondHardDepth(t *testing.T) {
+	e := newEnv(t, func(o *ControllerOptions) { o.SoftCloneDepth, o.HardCloneDepth = 5, 1 })
+	prev := e.create(t, createReq("pvc-0", gib))
+	var images []*fakeImage
+	for _, name := range []string{"pvc-1", "pvc-2"} {
+		req := createReq(name, gib)
+		req.VolumeContentSource = fromVolume(prev.GetVolumeId())
+		prev = e.create(t, req)
+		images = append(images, e.pool.image(prev.GetVolumeContext()[CtxImageName]))
+	}
+	if images[0].parent == nil {
+		t.Errorf("depth-1 clone was flattened")
+	}
+	if images[1].parent != nil || e.pool.count("Flatten") != 1 {
+		t.Errorf("depth-2 clone parent %+v after %d flattens, want flattened once", images[1].parent, e.pool.count("Flatten"))
+	}
+}
+
+func TestDecideFlatten(t *testing.T) {
+	tests := []struct {
+		depth, soft, hard int
+		want              flattenDecision
+	}{
+		{0, 4, 8, keepClone},
+		{4, 4, 8, keepClone},
+		{5, 4, 8, flattenInBackground},
+		{8, 4, 8, flattenInBackground},
+		{9, 4, 8, flattenNow},
+		{3, 8, 2, flattenNow}, // hard wins over a larger soft limit
+	}
+	for _, tc := range tests {
+		if got := decideFlatten(tc.depth, tc.soft, tc.hard); got != tc.want {
+			t.Errorf("decideFlatten(%d, %d, %d) = %d, want %d", tc.depth, tc.soft, tc.hard, got, tc.want)
+		}
+	}
+}
+
+func TestRequestSize(t *testing.T) {
+	tests := []struct {
+		name     string
+		req, lim int64
+		def      int64
+		want     int64
+		code     codes.Code
+	}{
+		{"default", 0, 0, gib, gib, codes.OK},
+		{"one byte", 1, 0, gib, mib, codes.OK},
+		{"exact MiB", 5 * mib, 0, gib, 5 * mib, codes.OK},
+		{"rounded up", 5*mib + 1, 0, gib, 6 * mib, codes.OK},
+		{"limit caps default", 0, 10 * mib, gib, 10 * mib, codes.OK},
+		{"limit equals rounded size", mib + 1, 2 * mib, gib, 2 * mib, codes.OK},
+		{"limit below rounded size", 1, 1000, gib, 0, codes.OutOfRange},
+		{"limit not a MiB multiple", mib + mib/2, mib + mib/2, gib, 0, codes.OutOfRange},
+		{"required above limit", 2 * mib, mib, gib, 0, codes.InvalidArgument},
+		{"negative required", -1, 0, gib, 0, codes.InvalidArgument},
+		{"negative limit", 0, -1, gib, 0, codes.InvalidArgument},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := requestSize(&csi.CapacityRange{RequiredBytes: tc.req, LimitBytes: tc.lim}, tc.def)
+			if status.Code(err) != tc.code || got != tc.want {
+				t.Errorf("got %d, %v; want %d, %v", got, err, tc.want, tc.code)
+			}
+		})
+	}
+}
+
+func TestParseVolumeParams(t *testing.T) {
+	rookCephBlock := map[string]string{ // rook's deploy/examples/csi/rbd/storageclass.yaml
+		"clusterID":     "rook-ceph",
+		"pool":          "replicapool",
+		"imageFormat":   "2",
+		"imageFeatures": "layering",
+		"csi.storage.k8s.io/provisioner-secret-name":            "rook-csi-rbd-provisioner",
+		"csi.storage.k8s.io/provisioner-secret-namespace":       "rook-ceph",
+		"csi.storage.k8s.io/controller-expand-secret-name":      "rook-csi-rbd-provisioner",
+		"csi.storage.k8s.io/controller-expand-secret-namespace": "rook-ceph",
+		"csi.storage.k8s.io/node-stage-secret-name":             "rook-csi-rbd-node",
+		"csi.storage.k8s.io/node-stage-secret-namespace":        "rook-ceph",
+		"csi.storage.k8s.io/fstype":                             "ext4",
+	}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{"clusterID": "c", "pool": "p"}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	tests := []struct {
+		name    string
+		in      map[string]string
+		check   func(*VolumeParams) bool
+		wantErr string
+	}{
+		{"rook-ceph-block", rookCephBlock, func(p *VolumeParams) bool {
+			return p.ClusterID == "rook-ceph" && p.Pool == "replicapool" && p.FSType == "ext4" &&
+				p.Features == librbd.FeatureLayering && p.FeatureNames == "layering" && p.NamePrefix == DefaultNamePrefix
+		}, ""},
+		{"defaults", with(), func(p *VolumeParams) bool {
+			return p.FeatureNames == "layering" && p.FSType == "" && p.DataPool == ""
+		}, ""},
+		{"legacy fsType", with("fsType", "xfs"), func(p *VolumeParams) bool { return p.FSType == "xfs" }, ""},
+		{"CSI fstype wins over legacy", with("fsType", "xfs", "csi.storage.k8s.io/fstype", "ext4"),
+			func(p *VolumeParams) bool { return p.FSType == "ext4" }, ""},
+		{"feature set sorted", with("imageFeatures", "fast-diff, object-map,exclusive-lock,layering"), func(p *VolumeParams) bool {
+			return p.FeatureNames == "exclusive-lock,fast-diff,layering,object-map" &&
+				p.Features == librbd.FeatureLayering|librbd.FeatureExclusiveLock|librbd.FeatureObjectMap|librbd.FeatureFastDiff
+		}, ""},
+		{"encrypted false", with("encrypted", "false"), nil, ""},
+		{"name prefix and pvc", with("volumeNamePrefix", "k8s-", ParamPVCName, "data", ParamPVCNamespace, "db", "dataPool", "ec"),
+			func(p *VolumeParams) bool {
+				return p.NamePrefix == "k8s-" && p.PVCName == "data" && p.PVCNamespace == "db" && p.DataPool == "ec"
+			}, ""},
+		{"missing clusterID", map[string]string{"pool": "p"}, nil, "clusterID"},
+		{"missing pool", map[string]string{"clusterID": "c"}, nil, `"pool"`},
+		{"image format 1", with("imageFormat", "1"), nil, "format 2"},
+		{"unknown feature", with("imageFeatures", "layering,bogus"), nil, `"bogus"`},
+		{"object-map needs exclusive-lock", with("imageFeatures", "layering,object-map"), nil, "exclusive-lock"},
+		{"fast-diff needs object-map", with("imageFeatures", "exclusive-lock,fast-diff"), nil, "object-map"},
+		{"journaling needs exclusive-lock", with("imageFeatures", "journaling"), nil, "exclusive-lock"},
+		{"encrypted", with("encrypted", "true"), nil, "encryption"},
+		{"thick", with("thickProvision", "true"), nil, "thick"},
+		{"monitors", with("monitors", "10.0.0.1:6789"), nil, "clusterID"},
+		{"bad fsType", with("csi.storage.k8s.io/fstype", "btrfs"), nil, "btrfs"},
+		{"bad legacy fsType", with("fsType", "zfs"), nil, "zfs"},
+		{"prefix with slash", with("volumeNamePrefix", "a/b"), nil, "volumeNamePrefix"},
+		{"empty prefix", with("volumeNamePrefix", ""), nil, "volumeNamePrefix"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := ParseVolumeParams(tc.in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, want an error naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.check != nil && !tc.check(p) {
+				t.Errorf("parsed %+v", p)
+			}
+		})
+	}
+}
+
+func TestControllerExpandVolume(t *testing.T) {
+	tests := []struct {
+		name          string
+		capability    *csi.VolumeCapability
+		required      int64
+		wantSize      int64
+		nodeExpansion bool
+	}{
+		{"grow filesystem", mountCap(rwo), 2 * gib, 2 * gib, true},
+		{"grow block", blockCap(rwo), 3*gib + 1, 3*gib + mib, false},
+		{"already large enough", mountCap(rwo), gib / 2, gib, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			vol := e.create(t, createReq("pvc-1", gib))
+			resp, err := e.c.ControllerExpandVolume(context.Background(), &csi.ControllerExpandVolumeRequest{
+				VolumeId: vol.GetVolumeId(), CapacityRange: &csi.CapacityRange{RequiredBytes: tc.required},
+				VolumeCapability: tc.capability, Secrets: testSecrets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := e.pool.image(vol.GetVolumeContext()[CtxImageName])
+			if resp.GetCapacityBytes() != tc.wantSize || img.size != tc.wantSize || resp.GetNodeExpansionRequired() != tc.nodeExpansion {
+				t.Errorf("response %v, image size %d; want %d, node expansion %v", resp, img.size, tc.wantSize, tc.nodeExpansion)
+			}
+		})
+	}
+
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	for name, req := range map[string]*csi.ControllerExpandVolumeRequest{
+		"no capacity range": {VolumeId: vol.GetVolumeId(), Secrets: testSecrets},
+		"no volume ID":      {CapacityRange: &csi.CapacityRange{RequiredBytes: gib}},
+	} {
+		_, err := e.c.ControllerExpandVolume(context.Background(), req)
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: got %v, want InvalidArgument", name, err)
+		}
+	}
+	_, err := e.c.ControllerExpandVolume(context.Background(), &csi.ControllerExpandVolumeRequest{
+		VolumeId: "garbage", CapacityRange: &csi.CapacityRange{RequiredBytes: gib}})
+	wantCode(t, err, codes.NotFound)
+}
+
+func TestValidateVolumeCapabilities(t *testing.T) {
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	tests := []struct {
+		name      string
+		id        string
+		caps      []*csi.VolumeCapability
+		code      codes.Code
+		confirmed bool
+	}{
+		{"RWO filesystem", vol.GetVolumeId(), []*csi.VolumeCapability{mountCap(rwo)}, codes.OK, true},
+		{"RWX block", vol.GetVolumeId(), []*csi.VolumeCapability{blockCap(rwx)}, codes.OK, true},
+		{"RWX filesystem", vol.GetVolumeId(), []*csi.VolumeCapability{mountCap(rwo), mountCap(rwx)}, codes.OK, false},
+		{"no capabilities", vol.GetVolumeId(), nil, codes.InvalidArgument, false},
+		{"unknown volume", "garbage", []*csi.VolumeCapability{mountCap(rwo)}, codes.NotFound, false},
+		{"missing volume", volumeid.ID{ClusterID: testClusterID, PoolID: testPoolID,
+			UUID: "0c8a6c8e-7c1f-4a3b-9d3e-2b1f0f1e2d3c"}.String(), []*csi.VolumeCapability{mountCap(rwo)}, codes.NotFound, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := e.c.ValidateVolumeCapabilities(context.Background(), &csi.ValidateVolumeCapabilitiesRequest{
+				VolumeId: tc.id, VolumeCapabilities: tc.caps, Secrets: testSecrets})
+			wantCode(t, err, tc.code)
+			if err != nil {
+				return
+			}
+			if (resp.GetConfirmed() != nil) != tc.confirmed {
+				t.Errorf("confirmed = %v, want %v", resp.GetConfirmed(), tc.confirmed)
+			}
+			if !tc.confirmed && resp.GetMessage() == "" {
+				t.Error("unconfirmed without a message")
+			}
+		})
+	}
+}
+
+func TestListVolumesPagination(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	want := map[string]bool{}
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		want[e.create(t, createReq("pvc-"+n, gib)).GetVolumeId()] = true
+	}
+	req := createReq("pvc-other-pool", gib)
+	req.Parameters[ParamPool] = "other"
+	want[e.create(t, req).GetVolumeId()] = true
+
+	seen, token, pages := map[string]bool{}, "", 0
+	for {
+		resp, err := e.c.ListVolumes(ctx, &csi.ListVolumesRequest{MaxEntries: 4, StartingToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, en := range resp.GetEntries() {
+			if seen[en.GetVolume().GetVolumeId()] || en.GetVolume().GetCapacityBytes() != gib {
+				t.Errorf("entry %v repeated or wrong size", en.GetVolume())
+			}
+			seen[en.GetVolume().GetVolumeId()] = true
+		}
+		if token = resp.GetNextToken(); token == "" {
+			break
+		}
+	}
+	if !maps.Equal(seen, want) || pages != 2 {
+		t.Errorf("listed %v in %d pages, want %v in 2", seen, pages, want)
+	}
+	for _, tc := range []struct {
+		req  *csi.ListVolumesRequest
+		code codes.Code
+	}{
+		{&csi.ListVolumesRequest{StartingToken: "x"}, codes.Aborted},
+		{&csi.ListVolumesRequest{StartingToken: "99"}, codes.Aborted},
+		{&csi.ListVolumesRequest{MaxEntries: -1}, codes.InvalidArgument},
+	} {
+		_, err := e.c.ListVolumes(ctx, tc.req)
+		if status.Code(err) != tc.code {
+			t.Errorf("%v: got %v, want %v", tc.req, err, tc.code)
+		}
+	}
+}
+
+func TestControllerGetVolumeAndCapacity(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	got, err := e.c.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: vol.GetVolumeId()})
+	if err != nil || got.GetVolume().GetCapacityBytes() != gib {
+		t.Errorf("ControllerGetVolume: %v, %v", got, err)
+	}
+	tests := []struct {
+		name string
+		req  *csi.GetCapacityRequest
+		want int64
+	}{
+		{"known pool", &csi.GetCapacityRequest{Parameters: map[string]string{ParamPool: testPool}}, 100 << 30},
+		{"unknown pool", &csi.GetCapacityRequest{Parameters: map[string]string{ParamPool: "nope"}}, 0},
+		{"RWX filesystem", &csi.GetCapacityRequest{VolumeCapabilities: []*csi.VolumeCapability{mountCap(rwx)}}, 0},
+	}
+	for _, tc := range tests {
+		resp, err := e.c.GetCapacity(ctx, tc.req)
+		if err != nil || resp.GetAvailableCapacity() != tc.want {
+			t.Errorf("%s: %v, %v; want %d", tc.name, resp, err, tc.want)
+		}
+	}
+}
