@@ -33,6 +33,10 @@ type ControllerOptions struct {
 	HardCloneDepth int
 	// DefaultSize is used when a request sets no capacity.
 	DefaultSize int64
+	// FenceExpiry is how long a fence of a stale holder lasts;
+	// FenceTimeout how long publish waits for the fenced watch to go.
+	FenceExpiry  time.Duration
+	FenceTimeout time.Duration
 	// AfterReserve, when set, runs between the journal reservation and the
 	// image creation: tests use it to stop a controller at its worst moment.
 	AfterReserve func(name string)
@@ -75,6 +79,8 @@ var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 	csi.ControllerServiceCapability_RPC_GET_VOLUME,
 	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
+	csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
 }
 
 // ControllerGetCapabilities advertises exactly what is implemented.
@@ -197,14 +203,14 @@ func requestSize(r *csi.CapacityRange, def int64) (int64, error) {
 	if size == 0 {
 		size = def
 		if lim > 0 && lim < size {
-			size = lim
+			size = max(lim/mib*mib, mib) // the largest whole MiB within the limit
 		}
 	}
-	size = (size + mib - 1) / mib * mib
-	if lim > 0 && size > lim {
-		return 0, status.Errorf(codes.OutOfRange, "%d bytes rounded up to whole MiB (%d) exceed the limit %d", req, size, lim)
+	rounded := (size + mib - 1) / mib * mib
+	if lim > 0 && rounded > lim {
+		return 0, status.Errorf(codes.OutOfRange, "%d bytes rounded up to whole MiB (%d) exceed the limit %d", size, rounded, lim)
 	}
-	return size, nil
+	return rounded, nil
 }
 
 func newUUID() string {
@@ -344,40 +350,59 @@ func (c *Controller) undoReservation(pool Pool, rec *journal.Record) {
 	}
 }
 
-// ensureImage creates the reserved image unless it exists already. A
+// ensureImage creates the reserved image unless it exists already, then
+// finishes the steps a crash may have cut short; each is idempotent. A
 // reservation made just now under a fresh UUID cannot have an image yet.
 func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Record, params *VolumeParams,
 	source *contentSource, fresh bool) error {
+	exists := false
 	if !fresh {
 		info, err := pool.Stat(ctx, rec.Image)
-		if err == nil {
+		switch {
+		case err == nil:
+			exists = true
 			if info.Size < rec.SizeBytes {
-				return pool.Resize(ctx, rec.Image, rec.SizeBytes)
+				if err := pool.Resize(ctx, rec.Image, rec.SizeBytes); err != nil {
+					return err
+				}
 			}
-			return nil
-		}
-		if !errors.Is(err, ErrImageNotFound) {
+		case !errors.Is(err, ErrImageNotFound):
 			return err
 		}
 	}
-	var err error
-	spec := ImageSpec{Name: rec.Image, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool}
-	if source == nil {
-		err = pool.CreateImage(ctx, spec)
-	} else {
-		err = c.cloneImage(ctx, pool, rec, spec, source)
+	if !exists {
+		spec := ImageSpec{Name: rec.Image, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool}
+		var err error
+		if source == nil {
+			err = pool.CreateImage(ctx, spec)
+		} else {
+			err = c.cloneImage(ctx, pool, rec, spec, source)
+		}
+		if ceph.Errno(err) == syscall.EEXIST {
+			return nil // another controller created it from the same reservation
+		}
+		if err != nil {
+			return err
+		}
+	} else if source != nil {
+		if err := c.applyFlattenPolicy(ctx, pool, rec.Image); err != nil {
+			return err
+		}
 	}
-	if ceph.Errno(err) == syscall.EEXIST {
-		return nil // another controller created it from the same reservation
-	}
-	if err != nil {
-		return err
+	if source != nil && source.kind == journal.Volume {
+		if err := pool.RemoveSnap(ctx, source.imageID, cloneSnapName(rec.UUID)); err != nil {
+			return err
+		}
 	}
 	owner, _ := json.Marshal(map[string]string{
 		"name": rec.Name, "pvc": params.PVCName, "namespace": params.PVCNamespace, "pv": params.PVName,
 	})
 	return pool.SetMetadata(ctx, rec.Image, map[string]string{metaOwnerKey: string(owner)})
 }
+
+// cloneSnapName names the temporary snapshot a volume-to-volume clone
+// is made from; clone v2 keeps it in the trash namespace while the child needs it.
+func cloneSnapName(childUUID string) string { return "csi-clone-" + childUUID }
 
 // contentSource is a resolved snapshot or volume to copy from.
 type contentSource struct {
@@ -447,17 +472,17 @@ func (c *Controller) cloneImage(ctx context.Context, pool Pool, rec *journal.Rec
 			src.pool.Name(), pool.Name())
 	}
 	if src.kind == journal.Volume {
-		snap = "csi-clone-" + rec.UUID
+		snap = cloneSnapName(rec.UUID)
 		if _, err := pool.CreateSnap(ctx, src.imageID, snap); err != nil {
 			return err
 		}
-		defer func() {
-			if err := pool.RemoveSnap(ctx, src.imageID, snap); err != nil {
-				klog.FromContext(ctx).Error(err, "removing temporary clone snapshot", "image", parent, "snap", snap)
-			}
-		}()
 	}
 	if err := pool.Clone(ctx, parent, snap, spec); err != nil {
+		if src.kind == journal.Volume {
+			if rerr := pool.RemoveSnap(context.WithoutCancel(ctx), src.imageID, snap); rerr != nil {
+				klog.FromContext(ctx).Error(rerr, "removing temporary clone snapshot", "image", parent, "snap", snap)
+			}
+		}
 		return err
 	}
 	if info, err := pool.Stat(ctx, spec.Name); err == nil && info.Size < spec.Size {
