@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -119,4 +120,14 @@ func createPool(t testing.TB, c *cephtest.Cluster, name string) string {
 		_, _ = c.Ceph(ctx, "osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
 	})
 	return name
+}
+
+// writeSynced writes data and fsyncs it, returning the first error.
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(data)
+	return errors.Join(werr, f.Sync(), f.Close())
 }

@@ -25,6 +25,7 @@ type Options struct {
 	Config       *ceph.Config
 	KubeletDir   string
 	Mounter      string
+	FuseNetNS    string // run rbd-fuse in this network namespace (see mapper.Config)
 	StateDir     string
 	NodeLabels   map[string]string
 	MaxVolumes   int64
@@ -57,7 +58,7 @@ func New(o Options) (*Driver, error) {
 			d.Services.Controller = rbd.NewController(rbd.ControllerOptions{Connector: connector, Config: o.Config})
 		}
 		if o.Node {
-			node, err := newRBDNode(o)
+			node, err := newRBDNode(o, connector)
 			if err != nil {
 				return nil, err
 			}
@@ -71,17 +72,17 @@ func New(o Options) (*Driver, error) {
 	return d, nil
 }
 
-func newRBDNode(o Options) (*rbd.Node, error) {
+func newRBDNode(o Options, connector rbd.Connector) (*rbd.Node, error) {
 	runner := util.ExecRunner{DefaultTimeout: 2 * time.Minute}
 	mounter := mount.NewHostMounter(mount.Config{Runner: runner})
 	mappers, err := mapper.NewRegistry(mapper.Config{
-		Runner: runner, Mounts: mounter, StateDir: o.StateDir, Default: o.Mounter,
+		Runner: runner, Mounts: mounter, StateDir: o.StateDir, Default: o.Mounter, FuseNetNS: o.FuseNetNS,
 	})
 	if err != nil {
 		return nil, err
 	}
 	return rbd.NewNode(rbd.NodeOptions{
-		NodeID: o.NodeID, Config: o.Config, Mappers: mappers, Mounter: mounter,
+		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mappers: mappers, Mounter: mounter,
 		KubeletDir: o.KubeletDir, Labels: o.NodeLabels, MaxVolumes: o.MaxVolumes,
 	}), nil
 }

@@ -27,7 +27,7 @@ import (
 // Each mapping lives in StateDir/fuse/<hash>/:
 //
 //	state.json   what is mapped (survives driver restarts)
-//	ceph.conf    mon_host only
+//	ceph.conf    mon_host, and the librbd cache off
 //	keyfile      the cephx key, removed once rbd-fuse has connected
 //	client.asok  rbd-fuse's admin socket
 //	rbd-fuse.log rbd-fuse's log
@@ -168,7 +168,10 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 	}
 	conf := filepath.Join(dir, fuseConfFile)
 	keyfile := filepath.Join(dir, fuseKeyFile)
-	if err := os.WriteFile(conf, []byte("[global]\nmon_host = "+img.monHost()+"\n"), 0o600); err != nil {
+	// No librbd cache: the page cache above the loop device already
+	// buffers, and without it a write that Ceph refuses (a fenced client)
+	// fails as an I/O error instead of being acknowledged and dropped.
+	if err := os.WriteFile(conf, []byte("[global]\nmon_host = "+img.monHost()+"\nrbd_cache = false\n"), 0o600); err != nil {
 		return st, fmt.Errorf("writing %s: %w", conf, err)
 	}
 	if err := os.WriteFile(keyfile, []byte(img.Creds.Key), 0o600); err != nil {
@@ -225,7 +228,12 @@ func (f *fuse) runFuse(ctx context.Context, dir string, img Image, conf, keyfile
 	args = append(args, "--image="+img.Name, mountpoint)
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.FuseStartTimeout)
 	defer cancel()
-	if _, err := f.cfg.Runner.Run(ctx, f.cfg.FuseBinary, args...); err != nil {
+	name := f.cfg.FuseBinary
+	if f.cfg.FuseNetNS != "" {
+		// nsenter execs rbd-fuse, so the daemon's command line stays its own.
+		name, args = "nsenter", append([]string{"--net=" + f.cfg.FuseNetNS, "--", f.cfg.FuseBinary}, args...)
+	}
+	if _, err := f.cfg.Runner.Run(ctx, name, args...); err != nil {
 		return fmt.Errorf("starting rbd-fuse for %s as %s: %w", img.Spec(), img.Creds, unavailableIfMissing(err, Fuse))
 	}
 	return nil

@@ -47,6 +47,12 @@ type Config struct {
 	LosetupBinary  string // default losetup
 	ModprobeBinary string // default modprobe
 
+	// FuseNetNS, when set (e.g. /run/netns/NAME), runs rbd-fuse in that
+	// network namespace, so its Ceph traffic leaves from that namespace's
+	// address: a node whose storage network lives in a namespace, or a
+	// test's second node.
+	FuseNetNS string
+
 	DeviceTimeout    time.Duration // Map waiting for the device node; default 10s
 	FuseStartTimeout time.Duration // rbd-fuse connecting and serving the image; default 30s
 	FuseExitTimeout  time.Duration // rbd-fuse exiting after its unmount; default 10s

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -158,7 +159,8 @@ func (c *cephCluster) AvailableBytes(ctx context.Context, pool string) (int64, e
 func (c *cephCluster) Blocklist(ctx context.Context, addr string, expiry time.Duration) error {
 	cmd := map[string]any{"prefix": "osd blocklist", "blocklistop": "add", "addr": addr}
 	if expiry > 0 {
-		cmd["expire"] = expiry.Seconds()
+		// The mon wants a float here and rejects a JSON integer.
+		cmd["expire"] = json.Number(strconv.FormatFloat(expiry.Seconds(), 'f', 1, 64))
 	}
 	_, err := c.conn.MonCommand(ctx, cmd)
 	return err

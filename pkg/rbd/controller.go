@@ -567,6 +567,9 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 		return nil, err
 	}
 	defer unlockName()
+	if err := c.refuseHolders(ctx, r, "deleted", func(h Holder) bool { return h.Watcher != nil }); err != nil {
+		return nil, err
+	}
 	if err := r.pool.Delete(ctx, r.rec.Image); err != nil {
 		return nil, statusFor(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
 	}
@@ -575,6 +578,29 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	}
 	c.purgeTrash(ctx, r.pool, r.rec.Image)
 	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// refuseHolders fails with FailedPrecondition, naming them, when any
+// holder of the volume's image matches blocks.
+func (c *Controller) refuseHolders(ctx context.Context, r *resolved, verb string, blocks func(Holder) bool) error {
+	usage, err := c.usage(ctx, r)
+	if status.Code(err) == codes.NotFound {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var in []Holder
+	for _, h := range usage.Holders("") {
+		if blocks(h) {
+			in = append(in, h)
+		}
+	}
+	if len(in) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) cannot be %s while in use: %s",
+			r.id, r.pool.Name(), r.rec.Image, verb, describeAll(in))
+	}
+	return nil
 }
 
 // purgeTrash frees trashed images that nothing needs any more (parents
@@ -606,6 +632,13 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 		return nil, err
 	}
 	defer unlock()
+	// Growing an image a stale or unknown client still maps would change it
+	// under a holder the CO no longer accounts for.
+	if err := c.refuseHolders(ctx, r, "expanded", func(h Holder) bool {
+		return h.Watcher != nil && (h.State == HolderStale || h.State == HolderUnknown)
+	}); err != nil {
+		return nil, err
+	}
 	info, err := r.pool.Stat(ctx, r.rec.Image)
 	if err != nil {
 		return nil, statusFor(err)

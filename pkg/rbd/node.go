@@ -14,6 +14,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
@@ -31,6 +32,7 @@ type Mappers interface {
 // NodeOptions configure the node service.
 type NodeOptions struct {
 	NodeID     string
+	Connector  Connector // reads and writes image metadata and watchers
 	Config     *ceph.Config
 	Mappers    Mappers
 	Mounter    mount.Mounter
@@ -44,6 +46,7 @@ type Node struct {
 	csi.UnimplementedNodeServer
 	opts  NodeOptions
 	locks *util.KeyLocks
+	known knownClusters // clusters opened by NodeStage, for unstage
 }
 
 // NewNode returns the node service.
@@ -54,12 +57,13 @@ func NewNode(opts NodeOptions) *Node {
 // stageRecord is written beside the staging path once the image is mapped,
 // so unstage, publish and expand work after a driver restart.
 type stageRecord struct {
-	VolumeID string         `json:"volumeID"`
-	Mapping  mapper.Mapping `json:"mapping"`
-	Block    bool           `json:"block"`
-	FSType   string         `json:"fsType,omitempty"`
-	Staged   time.Time      `json:"staged"`
-	Targets  []string       `json:"targets,omitempty"` // where it is published
+	VolumeID  string         `json:"volumeID"`
+	ClusterID string         `json:"clusterID"`
+	Mapping   mapper.Mapping `json:"mapping"`
+	Block     bool           `json:"block"`
+	FSType    string         `json:"fsType,omitempty"`
+	Staged    time.Time      `json:"staged"`
+	Targets   []string       `json:"targets,omitempty"` // where it is published
 }
 
 func recordPath(stagingPath string) string {
@@ -175,15 +179,32 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*
 	if err := m.Check(ctx); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "mapper %s cannot work on node %s: %v", m.Name(), n.opts.NodeID, err)
 	}
-	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: vctx[ParamPool],
-		RadosNamespace: cc.RBD.RadosNamespace, Name: vctx[CtxImageName], Creds: creds}
-	mapping, err := m.Map(ctx, img, mapper.MapOptions{
-		ReadOnly: readOnlyMode(req.GetVolumeCapability()), Options: vctx[ParamMapOptions]})
+	cl, err := n.opts.Connector.Connect(ctx, cc.ClusterID, creds)
 	if err != nil {
-		return nil, mapperStatus(err, "mapping "+img.Pool+"/"+img.Name)
+		return nil, statusFor(err)
 	}
-	rec := &stageRecord{VolumeID: req.GetVolumeId(), Mapping: mapping, Block: req.GetVolumeCapability().GetBlock() != nil,
-		Staged: time.Now().UTC()}
+	pool, err := cl.Pool(ctx, vctx[ParamPool], cc.RBD.RadosNamespace)
+	if err != nil {
+		return nil, statusFor(err)
+	}
+	n.known.remember(cl, pool.Name(), cc.RBD.RadosNamespace)
+	image := vctx[CtxImageName]
+	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
+	usage, err := n.checkHolders(ctx, cl, pool, image, req.GetVolumeId(), mode)
+	if err != nil {
+		return nil, err
+	}
+	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: pool.Name(),
+		RadosNamespace: cc.RBD.RadosNamespace, Name: image, Creds: creds}
+	mapping, err := m.Map(ctx, img, mapper.MapOptions{
+		ReadOnly:  readOnlyMode(req.GetVolumeCapability()),
+		Exclusive: m.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
+		Options:   vctx[ParamMapOptions]})
+	if err != nil {
+		return nil, mapperStatus(err, "mapping "+img.Spec())
+	}
+	rec := &stageRecord{VolumeID: req.GetVolumeId(), ClusterID: cc.ClusterID, Mapping: mapping,
+		Block: req.GetVolumeCapability().GetBlock() != nil, Staged: time.Now().UTC()}
 	if !rec.Block {
 		rec.FSType = fsTypeOf(req.GetVolumeCapability())
 	}
@@ -191,7 +212,88 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*
 		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
 		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
 	}
+	if err := n.recordMapping(ctx, pool, image, mapping, usage.Watchers); err != nil {
+		return nil, err
+	}
 	return rec, nil
+}
+
+// checkHolders refuses to map a single-node volume that another node, or a
+// client no node recorded, still holds. Fencing is the controller's call,
+// made at publish; a node only refuses, and names the holder.
+func (n *Node) checkHolders(ctx context.Context, cl Cluster, pool Pool, image, volumeID string,
+	mode csi.VolumeCapability_AccessMode_Mode) (*Usage, error) {
+	own, err := cl.ClientAddr(ctx)
+	if err != nil {
+		return nil, statusFor(err)
+	}
+	usage, err := readUsage(ctx, pool, image, splitAddrs(own)...)
+	if err != nil {
+		return nil, statusFor(err)
+	}
+	if !singleNode(mode) {
+		return usage, nil
+	}
+	var conflicts []Holder
+	for _, h := range usage.Holders(n.opts.NodeID) {
+		// Other nodes' attachments without a watch are the controller's to
+		// judge (it may have just fenced them); here only live watches count.
+		if h.Watcher != nil && Decide(true, h) != Allow {
+			conflicts = append(conflicts, h)
+		}
+	}
+	if len(conflicts) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is held elsewhere; not mapping it on node %s: %s",
+			volumeID, pool.Name(), image, n.opts.NodeID, describeAll(conflicts))
+	}
+	return usage, nil
+}
+
+// recordMapping writes which client instance maps the image on this node,
+// so the controller can match the watcher to this node exactly. A mapper
+// that cannot tell its client address is covered by the watcher that
+// appeared with the mapping.
+func (n *Node) recordMapping(ctx context.Context, pool Pool, image string, m mapper.Mapping, before []Watcher) error {
+	rec := NodeMapping{Node: n.opts.NodeID, ClientAddr: m.ClientAddr, ClientID: m.ClientID, Mapper: m.Mapper,
+		Since: time.Now().UTC()}
+	if rec.ClientAddr == "" {
+		after, err := pool.Watchers(ctx, image)
+		if err != nil {
+			return statusFor(err)
+		}
+		var fresh []Watcher
+		for _, w := range after {
+			if !watchedBy(before, w.Addr) {
+				fresh = append(fresh, w)
+			}
+		}
+		if len(fresh) == 1 {
+			rec.ClientAddr, rec.ClientID = fresh[0].Addr, fmt.Sprintf("client.%d", fresh[0].ID)
+		}
+	}
+	b, _ := json.Marshal(rec)
+	if err := pool.SetMetadata(ctx, image, map[string]string{metaMapPrefix + n.opts.NodeID: string(b)}); err != nil {
+		return statusFor(err)
+	}
+	return nil
+}
+
+// forgetMapping removes this node's mapping record after an unmap. The
+// request carries no secrets, so it uses the connection the stage opened;
+// after a restart the record stays, harmless: it names a client that no
+// longer watches.
+func (n *Node) forgetMapping(ctx context.Context, rec *stageRecord, clusterID string) {
+	cl, ok := n.known.cluster(clusterID)
+	if !ok {
+		return
+	}
+	pool, err := cl.Pool(ctx, rec.Mapping.Pool, rec.Mapping.RadosNamespace)
+	if err == nil {
+		err = pool.RemoveMetadata(ctx, rec.Mapping.Image, metaMapPrefix+n.opts.NodeID)
+	}
+	if err != nil {
+		klog.FromContext(ctx).V(2).Info("mapping record stays", "image", rec.Mapping.Image, "error", err.Error())
+	}
 }
 
 func mapperStatus(err error, what string) error {
@@ -301,6 +403,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 		}
 		return nil, mapperStatus(err, "unmapping "+rec.Mapping.Device)
 	}
+	n.forgetMapping(ctx, rec, rec.ClusterID)
 	if err := os.Remove(recordPath(staging)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
