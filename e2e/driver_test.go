@@ -63,7 +63,7 @@ func startDriver(t testing.TB, o driver.Options) (endpoint string, d *driver.Dri
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := csiserver.NewServer(d.Services)
+	srv := csiserver.NewServer(d.Services, time.Minute)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(func() {
 		srv.Stop()

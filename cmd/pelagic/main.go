@@ -82,7 +82,7 @@ func run(ctx context.Context, o *Options) error {
 		Type: o.Type, DriverName: o.DriverName, Version: version,
 		Controller: o.Controller, Node: o.Node, NodeID: o.NodeID, Config: cfg,
 		KubeletDir: o.KubeletDir, Mounter: o.Mounter, StateDir: o.StateDir,
-		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout,
+		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
 	})
 	if err != nil {
 		return err
@@ -90,5 +90,5 @@ func run(ctx context.Context, o *Options) error {
 	defer d.Close()
 	klog.InfoS("starting", "driver", o.DriverName, "version", version, "type", o.Type,
 		"controller", o.Controller, "node", o.Node, "nodeID", o.NodeID)
-	return csiserver.Serve(ctx, o.Endpoint, d.Services)
+	return csiserver.Serve(ctx, o.Endpoint, d.Services, o.CallTimeout)
 }

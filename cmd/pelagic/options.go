@@ -26,6 +26,7 @@ type Options struct {
 	MaxVolumes   int64
 	CallTimeout  time.Duration
 	ProbeTimeout time.Duration
+	FenceExpiry  time.Duration
 }
 
 // Default driver names per type.
@@ -53,6 +54,7 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 	fs.Int64Var(&o.MaxVolumes, "max-volumes", 0, "maximum volumes per node (0: no limit)")
 	fs.DurationVar(&o.CallTimeout, "call-timeout", 2*time.Minute, "deadline of a CSI call when the caller sets none")
 	fs.DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "deadline of the backend check behind Probe")
+	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour, "how long the blocklisting of a stale holder's client lasts")
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
 	}
@@ -104,8 +106,8 @@ func (o *Options) Validate() error {
 	if o.MaxVolumes < 0 {
 		errs = append(errs, errors.New("--max-volumes must not be negative"))
 	}
-	if o.CallTimeout <= 0 || o.ProbeTimeout <= 0 {
-		errs = append(errs, errors.New("--call-timeout and --probe-timeout must be positive"))
+	if o.CallTimeout <= 0 || o.ProbeTimeout <= 0 || o.FenceExpiry <= 0 {
+		errs = append(errs, errors.New("--call-timeout, --probe-timeout and --fence-expiry must be positive"))
 	}
 	if _, err := ParseLabels(o.NodeLabels); err != nil {
 		errs = append(errs, err)

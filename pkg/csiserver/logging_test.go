@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -128,5 +129,29 @@ func TestItoa(t *testing.T) {
 		if got := itoa(n); got != want {
 			t.Errorf("itoa(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+func TestDeadlineInterceptor(t *testing.T) {
+	intercept := DeadlineInterceptor(time.Minute)
+	var seen time.Time
+	handler := func(ctx context.Context, _ any) (any, error) {
+		seen, _ = ctx.Deadline()
+		return nil, nil
+	}
+	if _, err := intercept(context.Background(), nil, &grpc.UnaryServerInfo{}, handler); err != nil {
+		t.Fatal(err)
+	}
+	if time.Until(seen) < 50*time.Second {
+		t.Errorf("a call without a deadline got %v, want about a minute", time.Until(seen))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	want, _ := ctx.Deadline()
+	if _, err := intercept(ctx, nil, &grpc.UnaryServerInfo{}, handler); err != nil {
+		t.Fatal(err)
+	}
+	if !seen.Equal(want) {
+		t.Errorf("the caller's deadline was replaced: %v, want %v", seen, want)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -73,10 +74,11 @@ func Listen(endpoint string) (net.Listener, error) {
 	return net.Listen(network, addr)
 }
 
-// NewServer returns a gRPC server with the services registered and the
-// logging interceptor installed.
-func NewServer(s Services) *grpc.Server {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(LogInterceptor))
+// NewServer returns a gRPC server with the services registered, every
+// call bounded by callTimeout when the caller set no deadline (0: none),
+// and every request logged with secrets stripped.
+func NewServer(s Services, callTimeout time.Duration) *grpc.Server {
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(LogInterceptor, DeadlineInterceptor(callTimeout)))
 	if s.Identity != nil {
 		csi.RegisterIdentityServer(srv, s.Identity)
 	}
@@ -89,13 +91,26 @@ func NewServer(s Services) *grpc.Server {
 	return srv
 }
 
+// DeadlineInterceptor gives a call without a deadline one of d, so no
+// request can hold a lock or a Ceph call forever.
+func DeadlineInterceptor(d time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if _, ok := ctx.Deadline(); !ok && d > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+		return handler(ctx, req)
+	}
+}
+
 // Serve serves s on endpoint until ctx is cancelled.
-func Serve(ctx context.Context, endpoint string, s Services) error {
+func Serve(ctx context.Context, endpoint string, s Services, callTimeout time.Duration) error {
 	lis, err := Listen(endpoint)
 	if err != nil {
 		return err
 	}
-	srv := NewServer(s)
+	srv := NewServer(s, callTimeout)
 	go func() {
 		<-ctx.Done()
 		srv.GracefulStop()

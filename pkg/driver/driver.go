@@ -30,6 +30,7 @@ type Options struct {
 	NodeLabels   map[string]string
 	MaxVolumes   int64
 	ProbeTimeout time.Duration
+	FenceExpiry  time.Duration
 	Timeouts     ceph.Timeouts
 }
 
@@ -55,7 +56,8 @@ func New(o Options) (*Driver, error) {
 	case "rbd":
 		connector := &rbd.CephConnector{Config: o.Config, Conns: conns}
 		if o.Controller {
-			d.Services.Controller = rbd.NewController(rbd.ControllerOptions{Connector: connector, Config: o.Config})
+			d.Services.Controller = rbd.NewController(rbd.ControllerOptions{
+				Connector: connector, Config: o.Config, FenceExpiry: o.FenceExpiry})
 		}
 		if o.Node {
 			node, err := newRBDNode(o, connector)

@@ -1,0 +1,255 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/pelagic-csi/pelagic/pkg/driver"
+)
+
+// nodeEnv is a controller and a node plugin (fuse mapper) on the local
+// cluster; restart gives a new node plugin over the same state, as a
+// restarted driver process would have.
+type nodeEnv struct {
+	*controllerEnv
+	ctrl  csi.ControllerServer
+	node  csi.NodeServer
+	state string
+	work  string
+}
+
+func newNodeEnv(t *testing.T) *nodeEnv {
+	e := &nodeEnv{controllerEnv: newControllerEnv(t), state: shortTempDir(t), work: t.TempDir()}
+	t.Cleanup(func() { cleanupNode(e.state, e.work) })
+	d, err := driver.New(driver.Options{Type: "rbd", DriverName: "rbd.csi.pelagic.dev", Controller: true,
+		Config: e.cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	e.ctrl = d.Services.Controller
+	e.restart(t)
+	return e
+}
+
+func (e *nodeEnv) restart(t *testing.T) {
+	d, err := driver.New(driver.Options{Type: "rbd", DriverName: "rbd.csi.pelagic.dev", Node: true, NodeID: "node-1",
+		Config: e.cfg, Mounter: "fuse", StateDir: e.state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	e.node = d.Services.Node
+}
+
+func (e *nodeEnv) paths(name string) (staging, target string) {
+	return filepath.Join(e.work, name, "staging"), filepath.Join(e.work, name, "target")
+}
+
+func (e *nodeEnv) stage(ctx context.Context, v *csi.Volume, c *csi.VolumeCapability) error {
+	staging, _ := e.paths(v.GetVolumeId()[len(v.GetVolumeId())-8:])
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return err
+	}
+	_, err := e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.GetVolumeId(), StagingTargetPath: staging,
+		VolumeCapability: c, VolumeContext: v.GetVolumeContext(), Secrets: e.secrets})
+	return err
+}
+
+func (e *nodeEnv) publish(ctx context.Context, v *csi.Volume, c *csi.VolumeCapability) error {
+	staging, target := e.paths(v.GetVolumeId()[len(v.GetVolumeId())-8:])
+	_, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.GetVolumeId(),
+		StagingTargetPath: staging, TargetPath: target, VolumeCapability: c, VolumeContext: v.GetVolumeContext()})
+	return err
+}
+
+func (e *nodeEnv) teardown(ctx context.Context, v *csi.Volume) error {
+	staging, target := e.paths(v.GetVolumeId()[len(v.GetVolumeId())-8:])
+	if _, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.GetVolumeId(), TargetPath: target}); err != nil {
+		return err
+	}
+	_, err := e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.GetVolumeId(), StagingTargetPath: staging})
+	return err
+}
+
+func (e *nodeEnv) create(t *testing.T, name string, size int64, params map[string]string) *csi.Volume {
+	t.Helper()
+	req := e.createReq(name, size)
+	for k, v := range params {
+		req.Parameters = mergeParams(req.Parameters, k, v)
+	}
+	resp, err := e.ctrl.CreateVolume(testContext(t, time.Minute), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetVolume()
+}
+
+func mergeParams(in map[string]string, k, v string) map[string]string {
+	out := map[string]string{k: v}
+	for kk, vv := range in {
+		if kk != k {
+			out[kk] = vv
+		}
+	}
+	return out
+}
+
+// TestDataSurvivesRestageAndRestart writes through a published 1 GiB
+// volume, tears it down with a restarted node plugin, stages it again and
+// reads the data back. It reports NodeStage and NodePublish latency.
+func TestDataSurvivesRestageAndRestart(t *testing.T) {
+	e := newNodeEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	vol := e.create(t, "pvc-restage", 1<<30, nil)
+
+	start := time.Now()
+	if err := e.stage(ctx, vol, c); err != nil {
+		t.Fatal(err)
+	}
+	firstStage := time.Since(start)
+	start = time.Now()
+	if err := e.publish(ctx, vol, c); err != nil {
+		t.Fatal(err)
+	}
+	publish := time.Since(start)
+	_, target := e.paths(vol.GetVolumeId()[len(vol.GetVolumeId())-8:])
+	payload := bytes.Repeat([]byte("pelagic "), 1<<16)
+	if err := writeSynced(filepath.Join(target, "data"), payload); err != nil {
+		t.Fatal(err)
+	}
+
+	e.restart(t) // the record beside the staging path is all the new plugin knows
+	if err := e.teardown(ctx, vol); err != nil {
+		t.Fatalf("teardown after a restart: %v", err)
+	}
+	start = time.Now()
+	if err := e.stage(ctx, vol, c); err != nil {
+		t.Fatal(err)
+	}
+	restage := time.Since(start)
+	if err := e.stage(ctx, vol, c); err != nil {
+		t.Fatalf("staging a staged volume again: %v", err)
+	}
+	if err := e.publish(ctx, vol, c); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(target, "data"))
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("read back %d bytes, %v; want the %d written", len(got), err, len(payload))
+	}
+	if err := e.teardown(ctx, vol); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.teardown(ctx, vol); err != nil {
+		t.Fatalf("tearing down twice: %v", err)
+	}
+	t.Logf("1 GiB volume: first NodeStage (map + mkfs.ext4 + mount) %v, NodeStage of a formatted volume %v, NodePublish %v",
+		firstStage.Round(time.Millisecond), restage.Round(time.Millisecond), publish.Round(time.Millisecond))
+}
+
+// TestNeverReformat stages an ext4 volume with data, then asks for xfs:
+// the node mounts the ext4 that is there instead of formatting.
+func TestNeverReformat(t *testing.T) {
+	e := newNodeEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	ext4 := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	ext4.GetMount().FsType = "ext4"
+	vol := e.create(t, "pvc-keep", 512<<20, nil)
+	if err := e.stage(ctx, vol, ext4); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.publish(ctx, vol, ext4); err != nil {
+		t.Fatal(err)
+	}
+	_, target := e.paths(vol.GetVolumeId()[len(vol.GetVolumeId())-8:])
+	if err := writeSynced(filepath.Join(target, "keep"), []byte("precious")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.teardown(ctx, vol); err != nil {
+		t.Fatal(err)
+	}
+
+	xfs := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	xfs.GetMount().FsType = "xfs"
+	if err := e.stage(ctx, vol, xfs); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.publish(ctx, vol, xfs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(target, "keep"))
+	if err != nil || string(got) != "precious" {
+		t.Fatalf("after staging as xfs: %q, %v; the ext4 filesystem was not kept", got, err)
+	}
+	out, err := exec.Command("findmnt", "-n", "-o", "FSTYPE", target).Output()
+	if err != nil || strings.TrimSpace(string(out)) != "ext4" {
+		t.Fatalf("target is mounted as %q (%v), want the existing ext4", strings.TrimSpace(string(out)), err)
+	}
+	if err := e.teardown(ctx, vol); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnavailableMapperSaysWhy: krbd cannot work on a kernel without the
+// rbd module; NodeStage says so and points at the fuse mapper.
+func TestUnavailableMapperSaysWhy(t *testing.T) {
+	if _, err := os.Stat("/sys/module/rbd"); err == nil {
+		t.Skip("this kernel has the rbd module: krbd is available")
+	}
+	e := newNodeEnv(t)
+	vol := e.create(t, "pvc-krbd", 64<<20, map[string]string{"mounter": "krbd"})
+	err := e.stage(testContext(t, time.Minute), vol, mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "mounter=fuse") {
+		t.Fatalf("stage with krbd here = %v; want FailedPrecondition pointing at mounter=fuse", err)
+	}
+}
+
+// TestBlockVolumeRoundTrip writes a pattern to a raw block volume and
+// reads it back after a restage.
+func TestBlockVolumeRoundTrip(t *testing.T) {
+	e := newNodeEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	c := blockCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	vol := e.create(t, "pvc-block", 64<<20, nil)
+	_, target := e.paths(vol.GetVolumeId()[len(vol.GetVolumeId())-8:])
+	pattern := bytes.Repeat([]byte{0xA5, 0x5A}, 2048)
+	for round := range 2 {
+		if err := e.stage(ctx, vol, c); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.publish(ctx, vol, c); err != nil {
+			t.Fatal(err)
+		}
+		if round == 0 {
+			if err := writeSynced(target, pattern); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			f, err := os.Open(target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(pattern))
+			_, err = f.ReadAt(got, 0)
+			f.Close()
+			if err != nil || !bytes.Equal(got, pattern) {
+				t.Fatalf("block device reads back %x..., %v", got[:8], err)
+			}
+		}
+		if err := e.teardown(ctx, vol); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
