@@ -1,0 +1,18 @@
+# Pelagic CSI driver image: the driver and pelagicctl, with the Ceph
+# client tools the node mappers run (rbd for krbd, rbd-nbd, rbd-fuse).
+FROM golang:1.26-bookworm AS build
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        librados-dev librbd-dev libcephfs-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN make build VERSION=$VERSION BIN=/out
+
+FROM debian:bookworm-slim
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        ceph-common rbd-nbd rbd-fuse ceph-fuse librados2 librbd1 libcephfs2 \
+        e2fsprogs xfsprogs util-linux fuse3 kmod && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/pelagic /out/pelagicctl /usr/local/bin/
+ENTRYPOINT ["/usr/local/bin/pelagic"]
