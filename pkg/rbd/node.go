@@ -607,11 +607,46 @@ func (n *Node) growDevice(ctx context.Context, staging string) error {
 	return nil
 }
 
+// NodeGetVolumeHealth reports a volume whose mount or mapping is gone as
+// inaccessible; no entries means healthy. Paths are checked when given.
+func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
+	}
+	health := &csi.VolumeHealth{VolumeId: req.GetVolumeId()}
+	problem := func(reason, format string, args ...any) {
+		health.HealthStatuses = append(health.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
+			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, args...)})
+	}
+	if p := req.GetVolumePublishPath(); p != "" {
+		if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p); !mounted {
+			problem("NotPublished", "nothing is mounted at the publish path %s", p)
+		}
+	}
+	if p := req.GetStagingTargetPath(); p != "" {
+		rec, err := readStageRecord(p)
+		switch {
+		case err != nil:
+			problem("NotStaged", "volume is not staged at %s: %v", p, err)
+		case rec.VolumeID != req.GetVolumeId():
+			problem("WrongVolume", "staging path %s holds volume %s", p, rec.VolumeID)
+		default:
+			if _, err := os.Stat(rec.Mapping.Device); err != nil {
+				problem("DeviceGone", "mapped device %s is gone: %v", rec.Mapping.Device, err)
+			} else if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p); !rec.Block && !mounted {
+				problem("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, p)
+			}
+		}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health}, nil
+}
+
 var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
 	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 	csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 }
 
 // NodeGetCapabilities advertises what the node service implements.
