@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -43,11 +44,13 @@ func newControllerEnv(t testing.TB) *controllerEnv {
 // controller returns a fresh controller, as a restarted process would be,
 // sharing only the cluster.
 func (e *controllerEnv) controller(afterReserve func(string)) *rbd.Controller {
-	return rbd.NewController(rbd.ControllerOptions{
-		Connector:    &rbd.CephConnector{Config: e.cfg, Conns: ceph.NewConnPool(ceph.Timeouts{})},
-		Config:       e.cfg,
-		AfterReserve: afterReserve,
-	})
+	return e.controllerWith(rbd.ControllerOptions{AfterReserve: afterReserve})
+}
+
+func (e *controllerEnv) controllerWith(o rbd.ControllerOptions) *rbd.Controller {
+	o.Connector = &rbd.CephConnector{Config: e.cfg, Conns: ceph.NewConnPool(ceph.Timeouts{})}
+	o.Config = e.cfg
+	return rbd.NewController(o)
 }
 
 func (e *controllerEnv) createReq(name string, size int64) *csi.CreateVolumeRequest {
@@ -250,5 +253,49 @@ func TestMalformedIDsNeverPanic(t *testing.T) {
 		if status.Code(err) != codes.NotFound {
 			t.Errorf("CreateSnapshot(%q) = %v, want NotFound", id, err)
 		}
+	}
+}
+
+// TestCloneChainIsBounded clones a volume from its own clone again and
+// again: past the hard depth the new clone is flattened at once, so the
+// chain never grows unbounded.
+func TestCloneChainIsBounded(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controllerWith(rbd.ControllerOptions{SoftCloneDepth: 1, HardCloneDepth: 2})
+	ctx := testContext(t, 3*time.Minute)
+	prev, err := ctrl.CreateVolume(ctx, e.createReq("pvc-gen0", 16<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ioctx := e.adminIOContext(t)
+	depth := func(vol *csi.Volume) int {
+		name := vol.GetVolumeContext()["imageName"]
+		d := 0
+		for {
+			img, err := librbd.OpenImageReadOnly(ioctx, name, librbd.NoSnapshot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parent, err := img.GetParent()
+			img.Close()
+			if err != nil {
+				return d
+			}
+			d++
+			name = parent.Image.ImageName
+		}
+	}
+	for gen := 1; gen <= 4; gen++ {
+		req := e.createReq(fmt.Sprintf("pvc-gen%d", gen), 16<<20)
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: prev.GetVolume().GetVolumeId()}}}
+		next, err := ctrl.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatalf("generation %d: %v", gen, err)
+		}
+		if d := depth(next.GetVolume()); d > 2 {
+			t.Fatalf("generation %d has clone depth %d, more than the hard limit 2", gen, d)
+		}
+		prev = next
 	}
 }

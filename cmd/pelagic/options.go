@@ -27,6 +27,9 @@ type Options struct {
 	CallTimeout  time.Duration
 	ProbeTimeout time.Duration
 	FenceExpiry  time.Duration
+	// Clone chain limits, named as ceph-csi names them.
+	SoftCloneDepth int
+	HardCloneDepth int
 }
 
 // Default driver names per type.
@@ -54,6 +57,8 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 	fs.Int64Var(&o.MaxVolumes, "max-volumes", 0, "maximum volumes per node (0: no limit)")
 	fs.DurationVar(&o.CallTimeout, "call-timeout", 2*time.Minute, "deadline of a CSI call when the caller sets none")
 	fs.DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "deadline of the backend check behind Probe")
+	fs.IntVar(&o.SoftCloneDepth, "rbdsoftmaxclonedepth", 4, "clones deeper than this are flattened in the background")
+	fs.IntVar(&o.HardCloneDepth, "rbdhardmaxclonedepth", 8, "clones deeper than this are flattened before CreateVolume returns")
 	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour, "how long the blocklisting of a stale holder's client lasts")
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
@@ -102,6 +107,9 @@ func (o *Options) Validate() error {
 	case "krbd", "rbd-nbd", "nbd", "fuse", "rbd-fuse":
 	default:
 		errs = append(errs, fmt.Errorf("--mounter=%q: must be krbd, rbd-nbd or fuse", o.Mounter))
+	}
+	if o.SoftCloneDepth < 1 || o.HardCloneDepth < o.SoftCloneDepth {
+		errs = append(errs, errors.New("clone depths must satisfy 1 <= --rbdsoftmaxclonedepth <= --rbdhardmaxclonedepth"))
 	}
 	if o.MaxVolumes < 0 {
 		errs = append(errs, errors.New("--max-volumes must not be negative"))

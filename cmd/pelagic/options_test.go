@@ -28,6 +28,8 @@ func TestParseOptions(t *testing.T) {
 		{name: "ceph-csi nbd spelling", args: []string{"--type=rbd", "--controller", "--mounter=rbd-nbd"}, wantDriver: DefaultRBDDriverName},
 		{name: "bad labels", args: []string{"--type=rbd", "--node", "--nodeid=n", "--node-labels=zone"}, wantErr: "--node-labels"},
 		{name: "stray argument", args: []string{"--type=rbd", "--controller", "extra"}, wantErr: "unexpected arguments"},
+		{name: "ceph-csi clone depth flags", args: []string{"--type=rbd", "--controller", "--rbdsoftmaxclonedepth=2", "--rbdhardmaxclonedepth=3"}, wantDriver: DefaultRBDDriverName},
+		{name: "soft depth above hard", args: []string{"--type=rbd", "--controller", "--rbdsoftmaxclonedepth=9", "--rbdhardmaxclonedepth=3"}, wantErr: "clone depths"},
 		{name: "unknown flag", args: []string{"--type=rbd", "--bogus"}, wantErr: "bogus"},
 	}
 	for _, tc := range tests {

@@ -31,7 +31,10 @@ type Options struct {
 	MaxVolumes   int64
 	ProbeTimeout time.Duration
 	FenceExpiry  time.Duration
-	Timeouts     ceph.Timeouts
+	// SoftCloneDepth and HardCloneDepth bound clone chains (0: defaults).
+	SoftCloneDepth int
+	HardCloneDepth int
+	Timeouts       ceph.Timeouts
 }
 
 // Driver is an assembled set of services and what they share.
@@ -57,7 +60,8 @@ func New(o Options) (*Driver, error) {
 		connector := &rbd.CephConnector{Config: o.Config, Conns: conns}
 		if o.Controller {
 			d.Services.Controller = rbd.NewController(rbd.ControllerOptions{
-				Connector: connector, Config: o.Config, FenceExpiry: o.FenceExpiry})
+				Connector: connector, Config: o.Config, FenceExpiry: o.FenceExpiry,
+				SoftCloneDepth: o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth})
 		}
 		if o.Node {
 			node, err := newRBDNode(o, connector)
