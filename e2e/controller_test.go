@@ -299,3 +299,59 @@ func TestCloneChainIsBounded(t *testing.T) {
 		prev = next
 	}
 }
+
+// TestRookCephBlockClass creates, grows, snapshots and deletes a volume
+// with the parameters of Rook's rook-ceph-block example, unchanged.
+func TestRookCephBlockClass(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controller(nil)
+	ctx := testContext(t, 2*time.Minute)
+	req := e.createReq("pvc-rook", 64<<20)
+	req.Parameters = map[string]string{
+		"clusterID": testClusterID, "pool": e.pool, "imageFormat": "2",
+		"imageFeatures": "layering,fast-diff,object-map,deep-flatten,exclusive-lock",
+		"csi.storage.k8s.io/provisioner-secret-name":            "rook-csi-rbd-provisioner",
+		"csi.storage.k8s.io/provisioner-secret-namespace":       "rook-ceph",
+		"csi.storage.k8s.io/controller-expand-secret-name":      "rook-csi-rbd-provisioner",
+		"csi.storage.k8s.io/controller-expand-secret-namespace": "rook-ceph",
+		"csi.storage.k8s.io/node-stage-secret-name":             "rook-csi-rbd-node",
+		"csi.storage.k8s.io/node-stage-secret-namespace":        "rook-ceph",
+		"csi.storage.k8s.io/fstype":                             "ext4",
+		"csi.storage.k8s.io/pvc/name":                           "data-web-0",
+		"csi.storage.k8s.io/pvc/namespace":                      "default",
+		"csi.storage.k8s.io/pv/name":                            "pvc-6f1c",
+	}
+	vol, err := ctrl.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatalf("rook-ceph-block parameters: %v", err)
+	}
+	id := vol.GetVolume().GetVolumeId()
+	img, err := librbd.OpenImageReadOnly(e.adminIOContext(t), vol.GetVolume().GetVolumeContext()["imageName"], librbd.NoSnapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	features, _ := img.GetFeatures()
+	owner, _ := img.GetMetadata("pelagic.csi/owner")
+	img.Close()
+	want := librbd.FeatureLayering | librbd.FeatureExclusiveLock | librbd.FeatureObjectMap | librbd.FeatureFastDiff | librbd.FeatureDeepFlatten
+	if features&want != want {
+		t.Errorf("image features = %#x, want %#x set", features, want)
+	}
+	if !strings.Contains(owner, `"pvc":"data-web-0"`) || !strings.Contains(owner, `"namespace":"default"`) {
+		t.Errorf("owner metadata = %q, want the PVC data-web-0 in default", owner)
+	}
+	if _, err := ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, Secrets: e.secrets,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-rook", SourceVolumeId: id, Secrets: e.secrets})
+	if err != nil || !snap.GetSnapshot().GetReadyToUse() || snap.GetSnapshot().GetSizeBytes() != 128<<20 {
+		t.Fatalf("snapshot = %v, %v", snap, err)
+	}
+	if _, err := ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId(), Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+}
