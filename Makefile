@@ -7,7 +7,9 @@ CLUSTER_DIR ?= $(CURDIR)/.cluster
 TEST_TIMEOUT ?= 75m
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build test unit demo deps cluster-up cluster-down vet fmt-check lint image clean
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
+
+.PHONY: all build test unit demo deps cluster-up cluster-down vet image clean
 
 all: build
 
@@ -37,9 +39,11 @@ cluster-up: deps
 cluster-down:
 	bash e2e/ceph/down.sh $(CLUSTER_DIR)
 
+## vet: go vet, gofmt and staticcheck, all with the Ceph tag
 vet:
 	$(GO) vet $(GOFLAGS_T) ./...
 	@test -z "$$(gofmt -l cmd pkg e2e)" || { echo "gofmt needed:"; gofmt -l cmd pkg e2e; exit 1; }
+	$(GO) run $(STATICCHECK) $(GOFLAGS_T) ./...
 
 image:
 	docker build -t pelagic:$(VERSION) .
