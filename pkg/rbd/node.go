@@ -208,12 +208,15 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*
 	if !rec.Block {
 		rec.FSType = fsTypeOf(req.GetVolumeCapability())
 	}
+	// The image's mapping record first: a stage record makes a retry skip
+	// mapping, so it must only exist once the controller can see this node.
+	if err := n.recordMapping(ctx, pool, image, mapping, usage.Watchers); err != nil {
+		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
+		return nil, err
+	}
 	if err := writeStageRecord(req.GetStagingTargetPath(), rec); err != nil {
 		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
 		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
-	}
-	if err := n.recordMapping(ctx, pool, image, mapping, usage.Watchers); err != nil {
-		return nil, err
 	}
 	return rec, nil
 }
@@ -377,19 +380,20 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 	}
 	defer unlock()
 	staging := req.GetStagingTargetPath()
+	rec, err := readStageRecord(staging)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	// Check whose staging path this is before touching its mount.
+	if rec != nil && rec.VolumeID != req.GetVolumeId() {
+		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s",
+			staging, rec.VolumeID, req.GetVolumeId())
+	}
 	if err := n.opts.Mounter.Unmount(ctx, staging); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
 	}
-	rec, err := readStageRecord(staging)
-	if errors.Is(err, os.ErrNotExist) {
+	if rec == nil {
 		return &csi.NodeUnstageVolumeResponse{}, nil
-	}
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	if rec.VolumeID != req.GetVolumeId() {
-		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s",
-			staging, rec.VolumeID, req.GetVolumeId())
 	}
 	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
 	if err != nil {
@@ -431,9 +435,6 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	}
 	defer unlock()
 	target := req.GetTargetPath()
-	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, target); mounted {
-		return &csi.NodePublishVolumeResponse{}, nil
-	}
 	rec, err := readStageRecord(req.GetStagingTargetPath())
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
@@ -441,6 +442,12 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	if rec.VolumeID != req.GetVolumeId() {
 		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s",
 			req.GetStagingTargetPath(), rec.VolumeID, req.GetVolumeId())
+	}
+	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, target); mounted {
+		if !slices.Contains(rec.Targets, target) {
+			return nil, status.Errorf(codes.AlreadyExists, "target %s already holds a mount that is not volume %s", target, req.GetVolumeId())
+		}
+		return &csi.NodePublishVolumeResponse{}, nil
 	}
 	// Targets unpublished since (or before a restart) are no longer mounted.
 	rec.Targets = slices.DeleteFunc(rec.Targets, func(t string) bool {
@@ -568,7 +575,12 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 	if err != nil || dev == "" {
 		return nil, status.Errorf(codes.NotFound, "no volume is mounted at %s", path)
 	}
-	if err := n.growDevice(ctx, req.GetStagingTargetPath()); err != nil {
+	if p := req.GetStagingTargetPath(); p != "" {
+		if err := n.checkPath("staging target path", p); err != nil {
+			return nil, err
+		}
+	}
+	if err := n.growDevice(ctx, req.GetVolumeId(), req.GetStagingTargetPath()); err != nil {
 		return nil, err
 	}
 	if err := n.opts.Mounter.ResizeFS(ctx, dev, path); err != nil {
@@ -587,13 +599,16 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 
 // growDevice makes a mapping whose device does not follow the image size
 // by itself (a loop device over rbd-fuse) pick up the new size.
-func (n *Node) growDevice(ctx context.Context, staging string) error {
+func (n *Node) growDevice(ctx context.Context, volumeID, staging string) error {
 	if staging == "" {
 		return nil
 	}
 	rec, err := readStageRecord(staging)
 	if err != nil {
 		return nil // not staged by us: nothing to grow below the filesystem
+	}
+	if rec.VolumeID != volumeID {
+		return status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s", staging, rec.VolumeID, volumeID)
 	}
 	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
 	if err != nil {
