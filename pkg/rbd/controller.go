@@ -394,9 +394,8 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 			return err
 		}
 	}
-	owner, _ := json.Marshal(map[string]string{
-		"name": rec.Name, "pvc": params.PVCName, "namespace": params.PVCNamespace, "pv": params.PVName,
-	})
+	owner, _ := json.Marshal(Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
+		PV: params.PVName, Params: rec.Params})
 	return pool.SetMetadata(ctx, rec.Image, map[string]string{metaOwnerKey: string(owner)})
 }
 

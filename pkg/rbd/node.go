@@ -64,6 +64,8 @@ type stageRecord struct {
 	FSType    string         `json:"fsType,omitempty"`
 	Staged    time.Time      `json:"staged"`
 	Targets   []string       `json:"targets,omitempty"` // where it is published
+	// UnmapOptions are the StorageClass's unmapOptions, for the unstage.
+	UnmapOptions string `json:"unmapOptions,omitempty"`
 }
 
 func recordPath(stagingPath string) string {
@@ -204,7 +206,8 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*
 		return nil, mapperStatus(err, "mapping "+img.Spec())
 	}
 	rec := &stageRecord{VolumeID: req.GetVolumeId(), ClusterID: cc.ClusterID, Mapping: mapping,
-		Block: req.GetVolumeCapability().GetBlock() != nil, Staged: time.Now().UTC()}
+		Block: req.GetVolumeCapability().GetBlock() != nil, Staged: time.Now().UTC(),
+		UnmapOptions: vctx[ParamUnmapOptions]}
 	if !rec.Block {
 		rec.FSType = fsTypeOf(req.GetVolumeCapability())
 	}
@@ -399,7 +402,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if err := m.Unmap(ctx, rec.Mapping, mapper.UnmapOptions{}); err != nil {
+	if err := m.Unmap(ctx, rec.Mapping, mapper.UnmapOptions{Options: rec.UnmapOptions}); err != nil {
 		if errors.Is(err, mapper.ErrBusy) {
 			holders, _ := n.opts.Mounter.Holders(ctx, rec.Mapping.Device)
 			return nil, status.Errorf(codes.FailedPrecondition, "device %s of volume %s is busy (held by %s): %v",

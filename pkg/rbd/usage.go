@@ -19,6 +19,8 @@ type Owner struct {
 	PVC       string `json:"pvc"`
 	Namespace string `json:"namespace"` // of the PVC
 	PV        string `json:"pv"`
+	// Params are the creation parameters that define the volume (no secrets).
+	Params map[string]string `json:"params,omitempty"`
 }
 
 // ReadUsage loads the metadata and watchers of image, as the controller does
