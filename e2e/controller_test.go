@@ -355,3 +355,30 @@ func TestRookCephBlockClass(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestListAfterRestart: a restarted controller lists the volumes an
+// earlier one made as soon as any call with secrets opened the cluster.
+func TestListAfterRestart(t *testing.T) {
+	e := newControllerEnv(t)
+	ctx := testContext(t, time.Minute)
+	first, err := e.controller(nil).CreateVolume(ctx, e.createReq("pvc-before-restart", 16<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted := e.controller(nil)
+	if _, err := restarted.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-after-restart",
+		SourceVolumeId: first.GetVolume().GetVolumeId(), Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	vols, err := restarted.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, v := range vols.GetEntries() {
+		found = found || v.GetVolume().GetVolumeId() == first.GetVolume().GetVolumeId()
+	}
+	if !found {
+		t.Fatalf("the restarted controller does not list %s: %v", first.GetVolume().GetVolumeId(), vols.GetEntries())
+	}
+}

@@ -96,6 +96,13 @@ func (c *fakeCluster) blocklisted(addr string) bool {
 }
 
 func (c *fakeCluster) ClientAddr(context.Context) (string, error) { return "10.0.0.1:0/1", nil }
+func (c *fakeCluster) JournalPools(context.Context, string) ([]string, error) {
+	var out []string
+	for name := range c.pools {
+		out = append(out, name)
+	}
+	return out, nil
+}
 
 type fakeImage struct {
 	size     int64

@@ -32,6 +32,8 @@ type Cluster interface {
 	Unblocklist(ctx context.Context, addr string) error
 	// ClientAddr is this connection's own client instance address.
 	ClientAddr(ctx context.Context) (string, error)
+	// JournalPools lists the pools whose namespace holds a Pelagic journal.
+	JournalPools(ctx context.Context, namespace string) ([]string, error)
 }
 
 // ImageSpec describes an image to create.

@@ -175,6 +175,24 @@ func (c *cephCluster) ClientAddr(ctx context.Context) (string, error) {
 	return util.Do(ctx, "reading client address", c.conn.GetAddrs)
 }
 
+func (c *cephCluster) JournalPools(ctx context.Context, namespace string) ([]string, error) {
+	names, err := util.Do(ctx, "listing pools", c.conn.ListPools)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, name := range names {
+		p, err := c.Pool(ctx, name, namespace)
+		if err != nil {
+			continue // a pool this user may not open holds nothing of ours
+		}
+		if ok, err := p.(*cephPool).HasEntries(ctx); err == nil && ok {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
 type cephPool struct {
 	*journal.Rados
 	ioctx *rados.IOContext

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,9 +46,10 @@ type ControllerOptions struct {
 // Controller implements csi.ControllerServer for RBD.
 type Controller struct {
 	csi.UnimplementedControllerServer
-	opts  ControllerOptions
-	locks *util.KeyLocks
-	known knownClusters
+	opts       ControllerOptions
+	locks      *util.KeyLocks
+	known      knownClusters
+	discovered sync.Map // cluster ID -> true once its journal pools are known
 }
 
 // NewController returns the controller service.
@@ -114,7 +116,30 @@ func (c *Controller) connect(ctx context.Context, clusterID string, secrets, par
 		}
 		return nil, statusFor(err)
 	}
+	c.discoverPools(ctx, cl)
 	return cl, nil
+}
+
+// discoverPools learns, once per cluster, every pool that already holds a
+// journal, so the calls that carry no secrets (ListVolumes, ListSnapshots,
+// GetCapacity) see volumes made before this process started.
+func (c *Controller) discoverPools(ctx context.Context, cl Cluster) {
+	if _, done := c.discovered.LoadOrStore(cl.ClusterID(), true); done {
+		return
+	}
+	cc, err := c.opts.Config.Cluster(cl.ClusterID())
+	if err != nil {
+		return
+	}
+	pools, err := cl.JournalPools(ctx, cc.RBD.RadosNamespace)
+	if err != nil {
+		c.discovered.Delete(cl.ClusterID())
+		klog.FromContext(ctx).Error(err, "looking for journals", "cluster", cl.ClusterID())
+		return
+	}
+	for _, p := range pools {
+		c.known.remember(cl, p, cc.RBD.RadosNamespace)
+	}
 }
 
 // clusterFor returns a cluster for a request that may or may not carry
@@ -744,6 +769,9 @@ func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]*jou
 	var ids []string
 	for _, kp := range c.known.all() {
 		pool, err := kp.cluster.Pool(ctx, kp.pool, kp.ns)
+		if errors.Is(err, ErrPoolNotFound) {
+			continue // deleted since: nothing of ours is left in it
+		}
 		if err != nil {
 			return nil, nil, statusFor(err)
 		}

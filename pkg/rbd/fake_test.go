@@ -79,6 +79,13 @@ func (c *fakeCluster) AvailableBytes(context.Context, string) (int64, error)  { 
 func (c *fakeCluster) Blocklist(context.Context, string, time.Duration) error { return nil }
 func (c *fakeCluster) Unblocklist(context.Context, string) error              { return nil }
 func (c *fakeCluster) ClientAddr(context.Context) (string, error)             { return "10.0.0.1:0/1", nil }
+func (c *fakeCluster) JournalPools(context.Context, string) ([]string, error) {
+	var out []string
+	for name := range c.pools {
+		out = append(out, name)
+	}
+	return out, nil
+}
 
 type fakeImage struct {
 	id, name string
