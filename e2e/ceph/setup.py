@@ -309,7 +309,8 @@ def write_info(d):
         "dir": d,
         "conf": os.path.join(d, "ceph.conf"),
         "fsid": env["FSID"],
-        "monitors": "%s:%s" % (bind, env["MON_V1_PORT"]),
+        # "v1:" tells clients the port speaks msgr v1, so they do not try v2 first.
+        "monitors": "v1:%s:%s" % (bind, env["MON_V1_PORT"]),
         "adminID": ADMIN,
         "adminKey": key("admin"),
         "rbdUserID": RBD_USER,

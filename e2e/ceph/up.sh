@@ -13,7 +13,7 @@
 # Writes DIR/cluster.env (KEY=value) and DIR/cluster.json; see setup.py write_info.
 #
 # Client command lines verified with the restricted users and no conf file at all
-# (MON=$CEPH_MONITORS, the v1 "IP:PORT"; KEYFILE holds only the base64 key, e.g.
+# (MON=$CEPH_MONITORS, "v1:IP:PORT"; KEYFILE holds only the base64 key, e.g.
 # $CEPH_RBD_KEYFILE / $CEPH_FS_KEYFILE; "--key KEY" works too but shows in ps):
 #   rbd-fuse -c /dev/null -m MON --id csi-rbd --keyfile KEYFILE -p rbd MNT
 #     (images appear as MNT/IMAGE; losetup --find --show MNT/IMAGE gives a block device;

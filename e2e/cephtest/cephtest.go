@@ -42,7 +42,7 @@ type Cluster struct {
 	Dir        string         `json:"dir"`
 	Conf       string         `json:"conf"`
 	FSID       string         `json:"fsid"`
-	Monitors   string         `json:"monitors"` // "IP:PORT", msgr v1: for mon_host, -m, ceph-csi config.json
+	Monitors   string         `json:"monitors"` // "v1:IP:PORT": for mon_host, -m, ceph-csi config.json
 	AdminID    string         `json:"adminID"`  // "admin" (no "client." prefix)
 	AdminKey   string         `json:"adminKey"`
 	RBDUserID  string         `json:"rbdUserID"` // "csi-rbd"

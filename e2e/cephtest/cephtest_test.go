@@ -97,7 +97,7 @@ func TestFreezeMon(t *testing.T) {
 func TestStartPrivate(t *testing.T) {
 	shared := cephtest.Get(t)
 	c := cephtest.Start(t, "CEPH_BIND_ADDR=127.0.0.3")
-	if !strings.HasPrefix(c.Monitors, "127.0.0.3:") || c.FSID == shared.FSID || c.Dir == shared.Dir {
+	if !strings.HasPrefix(c.Monitors, "v1:127.0.0.3:") || c.FSID == shared.FSID || c.Dir == shared.Dir {
 		t.Fatalf("private cluster %+v looks like the shared one %+v", c, shared)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
