@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/pelagic-csi/pelagic/e2e/cephtest"
+	"github.com/pelagic-csi/pelagic/e2e/lifecycle"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 )
 
@@ -251,5 +253,23 @@ func TestBlockVolumeRoundTrip(t *testing.T) {
 		if err := e.teardown(ctx, vol); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestVolumeLifecycle runs the main job's walk (what `make demo` prints)
+// against an in-process driver: controller and node, fuse mapper.
+func TestVolumeLifecycle(t *testing.T) {
+	c := cephtest.Get(t)
+	cfg, _ := clusterConfig(t, c)
+	state, work := shortTempDir(t), t.TempDir()
+	endpoint, _ := startDriver(t, driver.Options{Type: "rbd", DriverName: "rbd.csi.pelagic.dev", Controller: true,
+		Node: true, NodeID: "lifecycle-node", Mounter: "fuse", StateDir: state, Config: cfg})
+	t.Cleanup(func() { cleanupNode(state, work) })
+	var out bytes.Buffer
+	err := lifecycle.Run(dial(t, endpoint), lifecycle.Config{ClusterID: testClusterID, Pool: c.Pool,
+		Secrets: rbdSecrets(c), WorkDir: work}, &out)
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
 	}
 }
