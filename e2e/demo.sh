@@ -8,6 +8,7 @@ DIR=${DEMO_DIR:-$(mktemp -d /tmp/pelagic-demo.XXXXXX)}
 cleanup() {
 	[[ -n ${DRIVER_PID:-} ]] && kill "$DRIVER_PID" 2>/dev/null && wait "$DRIVER_PID" 2>/dev/null
 	bash "$ROOT/e2e/ceph/down.sh" "$DIR/cluster" >/dev/null 2>&1 || true
+	[[ -n ${DEMO_DIR:-} ]] || rm -rf "$DIR"
 }
 trap cleanup EXIT
 
@@ -17,12 +18,14 @@ source "$DIR/cluster/cluster.env"
 cat >"$DIR/config.json" <<JSON
 [{"clusterID": "demo", "monitors": ["$CEPH_MONITORS"], "rbd": {}, "cephFS": {"subvolumeGroup": "csi"}}]
 JSON
+# Node state and volume paths live inside the cluster directory, so down.sh
+# unmounts and unmaps whatever a failed run leaves before it stops the cluster.
 "$ROOT/bin/pelagic" --type=rbd --controller --node --nodeid=demo-node --mounter=fuse \
-	--endpoint="unix://$DIR/csi.sock" --config="$DIR/config.json" --state-dir="$DIR/state" \
+	--endpoint="unix://$DIR/csi.sock" --config="$DIR/config.json" --state-dir="$DIR/cluster/demo/state" \
 	>"$DIR/driver.log" 2>&1 &
 DRIVER_PID=$!
 echo "driver started (pid $DRIVER_PID, log $DIR/driver.log)"
 cd "$ROOT"
 go run -tags pacific ./e2e/demo --endpoint="unix://$DIR/csi.sock" --cluster-id=demo \
 	--pool="$CEPH_POOL" --user="$CEPH_RBD_USER_ID" --key-file=<(printf %s "$CEPH_RBD_USER_KEY") \
-	--work-dir="$DIR/work"
+	--work-dir="$DIR/cluster/demo/work"

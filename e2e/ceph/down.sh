@@ -38,15 +38,28 @@ unmount_all() {
 	done
 }
 # rbd-fuse / ceph-fuse processes that are clients of this cluster (command line mentions DIR/
-# or the monitor address): given time to exit after their unmount, killed if they hang.
+# or the monitor address, or names a conf file that does, as the driver's fuse mapper writes):
+# given time to exit after their unmount, killed if they hang. A client left running after its
+# cluster stops would block every I/O on its device forever.
 MONS=
 [[ -f $DIR/cluster.env ]] && MONS=$(sed -n 's/^CEPH_MONITORS=//p' "$DIR/cluster.env")
+conf_names_us() { # "cmdline": its -c/--conf file holds this cluster's monitor address
+	[[ -n $MONS ]] || return 1
+	local prev="" a
+	for a in $1; do
+		if [[ $prev == -c || $prev == --conf ]] && [[ -r $a ]] && grep -qF -- "${MONS#v1:}" "$a"; then
+			return 0
+		fi
+		prev=$a
+	done
+	return 1
+}
 fuse_clients() {
 	local p c
 	for p in /proc/[0-9]*; do
 		c=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
 		[[ $c == *rbd-fuse\ * || $c == *ceph-fuse\ * ]] || continue
-		if [[ $c == *"$DIR/"* || $c == *" $DIR "* || (-n $MONS && $c == *"$MONS "*) ]]; then
+		if [[ $c == *"$DIR/"* || $c == *" $DIR "* || (-n $MONS && $c == *"$MONS "*) ]] || conf_names_us "$c"; then
 			echo "${p#/proc/}"
 		fi
 	done
