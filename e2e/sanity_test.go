@@ -32,7 +32,7 @@ func TestRBDSanity(t *testing.T) {
 	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerPublishVolumeSecret",
 		"ControllerUnpublishVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret", "NodeStageVolumeSecret",
 		"NodePublishVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret", "ControllerExpandVolumeSecret",
-		"ListSnapshotsSecret"} {
+		"ListSnapshotsSecret", "GetSnapshotSecret"} {
 		all[k] = secrets
 	}
 	secretsYAML, err := yaml.Marshal(all)

@@ -83,6 +83,7 @@ var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
 	csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
+	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 }
 
 // ControllerGetCapabilities advertises exactly what is implemented.
@@ -867,6 +868,22 @@ func snapshotOf(id string, rec *journal.Record, snap SnapInfo) *csi.Snapshot {
 		SnapshotId: id, SourceVolumeId: rec.Source, SizeBytes: snap.Size,
 		CreationTime: timestamppb.New(created), ReadyToUse: true, // an RBD snapshot is complete when created
 	}
+}
+
+// GetSnapshot reports one snapshot whose RBD snapshot still exists.
+func (c *Controller) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if req.GetSnapshotId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot ID is missing")
+	}
+	r, err := c.resolve(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	snap, err := r.pool.Snap(ctx, r.rec.ImageID, r.rec.SnapName)
+	if err != nil {
+		return nil, statusFor(err)
+	}
+	return &csi.GetSnapshotResponse{Snapshot: snapshotOf(req.GetSnapshotId(), r.rec, snap)}, nil
 }
 
 // DeleteSnapshot removes the RBD snapshot and its journal entry.

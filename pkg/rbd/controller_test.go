@@ -401,6 +401,12 @@ func TestSnapshots(t *testing.T) {
 	_, err := e.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: other.GetVolumeId(), Secrets: testSecrets})
 	wantCode(t, err, codes.AlreadyExists)
 	e.snapshot(t, "snap-2", other.GetVolumeId())
+	got, err := e.c.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: testSecrets})
+	if err != nil || got.GetSnapshot().GetSnapshotId() != snap.GetSnapshotId() || got.GetSnapshot().GetSourceVolumeId() != vol.GetVolumeId() {
+		t.Errorf("GetSnapshot = %v, %v", got, err)
+	}
+	_, err = e.c.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: "not-an-id", Secrets: testSecrets})
+	wantCode(t, err, codes.NotFound)
 
 	list := func(req *csi.ListSnapshotsRequest) []string {
 		t.Helper()
