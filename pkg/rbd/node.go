@@ -103,6 +103,20 @@ func (n *Node) lock(volumeID string) (func(), error) {
 	return func() { n.locks.Unlock(volumeID) }, nil
 }
 
+// begin checks the volume ID and the paths a call names (what, path
+// pairs), then takes the volume's lock. Nothing is touched on bad input.
+func (n *Node) begin(volumeID string, whatPath ...string) (unlock func(), err error) {
+	if volumeID == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
+	}
+	for i := 0; i+1 < len(whatPath); i += 2 {
+		if err := n.checkPath(whatPath[i], whatPath[i+1]); err != nil {
+			return nil, err
+		}
+	}
+	return n.lock(volumeID)
+}
+
 func (n *Node) checkPath(what, path string) error {
 	if err := csiserver.ValidatePath(what, path, n.opts.KubeletDir); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
@@ -121,12 +135,6 @@ func readOnlyMode(c *csi.VolumeCapability) bool {
 // NodeStageVolume maps the image and, for a filesystem volume, formats it
 // if (and only if) it holds no filesystem, then mounts it at the staging path.
 func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if err := n.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
-		return nil, err
-	}
 	if err := validateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -134,7 +142,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if vctx[ParamPool] == "" || vctx[CtxImageName] == "" || vctx[ParamClusterID] == "" {
 		return nil, status.Errorf(codes.InvalidArgument, "volume context needs %s, %s and %s", ParamClusterID, ParamPool, CtxImageName)
 	}
-	unlock, err := n.lock(req.GetVolumeId())
+	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
@@ -371,13 +379,7 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 
 // NodeUnstageVolume unmounts and unmaps. It succeeds when nothing is staged.
 func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if err := n.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
-		return nil, err
-	}
-	unlock, err := n.lock(req.GetVolumeId())
+	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
@@ -420,19 +422,11 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 // NodePublishVolume bind-mounts the staged filesystem (or the device, for
 // a block volume) at the target path.
 func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if err := n.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
-		return nil, err
-	}
-	if err := n.checkPath("target path", req.GetTargetPath()); err != nil {
-		return nil, err
-	}
 	if err := validateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	unlock, err := n.lock(req.GetVolumeId())
+	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath(),
+		"target path", req.GetTargetPath())
 	if err != nil {
 		return nil, err
 	}
@@ -497,13 +491,7 @@ func makeFile(path string) error {
 
 // NodeUnpublishVolume unmounts the target and removes it.
 func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if err := n.checkPath("target path", req.GetTargetPath()); err != nil {
-		return nil, err
-	}
-	unlock, err := n.lock(req.GetVolumeId())
+	unlock, err := n.begin(req.GetVolumeId(), "target path", req.GetTargetPath())
 	if err != nil {
 		return nil, err
 	}
