@@ -22,7 +22,7 @@ const (
 	testClusterID = "c1"
 	testPoolID    = 7
 	// testKey is a well-formed cephx key that must never appear in any output.
-	testKey = "AQBHfCxlAAAAABAAqRiJ8t1L3o9G0fYzY6Wlbw=="
+	testKey = "cGVsYWdpYy10ZXN0LWtleS1ub3QtYS1jZXBoeC1rZXk=" // base64 of a phrase, not a cephx key
 	addrA   = "10.0.0.2:0/1001"
 	addrB   = "10.0.0.3:0/2002"
 )

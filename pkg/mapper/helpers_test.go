@@ -15,7 +15,7 @@ import (
 )
 
 // testKey is a well-formed cephx key that must never show up on argv.
-const testKey = "AQBvaBdmAAAAABAAjKzWX2yTqJpYqOZK0Vh3Ng=="
+const testKey = "bWFwcGVyLXRlc3Qta2V5LW5vdC1hLWNlcGh4LWtleQ==" // base64 of a phrase, not a cephx key
 
 func testImage() Image {
 	return Image{
