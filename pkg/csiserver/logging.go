@@ -33,11 +33,6 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
-// Logger returns a klog logger that tags every line with the request ID.
-func Logger(ctx context.Context) klog.Logger {
-	return klog.FromContext(ctx)
-}
-
 // LogInterceptor gives every call a request ID and logs the request and
 // response with every secret field stripped (CSI marks them csi_secret).
 func LogInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

@@ -77,7 +77,7 @@ func TestLogInterceptorStripsSecrets(t *testing.T) {
 			var reqID string
 			handler := func(ctx context.Context, req any) (any, error) {
 				reqID = RequestID(ctx)
-				Logger(ctx).Info("inside handler")
+				klog.FromContext(ctx).Info("inside handler")
 				if tc.err != nil {
 					return nil, tc.err
 				}
