@@ -99,11 +99,22 @@ func containsDevice(ms []Mapping, device string) bool {
 	return false
 }
 
-// Unmap implements Mapper. rbd-nbd has no forced unmap, so Force is ignored.
+// Unmap implements Mapper. rbd-nbd disconnects a device even while it is
+// mounted, and the kernel then fails that mount's I/O: so Unmap refuses,
+// as krbd does, while something holds the device, unless opts.Force.
 func (n *nbd) Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error {
 	current, found, err := n.find(ctx, m)
 	if err != nil || !found {
 		return err
+	}
+	if !opts.Force {
+		holders, err := n.cfg.Mounts.Holders(ctx, current.Device)
+		if err != nil {
+			return fmt.Errorf("unmapping %s: finding what holds it: %w", current.Device, err)
+		}
+		if len(holders) > 0 {
+			return fmt.Errorf("%w: %s is in use by %s", ErrBusy, current.Device, strings.Join(holders, ", "))
+		}
 	}
 	args := append([]string{"unmap"}, nbdFlags(opts.Options)...)
 	args = append(args, current.Device)
