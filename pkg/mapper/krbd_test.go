@@ -87,6 +87,24 @@ func TestKRBDMapReturnsExistingMapping(t *testing.T) {
 	}
 }
 
+// TestKRBDMapReusedID: while the image is mapped, another mapping on the
+// node is unmapped, and the kernel gives the new device the id it freed.
+func TestKRBDMapReusedID(t *testing.T) {
+	host := newFakeHost(t, "rbd")
+	host.addRBDDevice(t, "0", map[string]string{"pool": "rbd", "name": "other", "current_snap": "-"})
+	r := &fakeRunner{handle: func([]string) ([]byte, error) {
+		if err := os.RemoveAll(filepath.Join(host.sysfs, "bus", "rbd", "devices", "0")); err != nil {
+			return nil, err
+		}
+		host.addRBDDevice(t, "0", map[string]string{"pool": "rbd", "name": "csi-vol-1", "current_snap": "-"})
+		return []byte("/dev/rbd0\n"), nil
+	}}
+	got, err := newKRBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
+	if err != nil || got.Device != filepath.Join(host.dev, "rbd0") || got.Image != "csi-vol-1" {
+		t.Fatalf("Map = %+v, %v; want csi-vol-1 on the reused /dev/rbd0", got, err)
+	}
+}
+
 func TestKRBDMapFailures(t *testing.T) {
 	tests := []struct {
 		name    string

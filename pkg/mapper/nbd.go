@@ -57,8 +57,10 @@ func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, err
 	if err != nil {
 		return Mapping{}, err
 	}
+	// No device mapped img before (see above), so the one that does now is
+	// the new one, even on the device of a mapping removed meanwhile.
 	for _, m := range after {
-		if m.same(img) && !containsDevice(before, m.Device) {
+		if m.same(img) {
 			if err := waitForDevice(ctx, n.cfg.DeviceTimeout, m.Device); err != nil {
 				return Mapping{}, err
 			}
@@ -88,15 +90,6 @@ func nbdFlags(options string) []string {
 		flags = append(flags, "--"+strings.TrimLeft(o, "-"))
 	}
 	return flags
-}
-
-func containsDevice(ms []Mapping, device string) bool {
-	for _, m := range ms {
-		if m.Device == device {
-			return true
-		}
-	}
-	return false
 }
 
 // Unmap implements Mapper. rbd-nbd disconnects a device even while it is

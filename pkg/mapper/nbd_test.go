@@ -126,6 +126,24 @@ func TestNBDMapReturnsExistingMapping(t *testing.T) {
 	}
 }
 
+// TestNBDMapReusedDevice: while the image is mapped, another mapping on
+// the node is unmapped, and the new mapping gets the device it freed.
+func TestNBDMapReusedDevice(t *testing.T) {
+	host := newFakeHost(t, "nbd")
+	nbdHost := &fakeNBD{t: t, dev: host.dev, devices: []fakeNBDDevice{{PID: 4000, Pool: "rbd", Image: "other",
+		Device: filepath.Join(host.dev, "nbd0")}}}
+	r := &fakeRunner{handle: func(argv []string) ([]byte, error) {
+		if argv[1] == "map" {
+			nbdHost.devices = nil
+		}
+		return nbdHost.handle(argv)
+	}}
+	got, err := newNBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
+	if err != nil || got.Device != filepath.Join(host.dev, "nbd0") || got.Image != "csi-vol-1" {
+		t.Fatalf("Map = %+v, %v; want csi-vol-1 on the reused nbd0", got, err)
+	}
+}
+
 func TestNBDCheckWithoutModule(t *testing.T) {
 	host := newFakeHost(t, "rbd")
 	r := &fakeRunner{handle: func([]string) ([]byte, error) { return nil, execError(1, "Module nbd not found") }}
