@@ -1,0 +1,187 @@
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+var nbdClass = map[string]string{"mounter": "rbd-nbd"}
+
+// nbdDaemon returns the pid of the rbd-nbd process serving /dev/dev, or 0
+// when the device is not connected.
+func nbdDaemon(t *testing.T, dev string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/sys/block", dev, "pid"))
+	if os.IsNotExist(err) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if name := filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0]); name != "rbd-nbd" {
+		t.Fatalf("/dev/%s is served by pid %d, %q, not rbd-nbd", dev, pid, name)
+	}
+	return pid
+}
+
+// checkRecordIsDaemons fails unless the node's mapping record of v names
+// the one client instance watching the image: the rbd-nbd daemon's.
+func (e *env) checkRecordIsDaemons(t *testing.T, v *volume) string {
+	t.Helper()
+	rec := e.mappingRecord(t, v)
+	watchers := e.usage(t, v).Watchers
+	if len(watchers) != 1 {
+		t.Fatalf("watchers of %s: %v; want the rbd-nbd daemon's only", v.image(), watchers)
+	}
+	w := watchers[0]
+	if rec.Mapper != "rbd-nbd" || rec.ClientAddr != w.Addr || rec.ClientID != "client."+strconv.FormatInt(w.ID, 10) {
+		t.Fatalf("mapping record %+v; the daemon watches as %v", rec, w)
+	}
+	return rec.ClientAddr
+}
+
+// TestNBDLifecycle: rbd-nbd maps ext4 and raw block volumes, the node
+// records the daemon's client instance, and the mapping, a process of its
+// own, outlives a node plugin restart: the restarted plugin unstages it,
+// and the data is intact (the filesystem staged again, the block volume's
+// image read).
+func TestNBDLifecycle(t *testing.T) {
+	t.Parallel()
+	e := shared
+	tests := []struct {
+		name string
+		c    *csi.VolumeCapability
+		file string
+	}{
+		{"ext4", mountCap(rwo, "ext4"), "data"},
+		{"block", blockCap(rwo), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t, 3*time.Minute)
+			v := e.create(t, "nbd-"+tt.name, 64<<20, tt.c, nbdClass)
+			path := filepath.Join(v.target, tt.file)
+			data := bytes.Repeat([]byte("nbd "+tt.name+" "), 1024)
+			if err := e.stage(ctx, v, tt.c); err != nil {
+				t.Fatal(err)
+			}
+			dev := blockDevice(t, v.target)
+			if !strings.HasPrefix(dev, "nbd") {
+				t.Fatalf("published on %s, not an nbd device", dev)
+			}
+			pid := nbdDaemon(t, dev)
+			e.checkRecordIsDaemons(t, v)
+			if err := writeSynced(path, data); err != nil {
+				t.Fatal(err)
+			}
+
+			e := e.restartedNode(t)
+			if got := nbdDaemon(t, dev); got != pid {
+				t.Fatalf("after the plugin restart /dev/%s is served by %d, was %d", dev, got, pid)
+			}
+			if err := e.teardown(ctx, v); err != nil {
+				t.Fatalf("tearing down with the restarted plugin: %v", err)
+			}
+			if got := nbdDaemon(t, dev); got != 0 {
+				t.Fatalf("/dev/%s is still connected (rbd-nbd %d) after NodeUnstageVolume", dev, got)
+			}
+			waitFor(t, 30*time.Second, "rbd-nbd to exit", func() bool {
+				_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
+				return os.IsNotExist(err)
+			})
+
+			if tt.file == "" {
+				if got := e.readImage(t, v, len(data)); !bytes.Equal(got, data) {
+					t.Fatalf("the image holds %q..., not what was written", got[:16])
+				}
+				return
+			}
+			if err := e.stage(ctx, v, tt.c); err != nil {
+				t.Fatal(err)
+			}
+			readBack(t, path, data)
+			e.checkRecordIsDaemons(t, v)
+			if err := e.teardown(ctx, v); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestNBDBusyDeviceIsNotUnmapped: rbd-nbd itself disconnects a device that
+// is still mounted (the kernel then fails the mount's I/O), so the mapper
+// must refuse: unstaging while the volume is still published is refused
+// with the holder named, and the volume keeps working.
+func TestNBDBusyDeviceIsNotUnmapped(t *testing.T) {
+	t.Parallel()
+	e := shared
+	ctx := testContext(t, 3*time.Minute)
+	c := mountCap(rwo, "ext4")
+	v := e.create(t, "nbd-busy", 64<<20, c, nbdClass)
+	if err := e.stage(ctx, v, c); err != nil {
+		t.Fatal(err)
+	}
+	dev := blockDevice(t, v.target)
+	err := e.unstage(ctx, v)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), v.target) {
+		t.Fatalf("unstaging a device mounted at %s: %v; want FailedPrecondition naming it", v.target, err)
+	}
+	t.Logf("refused as it should be: %v", err)
+	if nbdDaemon(t, dev) == 0 {
+		t.Fatalf("/dev/%s was disconnected under its mount", dev)
+	}
+	if err := writeSynced(filepath.Join(v.target, "still"), []byte("here")); err != nil {
+		t.Fatalf("the volume no longer takes writes after the refused unstage: %v", err)
+	}
+	if err := e.teardown(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNBDFencingTheRecordedInstance: the instance the node recorded is the
+// daemon's own: blocklisting it fails the device's I/O.
+func TestNBDFencingTheRecordedInstance(t *testing.T) {
+	t.Parallel()
+	e := shared
+	ctx := testContext(t, 3*time.Minute)
+	c := blockCap(rwo)
+	v := e.create(t, "nbd-fence", 64<<20, c, nbdClass)
+	if err := e.stage(ctx, v, c); err != nil {
+		t.Fatal(err)
+	}
+	addr := e.checkRecordIsDaemons(t, v)
+	if err := writeSynced(v.target, []byte("before the fence")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.admin.Blocklist(ctx, addr, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = e.teardown(ctx, v)
+		_ = e.admin.Unblocklist(ctx, addr)
+	})
+	var lateErr error
+	waitFor(t, time.Minute, "the fenced device to fail a synced write", func() bool {
+		lateErr = writeSynced(v.target, []byte("late"))
+		return lateErr != nil
+	})
+	t.Logf("the fenced rbd-nbd device: %v", lateErr)
+}
