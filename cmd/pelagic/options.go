@@ -27,6 +27,7 @@ type Options struct {
 	CallTimeout  time.Duration
 	ProbeTimeout time.Duration
 	FenceExpiry  time.Duration
+	FenceCheck   time.Duration
 	// Clone chain limits, named as ceph-csi names them.
 	SoftCloneDepth int
 	HardCloneDepth int
@@ -59,7 +60,10 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 	fs.DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "deadline of the backend check behind Probe")
 	fs.IntVar(&o.SoftCloneDepth, "rbdsoftmaxclonedepth", 4, "clones deeper than this are flattened in the background")
 	fs.IntVar(&o.HardCloneDepth, "rbdhardmaxclonedepth", 8, "clones deeper than this are flattened before CreateVolume returns")
-	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour, "how long the blocklisting of a stale holder's client lasts")
+	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour,
+		"how long one blocklisting of a stale holder's client lasts; renewed while its node still holds the mapping")
+	fs.DurationVar(&o.FenceCheck, "fence-check-interval", 0,
+		"how often fences are renewed or lifted (default a quarter of --fence-expiry, at most 5m)")
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
 	}
@@ -113,6 +117,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxVolumes < 0 {
 		errs = append(errs, errors.New("--max-volumes must not be negative"))
+	}
+	if o.FenceCheck < 0 {
+		errs = append(errs, errors.New("--fence-check-interval must not be negative"))
 	}
 	if o.CallTimeout <= 0 || o.ProbeTimeout <= 0 || o.FenceExpiry <= 0 {
 		errs = append(errs, errors.New("--call-timeout, --probe-timeout and --fence-expiry must be positive"))
