@@ -208,6 +208,8 @@ func TestKRBDUnmap(t *testing.T) {
 			opts:     UnmapOptions{Force: true, Options: "noudev"},
 			result:   func(h fakeHost) error { return os.RemoveAll(filepath.Join(h.sysfs, "bus", "rbd", "devices", "0")) },
 			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "-o", "force,noudev", "DEV"}},
+		// rbd's exit status and words when the kernel refuses (EBUSY): the
+		// device is open, here by a mount.
 		{name: "busy names the mount", mapped: true,
 			mapping: func(dev string) Mapping { return Mapping{Device: dev} },
 			result: func(fakeHost) error {
@@ -217,7 +219,7 @@ func TestKRBDUnmap(t *testing.T) {
 			wantErr:  ErrBusy, anyErr: true, errHas: "/var/lib/kubelet/staging"},
 		{name: "other failure is not busy", mapped: true,
 			mapping:  func(dev string) Mapping { return Mapping{Device: dev} },
-			result:   func(fakeHost) error { return execError(1, "rbd: unmap failed: (22) Invalid argument") },
+			result:   func(fakeHost) error { return execError(22, "rbd: unmap failed: (22) Invalid argument") },
 			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "DEV"},
 			anyErr:   true},
 	}
@@ -254,12 +256,15 @@ func TestKRBDUnmap(t *testing.T) {
 	}
 }
 
+// TestKRBDList reads sysfs as a 6.1 kernel writes it: pool_ns empty for
+// the default namespace, current_snap "-" for an image, client_id without
+// a dot; an older kernel has no pool_ns or client_* files.
 func TestKRBDList(t *testing.T) {
 	host := newFakeHost(t, "rbd")
 	host.addRBDDevice(t, "0", map[string]string{"pool": "rbd", "pool_ns": "", "name": "a", "current_snap": "-",
-		"client_addr": "10.0.0.9:0/1", "client_id": "client.1"})
+		"client_addr": "10.0.0.9:0/1", "client_id": "client1"})
 	host.addRBDDevice(t, "1", map[string]string{"pool": "rbd", "pool_ns": "ns", "name": "b", "current_snap": "-",
-		"client_addr": "10.0.0.9:0/2", "client_id": "client.2"})
+		"client_addr": "10.0.0.9:0/2", "client_id": "client2"})
 	host.addRBDDevice(t, "2", map[string]string{"pool": "rbd", "name": "a", "current_snap": "snap"})
 	host.addRBDDevice(t, "3", map[string]string{"pool": "old", "name": "kernel"}) // no pool_ns, client_* files
 	got, err := newKRBD(host.config(&fakeRunner{}, nil)).List(context.Background())
