@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 var nbdClass = map[string]string{"mounter": "rbd-nbd"}
@@ -121,36 +119,6 @@ func TestNBDLifecycle(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
-	}
-}
-
-// TestNBDBusyDeviceIsNotUnmapped: rbd-nbd itself disconnects a device that
-// is still mounted (the kernel then fails the mount's I/O), so the mapper
-// must refuse: unstaging while the volume is still published is refused
-// with the holder named, and the volume keeps working.
-func TestNBDBusyDeviceIsNotUnmapped(t *testing.T) {
-	t.Parallel()
-	e := shared
-	ctx := testContext(t, 3*time.Minute)
-	c := mountCap(rwo, "ext4")
-	v := e.create(t, "nbd-busy", 64<<20, c, nbdClass)
-	if err := e.stage(ctx, v, c); err != nil {
-		t.Fatal(err)
-	}
-	dev := blockDevice(t, v.target)
-	err := e.unstage(ctx, v)
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), v.target) {
-		t.Fatalf("unstaging a device mounted at %s: %v; want FailedPrecondition naming it", v.target, err)
-	}
-	t.Logf("refused as it should be: %v", err)
-	if nbdDaemon(t, dev) == 0 {
-		t.Fatalf("/dev/%s was disconnected under its mount", dev)
-	}
-	if err := writeSynced(filepath.Join(v.target, "still"), []byte("here")); err != nil {
-		t.Fatalf("the volume no longer takes writes after the refused unstage: %v", err)
-	}
-	if err := e.teardown(ctx, v); err != nil {
-		t.Fatal(err)
 	}
 }
 
