@@ -534,7 +534,7 @@ func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeSta
 		}
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
 	}
-	st, err := n.opts.Mounter.Stats(path)
+	st, err := n.opts.Mounter.Stats(ctx, path)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "statfs %s: %v", path, err)
 	}
