@@ -221,8 +221,13 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	// The stage record only after the image's mapping record: it makes a
 	// retry skip mapping, so it must only exist once the controller can
 	// see this node's client.
-	if err := errors.Join(writeStageRecord(req.GetStagingTargetPath(), rec),
-		n.staged.put(req.GetVolumeId(), req.GetStagingTargetPath())); err != nil {
+	// The index first: an entry whose stage record is missing is dropped
+	// when found, and a stage record must never be missing from it.
+	err = n.staged.put(req.GetVolumeId(), req.GetStagingTargetPath())
+	if err == nil {
+		err = writeStageRecord(req.GetStagingTargetPath(), rec)
+	}
+	if err != nil {
 		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
 		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
 	}
@@ -397,8 +402,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
 	}
 	if rec == nil {
-		n.secrets.forget(req.GetVolumeId())
-		return &csi.NodeUnstageVolumeResponse{}, nil
+		return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
 	}
 	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
 	if err != nil {
@@ -416,11 +420,16 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 	if err := os.Remove(recordPath(staging)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	n.secrets.forget(req.GetVolumeId())
-	if err := n.staged.remove(req.GetVolumeId()); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+	return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
+}
+
+// unstaged forgets what the node kept of a volume while it was staged.
+func (n *Node) unstaged(volumeID string) error {
+	n.secrets.forget(volumeID)
+	if err := n.staged.remove(volumeID); err != nil {
+		return status.Error(codes.Internal, err.Error())
 	}
-	return &csi.NodeUnstageVolumeResponse{}, nil
+	return nil
 }
 
 // NodePublishVolume bind-mounts the staged filesystem (or the device, for

@@ -58,12 +58,12 @@ func (n *Node) stagedMappingFenced(ctx context.Context, req *csi.NodeStageVolume
 	}
 	pool, err := cl.Pool(ctx, rec.Mapping.Pool, rec.Mapping.RadosNamespace)
 	if err != nil {
-		return false, statusFor(err)
+		return false, nodeStatus(err, rec.VolumeID)
 	}
 	n.known.remember(cl, pool.Name(), rec.Mapping.RadosNamespace)
 	recs, err := readRecords(ctx, pool, rec.Mapping.Image)
 	if err != nil {
-		return false, statusFor(err)
+		return false, nodeStatus(err, rec.VolumeID)
 	}
 	_, fenced := recs.fenceOf(rec.Mapping.ClientAddr)
 	return fenced, nil

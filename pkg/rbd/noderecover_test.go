@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -308,4 +309,42 @@ func TestNodeExpandCodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStagedIndex: the node knows which volumes it staged, across a
+// restart, until it unstages them; Adopt drops entries whose stage record
+// is gone.
+func TestStagedIndex(t *testing.T) {
+	ctx := context.Background()
+	e := newNodeEnv(t)
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	e.n = NewNode(e.n.opts) // restarted
+	e.n.Adopt(ctx)
+	if got := e.n.staged.stagingPath(e.volID); got != e.staging {
+		t.Fatalf("index gives %q, want %s", got, e.staging)
+	}
+	if _, err := e.n.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: e.volID}); err != nil {
+		t.Fatalf("health by volume ID after a restart: %v", err)
+	}
+	e.unstage(t)
+	_, err := e.n.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: e.volID})
+	wantCode(t, err, codes.NotFound)
+
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	if err := os.Remove(recordPath(e.staging)); err != nil {
+		t.Fatal(err)
+	}
+	e.n.Adopt(ctx)
+	if got := e.n.staged.all(); len(got) != 0 {
+		t.Fatalf("index after Adopt: %+v; want the entry without a stage record gone", got)
+	}
+}
+
+// TestNodeStageOfStagedVolumeWhosePoolIsGone: NotFound, as for a first stage.
+func TestNodeStageOfStagedVolumeWhosePoolIsGone(t *testing.T) {
+	e := newNodeEnv(t)
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	e.n.opts.Connector = &FakeConnector{Clusters: map[string]*FakeCluster{testClusterID: NewFakeCluster(testClusterID)}}
+	_, err := e.n.NodeStageVolume(context.Background(), e.stageReq(mountCap(rwo)))
+	wantNodeErr(t, err, codes.NotFound, testPool)
 }
