@@ -1,7 +1,8 @@
 // Package cephfs serves CephFS shared volumes as subvolumes of the mgr
 // volumes module. Volumes (volumes.go) is what the services need from the
-// mgr; MgrVolumes implements it with go-ceph's cephfs/admin, and passes a
-// contract test against a real cluster.
+// mgr; MgrVolumes implements it with go-ceph's cephfs/admin, FakeVolumes
+// in memory. Both pass the same contract test, against a real cluster
+// for MgrVolumes.
 //
 // # The mgr volumes module on Pacific (16.2.15), as observed
 //
