@@ -34,4 +34,36 @@
 //     metadata need Quincy. go-ceph v0.41.0 sends the source group as a
 //     clone's target group and misreads Pacific's clone failure: Clone and
 //     CloneStatus send their own commands.
+//
+// # ceph-fuse on a node (TestCephFuseFacts checks these)
+//
+// A subvolume mounts with
+//
+//	ceph-fuse -c /dev/null -m MON --id USER --keyfile KEYFILE -r PATH --admin-socket DIR/client.asok --log-file DIR/ceph-fuse.log MNT
+//
+// where PATH is the subvolume's path (getpath):
+//
+//   - KEYFILE holds the bare base64 key (mode 0600); the key never shows in
+//     the command line, and the file can be removed once ceph-fuse has
+//     returned. -c /dev/null keeps /etc/ceph out of it; without
+//     --admin-socket and --log-file it writes
+//     /var/run/ceph/ceph-client.USER.PID.*.asok and
+//     /var/log/ceph/ceph-client.USER.log.
+//   - ceph-fuse returns once MNT is mounted and serves it as a daemon
+//     (allow_other set); it prints its progress on stderr. A PATH that does
+//     not exist fails with "ceph mount failed with (2) No such file or
+//     directory", and so does any PATH inside .snap: a read-only view of a
+//     snapshot mounts the subvolume's directory (/volumes/GROUP/NAME) and
+//     binds .snap/SNAP/UUID below it, where writes fail with EROFS.
+//   - statfs reports the quota as the size. Writes past the quota fail with
+//     EDQUOT, but late: the client judges by the usage the MDS last sent
+//     it, so megabytes may pass first (4.1-8.5 MiB written into 4 MiB).
+//   - umount MNT unmounts (fusermount3 is installed too, from fuse3), and
+//     ceph-fuse exits within about 2 s; umount of a busy mount fails
+//     (target is busy) and leaves it serving.
+//   - A ceph-fuse that died leaves MNT mounted, answering ENOTCONN (or
+//     ECONNABORTED at first); umount clears it. Its MDS session and caps
+//     outlive it until they time out (60 s) or the client is evicted:
+//     meanwhile a removal of its subvolume waits (a create in its group
+//     waited 54 s), and holds up every mgr volumes command behind it.
 package cephfs
