@@ -23,6 +23,12 @@ func TestMain(m *testing.M) {
 	if os.Getenv(controllerProcessEnv) != "" {
 		os.Exit(runControllerProcess())
 	}
+	if os.Getenv(nodeProcessEnv) != "" {
+		os.Exit(runNodeProcess())
+	}
+	if os.Getenv(daemonHostEnv) != "" {
+		os.Exit(runDaemonHost())
+	}
 	os.Exit(cephtest.Main(m))
 }
 

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +18,8 @@ import (
 	"github.com/pelagic-csi/pelagic/e2e/cephtest"
 	"github.com/pelagic-csi/pelagic/e2e/lifecycle"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
+	"github.com/pelagic-csi/pelagic/pkg/mount"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 )
 
 // nodeEnv is a controller and a node plugin (fuse mapper) on the local
@@ -270,6 +273,186 @@ func TestVolumeLifecycle(t *testing.T) {
 		Secrets: rbdSecrets(c), WorkDir: work}, &out)
 	t.Log("\n" + out.String())
 	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFirstStageOfLargeVolume stages an 8 GiB volume with the fuse mapper
+// and reports how long the first NodeStage (map, mkfs.ext4, mount) takes:
+// mkfs does not discard the thin image (see mount's formatArgs, whose
+// arguments the unit tests assert).
+func TestFirstStageOfLargeVolume(t *testing.T) {
+	e := newNodeEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	vol := e.create(t, "pvc-large", 8<<30, nil)
+	start := time.Now()
+	if err := e.stage(ctx, vol, c); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	staging, _ := e.paths(vol.GetVolumeId()[len(vol.GetVolumeId())-8:])
+	out, err := exec.Command("df", "-B1", "--output=size", staging).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(string(out)); len(f) != 2 || len(f[1]) < 10 { // at least 1e9 bytes
+		t.Fatalf("the staged filesystem is %q bytes; want about 8 GiB", f)
+	}
+	_, err = e.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("8 GiB volume, fuse mapper: first NodeStage (map + mkfs.ext4 -E nodiscard + mount) took %v", took.Round(time.Millisecond))
+}
+
+// TestReadOnlyBlockPublication: a raw block volume published read-only
+// cannot be written through its target, whether the volume is staged for
+// writing (another pod writes it) or read-only (ROX); it reads.
+func TestReadOnlyBlockPublication(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		mode     csi.VolumeCapability_AccessMode_Mode
+		readonly bool
+	}{
+		{"RWO volume, read-only publish", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, true},
+		{"ROX volume", csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newNodeEnv(t)
+			ctx := testContext(t, 5*time.Minute)
+			vol := e.create(t, "pvc-roblock", 64<<20, nil)
+			c := blockCap(tc.mode)
+			if err := e.stage(ctx, vol, c); err != nil {
+				t.Fatal(err)
+			}
+			staging, target := e.paths(vol.GetVolumeId()[len(vol.GetVolumeId())-8:])
+			_, err := e.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(),
+				StagingTargetPath: staging, TargetPath: target, VolumeCapability: c, Readonly: tc.readonly})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.OpenFile(target, os.O_RDWR, 0)
+			if err == nil {
+				_, err = f.WriteAt([]byte("must not land"), 0)
+				if err == nil {
+					err = f.Sync()
+				}
+				f.Close()
+			}
+			if err == nil {
+				t.Fatal("a write through the read-only published block device succeeded")
+			}
+			buf := make([]byte, 4096)
+			if r, rerr := os.Open(target); rerr != nil {
+				t.Fatal(rerr)
+			} else if _, rerr := r.ReadAt(buf, 0); rerr != nil {
+				r.Close()
+				t.Fatalf("reading the read-only device: %v", rerr)
+			} else {
+				r.Close()
+			}
+			if bytes.HasPrefix(buf, []byte("must not land")) {
+				t.Fatal("the refused write reached the device")
+			}
+			if err := e.teardown(ctx, vol); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("write refused: %v", err)
+		})
+	}
+}
+
+// TestHungFuseMountHonoursDeadlines stops rbd-fuse (SIGSTOP: its mount
+// then blocks every request instead of failing) under a published volume.
+// Calls that look at it return by their deadline and release the volume's
+// lock: the next call on the volume is not refused as busy.
+func TestHungFuseMountHonoursDeadlines(t *testing.T) {
+	e := newNodeEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	vol := e.create(t, "pvc-hung", 64<<20, nil)
+	if err := e.stage(ctx, vol, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.publish(ctx, vol, c); err != nil {
+		t.Fatal(err)
+	}
+	staging, target := e.paths(vol.GetVolumeId()[len(vol.GetVolumeId())-8:])
+	pids := fusePIDs(e.state)
+	if len(pids) != 1 {
+		t.Fatalf("rbd-fuse processes %v, want one", pids)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pids[0], syscall.SIGCONT) })
+	mnts, _ := filepath.Glob(filepath.Join(e.state, "fuse", "*", "mnt"))
+	if len(mnts) != 1 {
+		t.Fatalf("fuse mounts %v, want one", mnts)
+	}
+	// Make sure the mount does hang: a stat of the image file blocks.
+	probe := make(chan error, 1)
+	go func() {
+		entries, err := os.ReadDir(mnts[0])
+		if err == nil && len(entries) > 0 {
+			_, err = os.Stat(filepath.Join(mnts[0], entries[0].Name()))
+		}
+		probe <- err
+	}()
+	select {
+	case err := <-probe:
+		t.Skipf("rbd-fuse answered while stopped (%v): cached attributes; nothing hangs here", err)
+	case <-time.After(2 * time.Second):
+	}
+
+	const deadline = 3 * time.Second
+	bounded := func(name string, call func(ctx context.Context) error) {
+		t.Helper()
+		cctx, cancel := context.WithTimeout(ctx, deadline)
+		defer cancel()
+		start := time.Now()
+		err := call(cctx)
+		if took := time.Since(start); took > deadline+2*time.Second {
+			t.Errorf("%s took %v with a %v deadline", name, took.Round(time.Millisecond), deadline)
+		}
+		t.Logf("%s while rbd-fuse hangs: %v in %v", name, err, time.Since(start).Round(time.Millisecond))
+	}
+	mounter := mount.NewHostMounter(mount.Config{Runner: util.ExecRunner{}})
+	bounded("IsMountPoint(rbd-fuse mount)", func(ctx context.Context) error {
+		mounted, err := mounter.IsMountPoint(ctx, mnts[0])
+		if err == nil && !mounted {
+			t.Error("the hung rbd-fuse mount does not count as mounted")
+		}
+		return err
+	})
+	bounded("NodeExpandVolume", func(ctx context.Context) error {
+		_, err := e.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
+			StagingTargetPath: staging, VolumeCapability: c})
+		return err
+	})
+	bounded("NodeGetVolumeStats", func(ctx context.Context) error {
+		_, err := e.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol.GetVolumeId(), VolumePath: target})
+		return err
+	})
+	bounded("NodeGetVolumeHealth", func(ctx context.Context) error {
+		_, err := e.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: vol.GetVolumeId()})
+		return err
+	})
+	bounded("NodePublishVolume (again)", func(ctx context.Context) error {
+		err := e.publish(ctx, vol, c)
+		if status.Code(err) == codes.Aborted {
+			t.Errorf("the volume's lock was still held: %v", err)
+		}
+		return err
+	})
+	if err := syscall.Kill(pids[0], syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-probe; err != nil {
+		t.Fatalf("rbd-fuse did not answer once continued: %v", err)
+	}
+	if err := e.teardown(ctx, vol); err != nil {
 		t.Fatal(err)
 	}
 }

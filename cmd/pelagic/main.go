@@ -14,6 +14,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
+	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 )
 
@@ -73,6 +74,10 @@ func indexByte(s string, b byte) int {
 }
 
 func run(ctx context.Context, o *Options) error {
+	if o.DaemonHost {
+		klog.InfoS("starting the daemon host", "version", version, "socket", o.DaemonSocket)
+		return daemonhost.Serve(ctx, daemonhost.Options{Socket: o.DaemonSocket})
+	}
 	cfg, err := ceph.LoadConfig(o.ConfigPath)
 	if err != nil {
 		return err
@@ -81,7 +86,7 @@ func run(ctx context.Context, o *Options) error {
 	d, err := driver.New(driver.Options{
 		Type: o.Type, DriverName: o.DriverName, Version: version,
 		Controller: o.Controller, Node: o.Node, NodeID: o.NodeID, Config: cfg,
-		KubeletDir: o.KubeletDir, Mounter: o.Mounter, StateDir: o.StateDir,
+		KubeletDir: o.KubeletDir, Mounter: o.Mounter, StateDir: o.StateDir, DaemonSocket: o.DaemonSocket,
 		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
 		FenceCheckInterval: o.FenceCheck,
 		SoftCloneDepth:     o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,

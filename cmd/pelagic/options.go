@@ -12,16 +12,20 @@ import (
 
 // Options are the driver's command-line settings.
 type Options struct {
-	Endpoint     string
-	Type         string // "rbd" or "cephfs"
-	Controller   bool
-	Node         bool
-	NodeID       string
-	DriverName   string
-	ConfigPath   string
-	KubeletDir   string
-	Mounter      string // node default for RBD: krbd, rbd-nbd or fuse
-	StateDir     string
+	Endpoint   string
+	Type       string // "rbd" or "cephfs"
+	Controller bool
+	Node       bool
+	NodeID     string
+	DriverName string
+	ConfigPath string
+	KubeletDir string
+	Mounter    string // node default for RBD: krbd, rbd-nbd or fuse
+	StateDir   string
+	// DaemonSocket is the daemon host's socket; with DaemonHost this
+	// process is that host and serves nothing else.
+	DaemonSocket string
+	DaemonHost   bool
 	NodeLabels   string // topology, "key=value,key=value"
 	MaxVolumes   int64
 	CallTimeout  time.Duration
@@ -54,6 +58,10 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 	fs.StringVar(&o.KubeletDir, "kubelet-dir", "", "when set, staging and target paths must lie inside it")
 	fs.StringVar(&o.Mounter, "mounter", "krbd", "default RBD mapper on this node: krbd, rbd-nbd or fuse")
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/pelagic", "node state: mapping records, fuse mounts")
+	fs.StringVar(&o.DaemonSocket, "daemon-socket", "",
+		"the daemon host's unix socket: the node starts rbd-fuse and rbd-nbd through it, so they outlive the plugin (empty: the plugin starts them)")
+	fs.BoolVar(&o.DaemonHost, "daemon-host", false,
+		"run as the daemon host on --daemon-socket: start the node's rbd-fuse and rbd-nbd daemons for the plugin, nothing else")
 	fs.StringVar(&o.NodeLabels, "node-labels", "", "topology labels of this node, key=value,...")
 	fs.Int64Var(&o.MaxVolumes, "max-volumes", 0, "maximum volumes per node (0: no limit)")
 	fs.DurationVar(&o.CallTimeout, "call-timeout", 2*time.Minute, "deadline of a CSI call when the caller sets none")
@@ -75,6 +83,9 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 
 // Validate checks that the options make a runnable driver.
 func (o *Options) Validate() error {
+	if o.DaemonHost {
+		return o.validateDaemonHost()
+	}
 	var errs []error
 	switch o.Type {
 	case "rbd":
@@ -104,6 +115,9 @@ func (o *Options) Validate() error {
 	if o.Endpoint == "" {
 		errs = append(errs, errors.New("--endpoint is required"))
 	}
+	if o.DaemonSocket != "" && !filepath.IsAbs(o.DaemonSocket) {
+		errs = append(errs, fmt.Errorf("--daemon-socket=%q must be an absolute path", o.DaemonSocket))
+	}
 	if o.KubeletDir != "" && !filepath.IsAbs(o.KubeletDir) {
 		errs = append(errs, fmt.Errorf("--kubelet-dir=%q must be an absolute path", o.KubeletDir))
 	}
@@ -126,6 +140,17 @@ func (o *Options) Validate() error {
 	}
 	if _, err := ParseLabels(o.NodeLabels); err != nil {
 		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Options) validateDaemonHost() error {
+	var errs []error
+	if o.DaemonSocket == "" || !filepath.IsAbs(o.DaemonSocket) {
+		errs = append(errs, fmt.Errorf("--daemon-host needs --daemon-socket, an absolute path (got %q)", o.DaemonSocket))
+	}
+	if o.Controller || o.Node || o.Type != "" {
+		errs = append(errs, errors.New("--daemon-host serves no CSI: it excludes --type, --controller and --node"))
 	}
 	return errors.Join(errs...)
 }

@@ -31,6 +31,12 @@ func TestParseOptions(t *testing.T) {
 		{name: "ceph-csi clone depth flags", args: []string{"--type=rbd", "--controller", "--rbdsoftmaxclonedepth=2", "--rbdhardmaxclonedepth=3"}, wantDriver: DefaultRBDDriverName},
 		{name: "soft depth above hard", args: []string{"--type=rbd", "--controller", "--rbdsoftmaxclonedepth=9", "--rbdhardmaxclonedepth=3"}, wantErr: "clone depths"},
 		{name: "unknown flag", args: []string{"--type=rbd", "--bogus"}, wantErr: "bogus"},
+		{name: "node through a daemon host", args: []string{"--type=rbd", "--node", "--nodeid=n", "--daemon-socket=/var/lib/pelagic/daemons.sock"},
+			wantDriver: DefaultRBDDriverName},
+		{name: "relative daemon socket", args: []string{"--type=rbd", "--node", "--nodeid=n", "--daemon-socket=daemons.sock"}, wantErr: "--daemon-socket"},
+		{name: "daemon host", args: []string{"--daemon-host", "--daemon-socket=/var/lib/pelagic/daemons.sock"}},
+		{name: "daemon host without socket", args: []string{"--daemon-host"}, wantErr: "--daemon-socket"},
+		{name: "daemon host serving CSI too", args: []string{"--daemon-host", "--daemon-socket=/s", "--type=rbd", "--node"}, wantErr: "excludes"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
+	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
@@ -17,16 +18,20 @@ import (
 
 // Options describe one driver process.
 type Options struct {
-	Type         string // "rbd" or "cephfs"
-	DriverName   string
-	Version      string
-	Controller   bool
-	Node         bool
-	NodeID       string
-	Config       *ceph.Config
-	KubeletDir   string
-	Mounter      string
-	FuseNetNS    string // run rbd-fuse in this network namespace (see mapper.Config)
+	Type       string // "rbd" or "cephfs"
+	DriverName string
+	Version    string
+	Controller bool
+	Node       bool
+	NodeID     string
+	Config     *ceph.Config
+	KubeletDir string
+	Mounter    string
+	FuseNetNS  string // run rbd-fuse in this network namespace (see mapper.Config)
+	// DaemonSocket is the daemon host's socket: the node starts rbd-fuse
+	// and rbd-nbd through it, so they outlive the plugin. "": the plugin
+	// starts them itself, and they die with its container.
+	DaemonSocket string
 	StateDir     string
 	NodeLabels   map[string]string
 	MaxVolumes   int64
@@ -58,6 +63,7 @@ func New(o Options) (*Driver, error) {
 		Version:      o.Version,
 		Controller:   o.Controller,
 		Expansion:    o.Type == "rbd",
+		Topology:     advertisesTopology(o),
 		Prober:       &ceph.Prober{Config: o.Config, Pool: conns},
 		ProbeTimeout: o.ProbeTimeout,
 	})
@@ -87,19 +93,38 @@ func New(o Options) (*Driver, error) {
 	return d, nil
 }
 
+// advertisesTopology: a node process with topology labels advertises
+// VOLUME_ACCESSIBILITY_CONSTRAINTS, and only then reports the labels.
+func advertisesTopology(o Options) bool { return o.Node && len(o.NodeLabels) > 0 }
+
+// newRBDNode builds the node service and takes over what an earlier run of
+// the plugin left: keyfiles a crash left are removed, and staged volumes
+// (whose mappings outlive the plugin) are adopted.
 func newRBDNode(o Options, connector rbd.Connector) (*rbd.Node, error) {
 	runner := util.ExecRunner{DefaultTimeout: 2 * time.Minute}
 	mounter := mount.NewHostMounter(mount.Config{Runner: runner})
+	var daemons util.Runner = runner
+	if o.DaemonSocket != "" {
+		daemons = daemonhost.NewClient(o.DaemonSocket)
+	}
 	mappers, err := mapper.NewRegistry(mapper.Config{
-		Runner: runner, Mounts: mounter, StateDir: o.StateDir, Default: o.Mounter, FuseNetNS: o.FuseNetNS,
+		Runner: runner, Daemons: daemons, Mounts: mounter, StateDir: o.StateDir, Default: o.Mounter, FuseNetNS: o.FuseNetNS,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return rbd.NewNode(rbd.NodeOptions{
+	if err := mapper.SweepKeyfiles(o.StateDir); err != nil {
+		return nil, fmt.Errorf("removing keyfiles left behind: %w", err)
+	}
+	node := rbd.NewNode(rbd.NodeOptions{
 		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mappers: mappers, Mounter: mounter,
-		KubeletDir: o.KubeletDir, StateDir: o.StateDir, Labels: o.NodeLabels, MaxVolumes: o.MaxVolumes,
-	}), nil
+		KubeletDir: o.KubeletDir, StateDir: o.StateDir, Topology: advertisesTopology(o), Labels: o.NodeLabels,
+		MaxVolumes: o.MaxVolumes,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	node.Adopt(ctx)
+	return node, nil
 }
 
 // Close stops background work and releases shared connections.

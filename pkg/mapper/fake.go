@@ -23,6 +23,7 @@ type FakeMapper struct {
 
 	mu         sync.Mutex
 	mappings   []Mapping
+	dead       map[string]bool // by device: its daemon is gone
 	next       int
 	mapCalls   []FakeMapCall
 	unmapCalls []FakeUnmapCall
@@ -52,6 +53,7 @@ func (f *FakeMapper) Name() string { return f.MapperName }
 func (f *FakeMapper) Check(context.Context) error { return f.CheckErr }
 
 // Map returns the existing mapping of img, or a new one on /dev/fakeN.
+// A dead mapping of img is replaced, as the real mappers clear one.
 func (f *FakeMapper) Map(_ context.Context, img Image, opts MapOptions) (Mapping, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -59,9 +61,13 @@ func (f *FakeMapper) Map(_ context.Context, img Image, opts MapOptions) (Mapping
 	if f.MapErr != nil {
 		return Mapping{}, f.MapErr
 	}
-	for _, m := range f.mappings {
-		if m.same(img) {
+	for i, m := range f.mappings {
+		if m.same(img) && !f.dead[m.Device] {
 			return m, nil
+		}
+		if m.same(img) {
+			f.mappings = append(f.mappings[:i], f.mappings[i+1:]...)
+			break
 		}
 	}
 	n := f.next
@@ -90,7 +96,7 @@ func (f *FakeMapper) Unmap(_ context.Context, m Mapping, opts UnmapOptions) erro
 		if !byDevice && !byImage {
 			continue
 		}
-		if f.BusyDevices[c.Device] && !opts.Force {
+		if f.BusyDevices[c.Device] && !opts.Force && !f.dead[c.Device] {
 			return fmt.Errorf("%w: %s is in use", ErrBusy, c.Device)
 		}
 		f.mappings = append(f.mappings[:i], f.mappings[i+1:]...)
@@ -108,6 +114,28 @@ func (f *FakeMapper) List(context.Context) ([]Mapping, error) {
 	out := append([]Mapping(nil), f.mappings...)
 	sortMappings(out)
 	return out, nil
+}
+
+// Alive implements Mapper: a mapping is alive from Map until Kill or Unmap.
+func (f *FakeMapper) Alive(_ context.Context, m Mapping) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.mappings {
+		if c.Device == m.Device && !f.dead[c.Device] {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: fake mapping %s is gone", ErrMappingDead, m.Device)
+}
+
+// Kill makes the mapping on device dead, as if its daemon had exited.
+func (f *FakeMapper) Kill(device string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dead == nil {
+		f.dead = map[string]bool{}
+	}
+	f.dead[device] = true
 }
 
 // MapCalls returns every Map call so far.

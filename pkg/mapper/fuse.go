@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/pelagic-csi/pelagic/pkg/mount"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 )
 
 // fuse maps images without kernel rbd or nbd: each mapping runs its own
@@ -24,11 +27,15 @@ import (
 // directory, and puts a loop device on the file it exposes. Unmapping one
 // image never touches another's process or mount.
 //
+// rbd-fuse is started through Config.Daemons, so it can outlive the
+// plugin; a restarted plugin finds its mappings in state.json. The cephx
+// key is in a keyfile under StateDir/keys only until rbd-fuse and `rbd
+// status` have connected.
+//
 // Each mapping lives in StateDir/fuse/<hash>/:
 //
 //	state.json   what is mapped (survives driver restarts)
 //	ceph.conf    mon_host, and the librbd cache off
-//	keyfile      the cephx key, removed once rbd-fuse has connected
 //	client.asok  rbd-fuse's admin socket
 //	rbd-fuse.log rbd-fuse's log
 //	mnt/         the rbd-fuse mount; mnt/IMAGE is the image
@@ -40,7 +47,6 @@ type fuse struct {
 const (
 	fuseStateFile  = "state.json"
 	fuseConfFile   = "ceph.conf"
-	fuseKeyFile    = "keyfile"
 	fuseSocketFile = "client.asok"
 	fuseLogFile    = "rbd-fuse.log"
 	fuseMountDir   = "mnt"
@@ -126,7 +132,10 @@ func (f *fuse) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, er
 		return Mapping{}, err
 	}
 	dir := f.dirFor(img.ClusterID, img.Pool, img.RadosNamespace, img.Name)
-	unlock := f.locks.lock(dir)
+	unlock, err := f.locks.lock(ctx, dir)
+	if err != nil {
+		return Mapping{}, err
+	}
 	defer unlock()
 
 	st, err := readFuseState(dir)
@@ -140,7 +149,7 @@ func (f *fuse) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, er
 	if _, statErr := os.Stat(dir); statErr == nil {
 		// Left over from a crash or reboot: clear it and map afresh.
 		klog.InfoS("fuse: clearing a stale mapping", "image", img.Spec(), "dir", dir, "readErr", err)
-		if err := f.teardown(ctx, dir, st); err != nil {
+		if err := f.teardown(ctx, dir, st, false); err != nil {
 			return Mapping{}, fmt.Errorf("clearing stale fuse mapping of %s: %w", img.Spec(), err)
 		}
 	}
@@ -150,7 +159,7 @@ func (f *fuse) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, er
 		// Clean up even if ctx has ended; the cleanup has its own bounds.
 		cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		if terr := f.teardown(cleanupCtx, dir, st); terr != nil {
+		if terr := f.teardown(cleanupCtx, dir, st, true); terr != nil {
 			klog.ErrorS(terr, "fuse: cleaning up after a failed map", "image", img.Spec(), "dir", dir)
 		}
 		return Mapping{}, err
@@ -167,18 +176,18 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 		return st, fmt.Errorf("creating fuse mapping directory: %w", err)
 	}
 	conf := filepath.Join(dir, fuseConfFile)
-	keyfile := filepath.Join(dir, fuseKeyFile)
 	// No librbd cache: the page cache above the loop device already
 	// buffers, and without it a write that Ceph refuses (a fenced client)
 	// fails as an I/O error instead of being acknowledged and dropped.
 	if err := os.WriteFile(conf, []byte("[global]\nmon_host = "+img.monHost()+"\nrbd_cache = false\n"), 0o600); err != nil {
 		return st, fmt.Errorf("writing %s: %w", conf, err)
 	}
-	if err := os.WriteFile(keyfile, []byte(img.Creds.Key), 0o600); err != nil {
-		return st, fmt.Errorf("writing keyfile for %s: %w", img.Creds, err)
+	keyfile, removeKey, err := writeKeyfile(f.cfg.StateDir, img.Creds)
+	if err != nil {
+		return st, err
 	}
 	// Only needed until rbd-fuse and `rbd status` have authenticated.
-	defer os.Remove(keyfile)
+	defer removeKey()
 
 	if err := f.runFuse(ctx, dir, img, conf, keyfile, st.Mountpoint); err != nil {
 		return st, err
@@ -233,7 +242,9 @@ func (f *fuse) runFuse(ctx context.Context, dir string, img Image, conf, keyfile
 		// nsenter execs rbd-fuse, so the daemon's command line stays its own.
 		name, args = "nsenter", append([]string{"--net=" + f.cfg.FuseNetNS, "--", f.cfg.FuseBinary}, args...)
 	}
-	if _, err := f.cfg.Runner.Run(ctx, name, args...); err != nil {
+	// The daemon must outlive this process: Daemons runs it where a
+	// restart of the plugin cannot reach it.
+	if _, err := f.cfg.Daemons.Run(ctx, name, args...); err != nil {
 		return fmt.Errorf("starting rbd-fuse for %s as %s: %w", img.Spec(), img.Creds, unavailableIfMissing(err, Fuse))
 	}
 	return nil
@@ -244,7 +255,7 @@ func (f *fuse) runFuse(ctx context.Context, dir string, img Image, conf, keyfile
 // exits and leaves a dead mount behind.
 func (f *fuse) waitForImage(ctx context.Context, dir string, st fuseState) error {
 	err := waitFor(ctx, f.cfg.FuseStartTimeout, "rbd-fuse to serve "+st.Image, func() (bool, error) {
-		_, err := os.Stat(st.imageFile())
+		_, err := statBounded(ctx, st.imageFile())
 		switch {
 		case err == nil:
 			return true, nil
@@ -345,63 +356,98 @@ func (f *fuse) watchers(ctx context.Context, img Image, conf, keyfile string) ([
 	return status.Watchers, nil
 }
 
-// attachLoop puts a loop device on the image file. Direct I/O stays off:
-// FUSE files do not support it reliably.
+// attachLoop puts a loop device on the image file.
 func (f *fuse) attachLoop(ctx context.Context, st fuseState) (string, error) {
-	args := []string{"--find", "--show", "--direct-io=off"}
-	if st.ReadOnly {
-		args = append(args, "--read-only")
-	}
-	out, err := f.cfg.Runner.Run(ctx, f.cfg.LosetupBinary, append(args, st.imageFile())...)
+	device, err := mount.AttachLoop(ctx, f.cfg.Runner, st.imageFile(), st.ReadOnly)
 	if err != nil {
-		return "", fmt.Errorf("attaching a loop device to %s: %w", st.imageFile(), err)
+		return "", err
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if line = strings.TrimSpace(line); strings.HasPrefix(line, "/dev/") {
-			return filepath.Join(f.cfg.DevRoot, strings.TrimPrefix(line, "/dev/")), nil
-		}
-	}
-	return "", fmt.Errorf("attaching a loop device to %s: losetup printed no device: %q", st.imageFile(), truncate(string(out), 200))
+	return filepath.Join(f.cfg.DevRoot, strings.TrimPrefix(device, "/dev/")), nil
 }
 
 // healthy reports whether a recorded mapping is still fully in place.
-func (f *fuse) healthy(ctx context.Context, st fuseState) bool {
-	if !f.fuseAlive(st.PID, st.Mountpoint) || st.Device == "" || f.loopBacking(st.Device) != st.imageFile() {
-		return false
+func (f *fuse) healthy(ctx context.Context, st fuseState) bool { return f.check(ctx, st) == nil }
+
+// check says what is missing from a recorded mapping: nil when rbd-fuse
+// runs, its mount is in place and the loop device reads the image. It
+// reads /proc, sysfs and the mount table only: nothing that waits for
+// rbd-fuse.
+func (f *fuse) check(ctx context.Context, st fuseState) error {
+	switch {
+	case !f.fuseAlive(st.PID, st.Mountpoint):
+		return fmt.Errorf("%w: rbd-fuse (pid %d) for %s/%s has exited", ErrMappingDead, st.PID, st.Pool, st.Image)
+	case st.Device == "":
+		return fmt.Errorf("%w: the mapping of %s/%s was never completed", ErrMappingDead, st.Pool, st.Image)
+	case f.loopBacking(st.Device) != st.imageFile():
+		return fmt.Errorf("%w: loop device %s no longer reads %s", ErrMappingDead, st.Device, st.imageFile())
 	}
 	mounted, err := f.cfg.Mounts.IsMountPoint(ctx, st.Mountpoint)
-	return err == nil && mounted
+	if err != nil {
+		return err
+	}
+	if !mounted {
+		return fmt.Errorf("%w: rbd-fuse's mount at %s is gone", ErrMappingDead, st.Mountpoint)
+	}
+	return nil
 }
 
-func (f *fuse) Unmap(ctx context.Context, m Mapping, _ UnmapOptions) error {
+// Alive implements Mapper.
+func (f *fuse) Alive(ctx context.Context, m Mapping) error {
+	_, st, found, err := f.find(m)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("%w: no fuse mapping of %s on %s is recorded", ErrMappingDead, specOf(m), m.Device)
+	}
+	return f.check(ctx, st)
+}
+
+func (f *fuse) Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error {
 	dir, st, found, err := f.find(m)
 	if err != nil || !found {
 		return err
 	}
-	unlock := f.locks.lock(dir)
+	unlock, err := f.locks.lock(ctx, dir)
+	if err != nil {
+		return err
+	}
 	defer unlock()
-	return f.teardown(ctx, dir, st)
+	return f.teardown(ctx, dir, st, opts.Force)
 }
 
 // teardown undoes a mapping, or whatever part of it exists, in order: loop
 // device, mount, process, directory. It stops with ErrBusy, changing
-// nothing, while the loop device is in use.
-func (f *fuse) teardown(ctx context.Context, dir string, st fuseState) error {
+// nothing, while the loop device is in use, unless forced: then loop
+// devices in use are left to detach on their last close, the mount is
+// detached lazily and rbd-fuse is killed. Either way, once it returns nil
+// the rbd-fuse process, and so its Ceph client instance, is gone.
+func (f *fuse) teardown(ctx context.Context, dir string, st fuseState, force bool) error {
 	if st.Mountpoint == "" {
 		st.Mountpoint = filepath.Join(dir, fuseMountDir)
 	}
-	if err := f.detachLoops(ctx, st.Mountpoint); err != nil {
+	if err := f.detachLoops(ctx, st.Mountpoint, force); err != nil {
 		return err
 	}
 	pid := st.PID
 	if pid == 0 || !f.fuseAlive(pid, st.Mountpoint) {
 		pid = f.findPID(st.Mountpoint)
 	}
-	if err := f.cfg.Mounts.Unmount(ctx, st.Mountpoint); err != nil {
+	unmount := f.cfg.Mounts.Unmount
+	if force {
+		unmount = f.cfg.Mounts.Detach
+	}
+	if err := unmount(ctx, st.Mountpoint); err != nil {
 		if isBusy(err, nil) {
 			return fmt.Errorf("%w: rbd-fuse mount %s: %v", ErrBusy, st.Mountpoint, err)
 		}
 		return fmt.Errorf("unmounting rbd-fuse at %s: %w", st.Mountpoint, err)
+	}
+	if force && pid != 0 {
+		// Its mount may live on in a loop device; the process must not.
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("stopping rbd-fuse (pid %d): %w", pid, err)
+		}
 	}
 	if err := f.waitForExit(ctx, pid, st.Mountpoint); err != nil {
 		return err
@@ -409,15 +455,16 @@ func (f *fuse) teardown(ctx context.Context, dir string, st fuseState) error {
 	if err := removeFuseDir(dir); err != nil {
 		return err
 	}
-	klog.InfoS("fuse: unmapped", "image", specOf(st.mapping()), "device", st.Device)
+	klog.InfoS("fuse: unmapped", "image", specOf(st.mapping()), "device", st.Device, "forced", force)
 	return nil
 }
 
 // detachLoops detaches every loop device on a file under mountpoint,
 // unless one is in use: losetup -d on a busy device would only mark it to
-// detach on last close. The scan also finds a device attached just before a
-// crash, which state.json does not record.
-func (f *fuse) detachLoops(ctx context.Context, mountpoint string) error {
+// detach on last close. Forced, that is what it does, and goes on. The
+// scan also finds a device attached just before a crash, which state.json
+// does not record.
+func (f *fuse) detachLoops(ctx context.Context, mountpoint string, force bool) error {
 	devices, err := f.loopsUnder(mountpoint)
 	if err != nil {
 		return err
@@ -427,7 +474,7 @@ func (f *fuse) detachLoops(ctx context.Context, mountpoint string) error {
 		if err != nil {
 			return fmt.Errorf("finding what holds %s: %w", device, err)
 		}
-		if len(holders) > 0 {
+		if len(holders) > 0 && !force {
 			return fmt.Errorf("%w: %s is in use by %s", ErrBusy, device, strings.Join(holders, ", "))
 		}
 	}
@@ -435,6 +482,9 @@ func (f *fuse) detachLoops(ctx context.Context, mountpoint string) error {
 		backing := f.loopBacking(device)
 		if _, err := f.cfg.Runner.Run(ctx, f.cfg.LosetupBinary, "-d", device); err != nil {
 			return fmt.Errorf("detaching %s: %w", device, err)
+		}
+		if force {
+			continue
 		}
 		err := waitFor(ctx, f.cfg.DeviceTimeout, device+" to detach", func() (bool, error) {
 			return f.loopBacking(device) != backing, nil
@@ -616,7 +666,7 @@ func (f *fuse) Resize(ctx context.Context, m Mapping) error {
 	}
 	current := f.loopSize(st.Device)
 	_ = waitFor(ctx, 2*time.Second, "the new image size", func() (bool, error) {
-		fi, err := os.Stat(st.imageFile())
+		fi, err := statBounded(ctx, st.imageFile())
 		return err == nil && fi.Size() > current, nil
 	})
 	if _, err := f.cfg.Runner.Run(ctx, f.cfg.LosetupBinary, "--set-capacity", st.Device); err != nil {
@@ -706,24 +756,34 @@ func logTail(path string) string {
 	return "; rbd-fuse log ends: " + string(bytes.TrimSpace(data))
 }
 
-// keyedMutex serializes work per key. Keys are mapping directories, a
-// handful per node, so entries are never freed.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
+// statBounded stats a file in an rbd-fuse mount: if rbd-fuse hangs, the
+// stat never returns, and the caller is released at ctx's deadline.
+func statBounded(ctx context.Context, path string) (os.FileInfo, error) {
+	return util.Do(ctx, "stat "+path, func() (os.FileInfo, error) { return os.Stat(path) })
 }
 
-func (k *keyedMutex) lock(key string) (unlock func()) {
+// keyedMutex serializes work per key; waiting ends with ctx. Keys are
+// mapping directories, a handful per node, so entries are never freed.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]chan struct{}
+}
+
+func (k *keyedMutex) lock(ctx context.Context, key string) (unlock func(), err error) {
 	k.mu.Lock()
 	if k.locks == nil {
-		k.locks = map[string]*sync.Mutex{}
+		k.locks = map[string]chan struct{}{}
 	}
 	l, ok := k.locks[key]
 	if !ok {
-		l = &sync.Mutex{}
+		l = make(chan struct{}, 1)
 		k.locks[key] = l
 	}
 	k.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	select {
+	case l <- struct{}{}:
+		return func() { <-l }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for another operation on %s: %w", key, ctx.Err())
+	}
 }

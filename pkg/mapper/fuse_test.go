@@ -212,26 +212,10 @@ func TestAsokCommand(t *testing.T) {
 }
 
 func TestFuseMapReturnsHealthyMapping(t *testing.T) {
-	host := newFakeHost(t)
-	writeFile(t, filepath.Join(host.dev, "fuse"), "")
 	mounts := mount.NewFakeMounter()
 	r := &fakeRunner{}
-	cfg := host.config(r, mounts)
-	cfg.ProcRoot = t.TempDir()
-	f := newFuse(cfg)
-
+	f, st, _ := fuseFixture(t, r, mounts)
 	img := testImage()
-	dir := f.dirFor(img.ClusterID, img.Pool, img.RadosNamespace, img.Name)
-	st := fuseState{ClusterID: img.ClusterID, Pool: img.Pool, Image: img.Name, Mountpoint: filepath.Join(dir, fuseMountDir),
-		Device: filepath.Join(host.dev, "loop7"), PID: 42, ClientAddr: "127.0.0.1:0/7", ClientID: "client.7"}
-	mkdir(t, st.Mountpoint)
-	if err := writeFuseState(dir, st); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(cfg.ProcRoot, "42", "cmdline"), "rbd-fuse\x00"+st.Mountpoint+"\x00")
-	writeFile(t, filepath.Join(host.sysfs, "block", "loop7", "loop", "backing_file"), st.imageFile()+"\n")
-	mounts.Mounts[st.Mountpoint] = mount.FakeMount{Device: "rbd-fuse", FSType: "fuse.rbd-fuse"}
-
 	got, err := f.Map(context.Background(), img, MapOptions{})
 	if err != nil || got != st.mapping() {
 		t.Fatalf("Map = %+v, %v; want the recorded %+v", got, err, st.mapping())

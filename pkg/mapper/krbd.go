@@ -151,6 +151,16 @@ func (k *krbd) find(m Mapping) (krbdDevice, bool, error) {
 	return krbdDevice{}, false, nil
 }
 
+// Alive implements Mapper. A krbd mapping has no daemon: the kernel client
+// lives as long as the device is mapped.
+func (k *krbd) Alive(_ context.Context, m Mapping) error {
+	_, found, err := k.find(m)
+	if err != nil || found {
+		return err
+	}
+	return fmt.Errorf("%w: %s (%s) is no longer mapped by krbd", ErrMappingDead, m.Device, specOf(m))
+}
+
 func (k *krbd) List(context.Context) ([]Mapping, error) {
 	devs, err := k.devices()
 	if err != nil {

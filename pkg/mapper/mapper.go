@@ -43,6 +43,9 @@ type MapOptions struct {
 
 // UnmapOptions modify one Unmap call.
 type UnmapOptions struct {
+	// Force unmaps even while the device is in use, for a mapping that
+	// cannot write any more (dead, or fenced): in-flight I/O fails. When
+	// Unmap returns, the mapping's Ceph client instance is gone.
 	Force   bool
 	Options string // StorageClass unmapOptions, comma separated
 }
@@ -75,6 +78,11 @@ type Mapper interface {
 	Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error
 	// List returns every image this mapper has mapped on this node.
 	List(ctx context.Context) ([]Mapping, error)
+	// Alive returns nil while m can carry I/O: its device is mapped and,
+	// for rbd-nbd and fuse, the daemon behind it runs. Otherwise it
+	// returns an error wrapping ErrMappingDead that says what is gone.
+	// It never blocks on the mapping's own I/O.
+	Alive(ctx context.Context, m Mapping) error
 }
 
 // Resizer is implemented by mappers whose device does not follow an image
@@ -96,6 +104,11 @@ var (
 	// ErrUnsupportedOption is returned by Map for an option the mapper
 	// cannot honour.
 	ErrUnsupportedOption = errors.New("unsupported map option")
+	// ErrMappingDead is wrapped by Alive when a mapping can no longer
+	// carry I/O: its device or its daemon is gone. Such a mapping is
+	// replaced by unmapping it with Force and mapping the image again,
+	// which gives a new Ceph client instance.
+	ErrMappingDead = errors.New("mapping is dead")
 )
 
 // Mapper names.

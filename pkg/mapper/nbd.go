@@ -49,7 +49,8 @@ func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, err
 	}
 	// rbd-nbd reads the key before it returns; its daemon keeps it in memory.
 	defer removeKey()
-	if _, err := n.cfg.Runner.Run(ctx, n.cfg.NBDBinary, n.mapArgs(img, opts, keyfile)...); err != nil {
+	// The daemon rbd-nbd leaves behind must outlive this process.
+	if _, err := n.cfg.Daemons.Run(ctx, n.cfg.NBDBinary, n.mapArgs(img, opts, keyfile)...); err != nil {
 		return Mapping{}, fmt.Errorf("mapping %s with rbd-nbd as %s: %w", img.Spec(), img.Creds, unavailableIfMissing(err, NBD))
 	}
 
@@ -122,6 +123,16 @@ func (n *nbd) Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error {
 		return busyError(ctx, n.cfg.Mounts, current.Device, err)
 	}
 	return fmt.Errorf("unmapping %s (%s): %w", current.Device, specOf(current), err)
+}
+
+// Alive implements Mapper: list-mapped shows only the devices an rbd-nbd
+// process still serves.
+func (n *nbd) Alive(ctx context.Context, m Mapping) error {
+	_, found, err := n.find(ctx, m)
+	if err != nil || found {
+		return err
+	}
+	return fmt.Errorf("%w: no rbd-nbd process serves %s (%s) any more", ErrMappingDead, m.Device, specOf(m))
 }
 
 func (n *nbd) find(ctx context.Context, m Mapping) (Mapping, bool, error) {

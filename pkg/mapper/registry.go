@@ -21,18 +21,23 @@ import (
 type Mounts interface {
 	IsMountPoint(ctx context.Context, path string) (bool, error)
 	Unmount(ctx context.Context, target string) error
+	Detach(ctx context.Context, target string) error
 	Holders(ctx context.Context, device string) ([]string, error)
 }
 
 // Config builds the mappers. Zero fields take the defaults.
 type Config struct {
 	Runner util.Runner // required; runs every command
-	Mounts Mounts      // default: a mount.HostMounter over Runner
+	// Daemons runs the commands that leave a daemon behind (rbd-fuse, and
+	// rbd-nbd map), so that the daemon can run where a restart of this
+	// process cannot reach it (see package daemonhost). Default Runner.
+	Daemons util.Runner
+	Mounts  Mounts // default: a mount.HostMounter over Runner
 
 	// StateDir holds the fuse mapper's per-mapping directories (under
-	// StateDir/fuse) and short-lived keyfiles. It must survive driver
-	// restarts and be short: admin socket paths inside it are limited to
-	// 107 bytes.
+	// StateDir/fuse) and short-lived keyfiles (under StateDir/keys). It
+	// must survive driver restarts and be short: admin socket paths inside
+	// it are limited to 107 bytes.
 	StateDir  string
 	SysfsRoot string // default /sys
 	DevRoot   string // default /dev
@@ -94,6 +99,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Mounts == nil {
 		c.Mounts = mount.NewHostMounter(mount.Config{Runner: c.Runner, SysfsRoot: c.SysfsRoot})
+	}
+	if c.Daemons == nil {
+		c.Daemons = c.Runner
 	}
 	return c, nil
 }
@@ -167,14 +175,20 @@ func (r *Registry) All() []Mapper {
 	return out
 }
 
-// writeKeyfile writes the key of creds to a 0600 file in a new private
-// directory under parent (the system temp dir if ""), so that it never
-// appears on a command line. The returned function removes both.
-func writeKeyfile(parent string, creds ceph.Credentials) (string, func(), error) {
-	if parent != "" {
-		if err := os.MkdirAll(parent, 0o700); err != nil {
-			return "", nil, fmt.Errorf("creating keyfile directory: %w", err)
-		}
+// keysDir is where keyfiles live under the state directory.
+const keysDir = "keys"
+
+// writeKeyfile writes the key of creds to a 0600 file in a new 0700
+// directory under stateDir/keys, so that it never appears on a command
+// line. The returned function removes both; SweepKeyfiles removes what a
+// crash left.
+func writeKeyfile(stateDir string, creds ceph.Credentials) (string, func(), error) {
+	if stateDir == "" {
+		return "", nil, fmt.Errorf("%w: no state directory for key files", ErrUnavailable)
+	}
+	parent := filepath.Join(stateDir, keysDir)
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return "", nil, fmt.Errorf("creating keyfile directory: %w", err)
 	}
 	dir, err := os.MkdirTemp(parent, "key-") // mode 0700
 	if err != nil {
@@ -187,6 +201,27 @@ func writeKeyfile(parent string, creds ceph.Credentials) (string, func(), error)
 		return "", nil, fmt.Errorf("writing keyfile for %s: %w", creds, err)
 	}
 	return path, remove, nil
+}
+
+// SweepKeyfiles removes every keyfile under stateDir: run at start-up,
+// before any call can write one, it removes what a crash left behind.
+// It also removes keyfiles that older versions kept in fuse mapping
+// directories.
+func SweepKeyfiles(stateDir string) error {
+	if stateDir == "" {
+		return nil
+	}
+	var errs []error
+	if err := os.RemoveAll(filepath.Join(stateDir, keysDir)); err != nil {
+		errs = append(errs, err)
+	}
+	legacy, _ := filepath.Glob(filepath.Join(stateDir, "fuse", "*", "keyfile"))
+	for _, f := range legacy {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // pollInterval is how often waits look again.

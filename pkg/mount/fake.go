@@ -130,6 +130,17 @@ func (f *FakeMounter) Unmount(_ context.Context, target string) error {
 	return nil
 }
 
+// Detach implements Mounter.
+func (f *FakeMounter) Detach(_ context.Context, target string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("Detach", target); err != nil {
+		return err
+	}
+	delete(f.Mounts, target)
+	return nil
+}
+
 // IsMountPoint implements Mounter.
 func (f *FakeMounter) IsMountPoint(_ context.Context, path string) (bool, error) {
 	f.mu.Lock()
@@ -173,7 +184,7 @@ func (f *FakeMounter) DeviceSize(_ context.Context, device string) (int64, error
 }
 
 // Stats implements Mounter.
-func (f *FakeMounter) Stats(path string) (VolumeStats, error) {
+func (f *FakeMounter) Stats(_ context.Context, path string) (VolumeStats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.call("Stats", path); err != nil {

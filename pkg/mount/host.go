@@ -1,11 +1,13 @@
 package mount
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,16 +81,9 @@ func (m *HostMounter) probe(ctx context.Context, device string) (fsType, ptType 
 
 // Format implements Mounter.
 func (m *HostMounter) Format(ctx context.Context, device, fstype string, options []string) error {
-	var args []string
-	switch fstype {
-	case "ext2", "ext3", "ext4":
-		// -F: mkfs.ext* otherwise asks before formatting a whole disk.
-		args = append([]string{"-F"}, options...)
-	case "xfs":
-		// No -f: mkfs.xfs then refuses to overwrite a filesystem, a second guard.
-		args = append(args, options...)
-	default:
-		return fmt.Errorf("%w %q: can format ext2, ext3, ext4 and xfs", ErrUnsupportedFilesystem, fstype)
+	args, err := formatArgs(fstype, options)
+	if err != nil {
+		return err
 	}
 	fsType, ptType, err := m.probe(ctx, device)
 	if err != nil {
@@ -101,6 +96,44 @@ func (m *HostMounter) Format(ctx context.Context, device, fstype string, options
 		return fmt.Errorf("formatting %s as %s: %w", device, fstype, err)
 	}
 	return nil
+}
+
+// formatArgs returns mkfs's arguments before the device. mkfs never
+// discards: a new RBD image reads as zeroes already, and discarding a large
+// thin image sends a delete for each of its objects, which can spend the
+// whole deadline of the first NodeStage.
+func formatArgs(fstype string, options []string) ([]string, error) {
+	switch fstype {
+	case "ext2", "ext3", "ext4":
+		// -F: mkfs.ext* otherwise asks before formatting a whole disk.
+		return append([]string{"-F"}, withExtendedOption(options, "nodiscard")...), nil
+	case "xfs":
+		// No -f: mkfs.xfs then refuses to overwrite a filesystem, a second guard.
+		args := append([]string{}, options...)
+		if !slices.Contains(args, "-K") {
+			args = append(args, "-K")
+		}
+		return args, nil
+	}
+	return nil, fmt.Errorf("%w %q: can format ext2, ext3, ext4 and xfs", ErrUnsupportedFilesystem, fstype)
+}
+
+// withExtendedOption adds opt to mke2fs's extended options. mke2fs keeps
+// only the last -E it is given, so opt joins that one (and, coming last in
+// it, overrides a contrary option there), or comes as an -E of its own.
+func withExtendedOption(options []string, opt string) []string {
+	out := append([]string{}, options...)
+	for i := len(out) - 1; i >= 0; i-- {
+		switch {
+		case out[i] == "-E" && i+1 < len(out):
+			out[i+1] += "," + opt
+			return out
+		case strings.HasPrefix(out[i], "-E") && len(out[i]) > 2:
+			out[i] += "," + opt
+			return out
+		}
+	}
+	return append(out, "-E", opt)
 }
 
 func describeContent(fsType, ptType string) string {
@@ -128,6 +161,9 @@ func (m *HostMounter) Mount(ctx context.Context, source, target, fstype string, 
 
 // BindMount implements Mounter.
 func (m *HostMounter) BindMount(ctx context.Context, source, target string, readOnly bool) error {
+	if readOnly && isBlockDevice(source) {
+		return m.bindReadOnlyDevice(ctx, source, target)
+	}
 	if _, err := m.runner.Run(ctx, "mount", "--bind", source, target); err != nil {
 		return fmt.Errorf("bind mounting %s at %s: %w", source, target, err)
 	}
@@ -145,71 +181,173 @@ func (m *HostMounter) BindMount(ctx context.Context, source, target string, read
 	return nil
 }
 
+// bindReadOnlyDevice publishes a block device read-only. A mount's flags
+// do not reach the device a device node names (a read-only bind of the
+// node still opens the device for writing), so what is bound is a
+// read-only loop device over it: every write through it fails, whatever
+// the device below allows. Unmount detaches it.
+func (m *HostMounter) bindReadOnlyDevice(ctx context.Context, device, target string) error {
+	view, err := AttachLoop(ctx, m.runner, device, true)
+	if err != nil {
+		return fmt.Errorf("making a read-only view of %s: %w", device, err)
+	}
+	if _, err := m.runner.Run(ctx, "mount", "--bind", view, target); err != nil {
+		if _, derr := m.runner.Run(context.WithoutCancel(ctx), "losetup", "-d", view); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return fmt.Errorf("bind mounting the read-only view %s of %s at %s: %w", view, device, target, err)
+	}
+	return nil
+}
+
+// AttachLoop puts a loop device on file (a regular file or a block
+// device) and returns its path as losetup prints it. Direct I/O stays off:
+// FUSE files do not support it reliably.
+func AttachLoop(ctx context.Context, r util.Runner, file string, readOnly bool) (string, error) {
+	args := []string{"--find", "--show", "--direct-io=off"}
+	if readOnly {
+		args = append(args, "--read-only")
+	}
+	out, err := r.Run(ctx, "losetup", append(args, file)...)
+	if err != nil {
+		return "", fmt.Errorf("attaching a loop device to %s: %w", file, err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "/dev/") {
+			return line, nil
+		}
+	}
+	out = bytes.TrimSpace(out)
+	if len(out) > 200 {
+		out = out[:200]
+	}
+	return "", fmt.Errorf("attaching a loop device to %s: losetup printed no device: %q", file, out)
+}
+
+func isBlockDevice(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0
+}
+
 // Unmount implements Mounter.
 func (m *HostMounter) Unmount(ctx context.Context, target string) error {
-	mounted, err := m.IsMountPoint(ctx, target)
-	if err != nil {
+	return m.unmount(ctx, target, false)
+}
+
+// Detach implements Mounter.
+func (m *HostMounter) Detach(ctx context.Context, target string) error {
+	return m.unmount(ctx, target, true)
+}
+
+func (m *HostMounter) unmount(ctx context.Context, target string, lazy bool) error {
+	mi, mounted, err := m.lookup(ctx, target)
+	if err != nil || !mounted {
 		return err
 	}
-	if !mounted {
+	// -c: the path is resolved already; umount would otherwise stat it,
+	// and a stat of a hung FUSE mount does not return.
+	args := []string{"-c", mi.MountPoint}
+	if lazy {
+		args = []string{"-l", "-c", mi.MountPoint}
+	}
+	if _, err := m.runner.Run(ctx, "umount", args...); err != nil {
+		// Someone else may have unmounted it meanwhile.
+		if still, cerr := m.IsMountPoint(ctx, target); cerr != nil || still {
+			return fmt.Errorf("unmounting %s: %w", target, err)
+		}
+	}
+	return m.releaseView(ctx, sourceOf(mi))
+}
+
+// releaseView detaches a read-only view bindReadOnlyDevice made: a
+// read-only loop device whose backing file is itself a device.
+func (m *HostMounter) releaseView(ctx context.Context, source string) error {
+	name := filepath.Base(source)
+	if !strings.HasPrefix(source, "/dev/loop") {
 		return nil
 	}
-	if _, err := m.runner.Run(ctx, "umount", target); err != nil {
-		// Someone else may have unmounted it meanwhile.
-		if still, cerr := m.IsMountPoint(ctx, target); cerr == nil && !still {
-			return nil
-		}
-		return fmt.Errorf("unmounting %s: %w", target, err)
+	backing, _ := os.ReadFile(filepath.Join(m.sysfs, "block", name, "loop", "backing_file"))
+	ro, _ := os.ReadFile(filepath.Join(m.sysfs, "block", name, "ro"))
+	if !strings.HasPrefix(string(backing), "/dev/") || strings.TrimSpace(string(ro)) != "1" {
+		return nil
+	}
+	if _, err := m.runner.Run(ctx, "losetup", "-d", source); err != nil {
+		return fmt.Errorf("detaching the read-only view %s: %w", source, err)
 	}
 	return nil
 }
 
 // IsMountPoint implements Mounter. A dead FUSE or network mount counts as
-// mounted, so that Unmount still removes it.
-func (m *HostMounter) IsMountPoint(_ context.Context, path string) (bool, error) {
-	resolved, err := resolvePath(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return false, nil
-		}
-		if mountutils.IsCorruptedMnt(err) {
-			return true, nil
-		}
-		return false, err
-	}
-	infos, err := m.mounts()
-	if err != nil {
-		return false, err
-	}
-	for _, mi := range infos {
-		if mi.MountPoint == resolved {
-			return true, nil
-		}
-	}
-	return false, nil
+// mounted, so that Unmount still removes it. It never blocks on the
+// filesystem mounted at path.
+func (m *HostMounter) IsMountPoint(ctx context.Context, path string) (bool, error) {
+	_, mounted, err := m.lookup(ctx, path)
+	return mounted, err
 }
 
 // MountSource implements Mounter.
-func (m *HostMounter) MountSource(_ context.Context, path string) (string, error) {
-	resolved, err := resolvePath(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return "", nil
-		}
+func (m *HostMounter) MountSource(ctx context.Context, path string) (string, error) {
+	mi, mounted, err := m.lookup(ctx, path)
+	if err != nil || !mounted {
 		return "", err
 	}
+	return sourceOf(mi), nil
+}
+
+// lookup finds the visible mount at path in the mount table. It resolves
+// symlinks in path's parent only, as a stat of the path itself reaches the
+// filesystem mounted there, and on a FUSE mount whose daemon hangs that
+// never returns. The path itself is looked at (bounded by ctx) only when
+// the table has no mount there, to follow a symlink.
+func (m *HostMounter) lookup(ctx context.Context, path string) (mountutils.MountInfo, bool, error) {
+	var none mountutils.MountInfo
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return none, false, err
+	}
+	parent, err := filepath.EvalSymlinks(filepath.Dir(abs))
+	if errors.Is(err, os.ErrNotExist) {
+		return none, false, nil
+	}
+	if err != nil {
+		return none, false, err
+	}
+	p := filepath.Join(parent, filepath.Base(abs))
+	if mi, found, err := m.find(p); err != nil || found {
+		return mi, found, err
+	}
+	resolved, err := util.Do(ctx, "resolving "+p, func() (string, error) {
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			return "", err
+		}
+		return filepath.EvalSymlinks(p)
+	})
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return none, false, err
+	}
+	if resolved == "" {
+		return none, false, nil
+	}
+	return m.find(resolved)
+}
+
+// find returns the last mount at mountPoint in the table: the visible one.
+func (m *HostMounter) find(mountPoint string) (mountutils.MountInfo, bool, error) {
 	infos, err := m.mounts()
 	if err != nil {
-		return "", err
+		return mountutils.MountInfo{}, false, err
 	}
-	source := ""
-	// Later lines are mounted on top of earlier ones: the last one is visible.
-	for _, mi := range infos {
-		if mi.MountPoint == resolved {
-			source = sourceOf(mi)
+	var found *mountutils.MountInfo
+	for i := range infos {
+		if infos[i].MountPoint == mountPoint {
+			found = &infos[i]
 		}
 	}
-	return source, nil
+	if found == nil {
+		return mountutils.MountInfo{}, false, nil
+	}
+	return *found, true, nil
 }
 
 // sourceOf names the device of a mount. A bind mount of a device node (a
@@ -298,13 +436,16 @@ func (m *HostMounter) DeviceSize(ctx context.Context, device string) (int64, err
 	return size, nil
 }
 
-// Stats implements Mounter.
-func (m *HostMounter) Stats(path string) (VolumeStats, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(path, &st); err != nil {
-		return VolumeStats{}, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	return statsFrom(st), nil
+// Stats implements Mounter. statfs of a hung FUSE mount never returns;
+// the caller gets ctx's error at its deadline.
+func (m *HostMounter) Stats(ctx context.Context, path string) (VolumeStats, error) {
+	return util.Do(ctx, "statfs "+path, func() (VolumeStats, error) {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(path, &st); err != nil {
+			return VolumeStats{}, fmt.Errorf("statfs %s: %w", path, err)
+		}
+		return statsFrom(st), nil
+	})
 }
 
 func statsFrom(st syscall.Statfs_t) VolumeStats {
@@ -407,19 +548,6 @@ func unescapeOctal(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-// resolvePath makes path absolute and resolves symlinks, as mountinfo
-// lists mount points.
-func resolvePath(path string) (string, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return "", err
-	}
-	if _, err := os.Lstat(abs); err != nil {
-		return "", err
-	}
-	return filepath.EvalSymlinks(abs)
 }
 
 // exitCode returns the exit status of a failed command, or -1.

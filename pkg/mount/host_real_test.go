@@ -150,7 +150,7 @@ func TestRealFormatMountBind(t *testing.T) {
 				t.Fatalf("Holders = %q, %v; want the three mount points", holders, err)
 			}
 
-			st, err := m.Stats(staging)
+			st, err := m.Stats(ctx, staging)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -195,7 +195,7 @@ func TestRealResizeExt4(t *testing.T) {
 				t.Fatal(err)
 			}
 		}()
-		st, err := m.Stats(dir)
+		st, err := m.Stats(ctx, dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -243,7 +243,7 @@ func TestRealGrowXFSOnline(t *testing.T) {
 	if err := m.Mount(ctx, loop.dev, dir, "xfs", nil); err != nil {
 		t.Fatal(err)
 	}
-	before, err := m.Stats(dir)
+	before, err := m.Stats(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,11 +251,51 @@ func TestRealGrowXFSOnline(t *testing.T) {
 	if err := m.ResizeFS(ctx, loop.dev, dir); err != nil {
 		t.Fatal(err)
 	}
-	after, err := m.Stats(dir)
+	after, err := m.Stats(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if after.TotalBytes < before.TotalBytes+256*mib {
 		t.Fatalf("xfs size %d after growing, was %d", after.TotalBytes, before.TotalBytes)
+	}
+}
+
+// TestRealReadOnlyBlockBind: a block device published read-only cannot be
+// written through its target, although the device below is writable; the
+// read-only view goes when the target is unmounted.
+func TestRealReadOnlyBlockBind(t *testing.T) {
+	m, r := realMounter(t)
+	ctx := context.Background()
+	loop := newLoop(t, r, 16*mib)
+	target := filepath.Join(t.TempDir(), "block")
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.BindMount(ctx, loop.dev, target, true); err != nil {
+		t.Fatal(err)
+	}
+	view, err := m.MountSource(ctx, target)
+	if err != nil || view == loop.dev || !strings.HasPrefix(view, "/dev/loop") {
+		t.Fatalf("MountSource(target) = %q, %v; want a loop device over %s", view, err, loop.dev)
+	}
+	f, err := os.OpenFile(target, os.O_WRONLY, 0)
+	if err == nil {
+		_, err = f.WriteAt([]byte("x"), 0)
+		if err == nil {
+			err = f.Sync()
+		}
+		f.Close()
+	}
+	if err == nil {
+		t.Fatal("a write through the read-only published device succeeded")
+	}
+	if err := m.Unmount(ctx, target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/block", filepath.Base(view), "loop")); !os.IsNotExist(err) {
+		t.Fatalf("the read-only view %s is still attached after the unmount (%v)", view, err)
+	}
+	if err := os.WriteFile(loop.dev, []byte("x"), 0); err != nil {
+		t.Fatalf("the device below is no longer writable: %v", err)
 	}
 }

@@ -85,9 +85,15 @@ func TestFormat(t *testing.T) {
 		wantErr  error
 		anyError bool
 	}{
-		{"ext4 forces whole-device mkfs", "ext4", nil, reply{exit: 2}, "mkfs.ext4 -F /dev/x", nil, false},
-		{"ext4 with options", "ext4", []string{"-m0", "-E", "nodiscard"}, reply{exit: 2}, "mkfs.ext4 -F -m0 -E nodiscard /dev/x", nil, false},
-		{"xfs never forced", "xfs", nil, reply{exit: 2}, "mkfs.xfs /dev/x", nil, false},
+		{"ext4 forces whole-device mkfs, never discards", "ext4", nil, reply{exit: 2}, "mkfs.ext4 -F -E nodiscard /dev/x", nil, false},
+		{"ext4 with options", "ext4", []string{"-m0"}, reply{exit: 2}, "mkfs.ext4 -F -m0 -E nodiscard /dev/x", nil, false},
+		{"ext4 joins the class's extended options", "ext4", []string{"-E", "lazy_itable_init=1", "-m0"}, reply{exit: 2},
+			"mkfs.ext4 -F -E lazy_itable_init=1,nodiscard -m0 /dev/x", nil, false},
+		{"ext4 overrides a discard asked for", "ext3", []string{"-Ediscard"}, reply{exit: 2}, "mkfs.ext3 -F -Ediscard,nodiscard /dev/x", nil, false},
+		{"ext4: only the last -E counts", "ext4", []string{"-E", "stride=4", "-E", "stripe_width=8"}, reply{exit: 2},
+			"mkfs.ext4 -F -E stride=4 -E stripe_width=8,nodiscard /dev/x", nil, false},
+		{"xfs never forced, never discards", "xfs", nil, reply{exit: 2}, "mkfs.xfs -K /dev/x", nil, false},
+		{"xfs with options", "xfs", []string{"-K", "-m", "reflink=0"}, reply{exit: 2}, "mkfs.xfs -K -m reflink=0 /dev/x", nil, false},
 		{"refuses a formatted device", "ext4", nil, reply{out: "TYPE=xfs\n"}, "", ErrDeviceNotEmpty, true},
 		{"refuses a partitioned device", "xfs", nil, reply{out: "PTTYPE=dos\n"}, "", ErrDeviceNotEmpty, true},
 		{"unsupported type", "zfs", nil, reply{exit: 2}, "", ErrUnsupportedFilesystem, true},
@@ -301,5 +307,61 @@ func TestUnescapeOctal(t *testing.T) {
 		if got := unescapeOctal(in); got != want {
 			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestUnmountCommands(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	link := filepath.Join(dir, "link")
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	sysfs := t.TempDir()
+	// loop5 is a read-only view of loop3 (a read-only block publication),
+	// loop6 a writable loop device over a file.
+	writeFile := func(path, content string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(filepath.Join(sysfs, "block/loop5/loop/backing_file"), "/dev/loop3\n")
+	writeFile(filepath.Join(sysfs, "block/loop5/ro"), "1\n")
+	writeFile(filepath.Join(sysfs, "block/loop6/loop/backing_file"), "/var/lib/pelagic/fuse/x/mnt/img\n")
+	writeFile(filepath.Join(sysfs, "block/loop6/ro"), "0\n")
+	for _, tt := range []struct {
+		name   string
+		source string // loop device bound at target
+		do     func(m *HostMounter) error
+		want   []string
+	}{
+		{"unmount names the resolved path", "loop6", func(m *HostMounter) error { return m.Unmount(context.Background(), target) },
+			[]string{"umount -c " + target}},
+		{"through a symlink", "loop6", func(m *HostMounter) error { return m.Unmount(context.Background(), link) },
+			[]string{"umount -c " + target}},
+		{"detach is lazy", "loop6", func(m *HostMounter) error { return m.Detach(context.Background(), target) },
+			[]string{"umount -l -c " + target}},
+		{"a read-only view goes with its mount", "loop5", func(m *HostMounter) error { return m.Unmount(context.Background(), target) },
+			[]string{"umount -c " + target, "losetup -d /dev/loop5"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &fakeRunner{}
+			info := writeMountInfo(t, "1 0 8:1 / / rw - ext4 /dev/root rw",
+				"2 1 0:5 /"+tt.source+" "+target+" rw - devtmpfs devtmpfs rw")
+			m := NewHostMounter(Config{Runner: r, MountInfoPath: info, SysfsRoot: sysfs})
+			if err := tt.do(m); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(r.calls, tt.want) {
+				t.Fatalf("ran %q, want %q", r.calls, tt.want)
+			}
+		})
 	}
 }

@@ -17,10 +17,18 @@ type Mounter interface {
 	// that already holds a filesystem or a partition table.
 	Format(ctx context.Context, device, fstype string, options []string) error
 	Mount(ctx context.Context, source, target, fstype string, options []string) error
-	// BindMount binds source onto target, read-only when asked.
+	// BindMount binds source onto target, read-only when asked. A block
+	// device bound read-only cannot be written through target.
 	BindMount(ctx context.Context, source, target string, readOnly bool) error
 	// Unmount unmounts target; a target that is not mounted is success.
 	Unmount(ctx context.Context, target string) error
+	// Detach unmounts target even while it is in use (a lazy unmount). It
+	// is for a mount whose device is gone: nothing reaches the volume
+	// through it any more, and processes holding files there keep getting
+	// I/O errors until they close them.
+	Detach(ctx context.Context, target string) error
+	// IsMountPoint reports whether something is mounted at path. It reads
+	// the mount table and never blocks on the filesystem mounted there.
 	IsMountPoint(ctx context.Context, path string) (bool, error)
 	// MountSource returns what is mounted at path, "" if nothing is.
 	MountSource(ctx context.Context, path string) (string, error)
@@ -30,7 +38,8 @@ type Mounter interface {
 	// DeviceSize returns the size of a block device in bytes.
 	DeviceSize(ctx context.Context, device string) (int64, error)
 	// Stats returns capacity and inode usage of the filesystem holding path.
-	Stats(path string) (VolumeStats, error)
+	// It returns at ctx's deadline even if the filesystem does not answer.
+	Stats(ctx context.Context, path string) (VolumeStats, error)
 	// Holders names what holds device open: its mount points and the
 	// devices stacked on it. It is for "device busy" messages.
 	Holders(ctx context.Context, device string) ([]string, error)

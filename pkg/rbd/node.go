@@ -2,7 +2,6 @@ package rbd
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
+	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 	"github.com/pelagic-csi/pelagic/pkg/util"
@@ -36,10 +36,14 @@ type NodeOptions struct {
 	Mappers    Mappers
 	Mounter    mount.Mounter
 	KubeletDir string // when set, paths must lie inside it
-	// StateDir keeps what must outlive a restart of the plugin: mapping
-	// records whose removal waits for a connection to the cluster.
-	StateDir   string
-	Labels     map[string]string // topology
+	// StateDir keeps what must outlive a restart of the plugin: the index
+	// of staged volumes, and mapping records whose removal waits for a
+	// connection to the cluster.
+	StateDir string
+	// Topology is whether the plugin advertises VOLUME_ACCESSIBILITY_
+	// CONSTRAINTS; only then does NodeGetInfo report Labels.
+	Topology   bool
+	Labels     map[string]string
 	MaxVolumes int64
 }
 
@@ -50,47 +54,15 @@ type Node struct {
 	locks   *util.KeyLocks
 	known   knownClusters // clusters opened by NodeStage, for unstage
 	forgets *forgetQueue
+	staged  stagedIndex
+	secrets stageSecrets
 }
 
 // NewNode returns the node service.
 func NewNode(opts NodeOptions) *Node {
-	n := &Node{opts: opts, locks: util.NewKeyLocks()}
+	n := &Node{opts: opts, locks: util.NewKeyLocks(), staged: stagedIndex{dir: opts.StateDir}}
 	n.forgets = &forgetQueue{dir: opts.StateDir, remove: n.removeMappingRecord}
 	return n
-}
-
-// stageRecord is written beside the staging path once the image is mapped,
-// so unstage, publish and expand work after a driver restart.
-type stageRecord struct {
-	VolumeID  string         `json:"volumeID"`
-	ClusterID string         `json:"clusterID"`
-	Mapping   mapper.Mapping `json:"mapping"`
-	Block     bool           `json:"block"`
-	FSType    string         `json:"fsType,omitempty"`
-	Staged    time.Time      `json:"staged"`
-	Targets   []string       `json:"targets,omitempty"` // where it is published
-	// UnmapOptions are the StorageClass's unmapOptions, for the unstage.
-	UnmapOptions string `json:"unmapOptions,omitempty"`
-}
-
-func recordPath(stagingPath string) string {
-	return filepath.Clean(stagingPath) + ".pelagic.json"
-}
-
-func readStageRecord(stagingPath string) (*stageRecord, error) {
-	b, err := os.ReadFile(recordPath(stagingPath))
-	if err != nil {
-		return nil, err
-	}
-	var r stageRecord
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("corrupt stage record %s: %w", recordPath(stagingPath), err)
-	}
-	return &r, nil
-}
-
-func writeStageRecord(stagingPath string, r *stageRecord) error {
-	return writeFileAtomic(recordPath(stagingPath), r)
 }
 
 func (n *Node) lock(volumeID string) (func(), error) {
@@ -130,7 +102,10 @@ func readOnlyMode(c *csi.VolumeCapability) bool {
 }
 
 // NodeStageVolume maps the image and, for a filesystem volume, formats it
-// if (and only if) it holds no filesystem, then mounts it at the staging path.
+// if (and only if) it holds no filesystem, then mounts it at the staging
+// path. A volume staged before whose mapping can no longer carry I/O (its
+// daemon died, or its client was fenced) is mapped again, and its staging
+// and target mounts are made anew.
 func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	if err := validateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -144,6 +119,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	defer unlock()
+	n.secrets.remember(req.GetVolumeId(), req.GetSecrets())
 
 	staging := req.GetStagingTargetPath()
 	rec, err := readStageRecord(staging)
@@ -152,22 +128,17 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s already holds volume %s (device %s)",
 			staging, rec.VolumeID, rec.Mapping.Device)
 	case err == nil:
-		// Staged before, perhaps half way: finish whatever is missing,
-		// unless this node's client was fenced since.
-		fenced, ferr := n.stagedMappingFenced(ctx, req, rec)
-		if ferr != nil {
-			return nil, ferr
+		if why := stageConflict(rec, req.GetVolumeCapability()); why != "" {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already staged at %s incompatibly: %s",
+				req.GetVolumeId(), staging, why)
 		}
-		if fenced {
-			if err := n.dropFencedStage(ctx, staging, rec); err != nil {
-				return nil, err
-			}
-			if rec, err = n.mapImage(ctx, req); err != nil {
-				return nil, err
-			}
+		// Staged before, perhaps half way: finish whatever is missing,
+		// on a mapping that can still write.
+		if rec, err = n.keepMappingUsable(ctx, req, rec); err != nil {
+			return nil, err
 		}
 	case errors.Is(err, os.ErrNotExist):
-		if rec, err = n.mapImage(ctx, req); err != nil {
+		if rec, err = n.mapImage(ctx, req, nil); err != nil {
 			return nil, err
 		}
 	default:
@@ -182,7 +153,10 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*stageRecord, error) {
+// mapImage maps the image of a stage request and records the mapping: in
+// the image's metadata, then in the stage record. prev is the stage record
+// of a mapping being replaced (its Unmap done), nil for a first mapping.
+func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, prev *stageRecord) (*stageRecord, error) {
 	vctx := req.GetVolumeContext()
 	cc, err := n.opts.Config.Cluster(vctx[ParamClusterID])
 	if err != nil {
@@ -205,11 +179,16 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*
 	}
 	pool, err := cl.Pool(ctx, vctx[ParamPool], cc.RBD.RadosNamespace)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, nodeStatus(err, req.GetVolumeId())
 	}
 	n.known.remember(cl, pool.Name(), cc.RBD.RadosNamespace)
 	n.forgets.drain(ctx, cl)
 	image := vctx[CtxImageName]
+	if prev != nil {
+		if err := waitForWatchGone(ctx, pool, image, prev.Mapping.ClientAddr); err != nil {
+			return nil, err
+		}
+	}
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
 	usage, err := n.checkHolders(ctx, pool, image, req.GetVolumeId(), mode)
 	if err != nil {
@@ -231,19 +210,37 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*
 	}
 	mapping.ClientAddr, mapping.ClientID = recorded.ClientAddr, recorded.ClientID
 	rec := &stageRecord{VolumeID: req.GetVolumeId(), ClusterID: cc.ClusterID, Mapping: mapping,
-		Block: req.GetVolumeCapability().GetBlock() != nil, Staged: time.Now().UTC(),
-		UnmapOptions: vctx[ParamUnmapOptions]}
+		Block: req.GetVolumeCapability().GetBlock() != nil, Mode: mode.String(), Staged: time.Now().UTC(),
+		UnmapOptions: vctx[ParamUnmapOptions], VolumeContext: vctx, MountFlags: req.GetVolumeCapability().GetMount().GetMountFlags()}
 	if !rec.Block {
 		rec.FSType = fsTypeOf(req.GetVolumeCapability())
+	}
+	if prev != nil {
+		rec.Targets = prev.Targets // bound again by the caller
 	}
 	// The stage record only after the image's mapping record: it makes a
 	// retry skip mapping, so it must only exist once the controller can
 	// see this node's client.
-	if err := writeStageRecord(req.GetStagingTargetPath(), rec); err != nil {
+	// The index first: an entry whose stage record is missing is dropped
+	// when found, and a stage record must never be missing from it.
+	err = n.staged.put(req.GetVolumeId(), req.GetStagingTargetPath())
+	if err == nil {
+		err = writeStageRecord(req.GetStagingTargetPath(), rec)
+	}
+	if err != nil {
 		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
 		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
 	}
 	return rec, nil
+}
+
+// nodeStatus is statusFor for the node: a pool that does not exist means
+// the volume does not either (its pool was deleted).
+func nodeStatus(err error, volumeID string) error {
+	if errors.Is(err, ErrPoolNotFound) {
+		return status.Errorf(codes.NotFound, "volume %s does not exist: %v", volumeID, err)
+	}
+	return statusFor(err)
 }
 
 // checkHolders refuses to map a single-node volume that another node, or a
@@ -253,7 +250,7 @@ func (n *Node) checkHolders(ctx context.Context, pool Pool, image, volumeID stri
 	mode csi.VolumeCapability_AccessMode_Mode) (*Usage, error) {
 	usage, err := readUsageOf(ctx, pool, image)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, nodeStatus(err, volumeID)
 	}
 	if err := n.refuseConflicts(usage, pool, image, volumeID, mode); err != nil {
 		return nil, err
@@ -325,6 +322,8 @@ func mapperStatus(err error, what string) error {
 		return status.Errorf(codes.InvalidArgument, "%s: %v", what, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Errorf(codes.DeadlineExceeded, "%s: %v", what, err)
+	case errors.Is(err, daemonhost.ErrUnreachable):
+		return status.Errorf(codes.Unavailable, "%s: %v", what, err)
 	}
 	return status.Errorf(codes.Internal, "%s: %v", what, err)
 }
@@ -403,7 +402,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
 	}
 	if rec == nil {
-		return &csi.NodeUnstageVolumeResponse{}, nil
+		return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
 	}
 	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
 	if err != nil {
@@ -421,17 +420,36 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 	if err := os.Remove(recordPath(staging)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	return &csi.NodeUnstageVolumeResponse{}, nil
+	return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
+}
+
+// unstaged forgets what the node kept of a volume while it was staged.
+func (n *Node) unstaged(volumeID string) error {
+	n.secrets.forget(volumeID)
+	if err := n.staged.remove(volumeID); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	return nil
 }
 
 // NodePublishVolume bind-mounts the staged filesystem (or the device, for
-// a block volume) at the target path.
+// a block volume) at the target path. A staged volume whose mapping died is
+// mapped again first, with the secrets of its NodeStage.
 func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
+	}
+	if err := n.checkPath("target path", req.GetTargetPath()); err != nil {
+		return nil, err
+	}
 	if err := validateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath(),
-		"target path", req.GetTargetPath())
+	if req.GetStagingTargetPath() == "" {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s: no staging path; this plugin stages volumes (STAGE_UNSTAGE_VOLUME), so NodeStageVolume comes first", req.GetVolumeId())
+	}
+	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
@@ -445,42 +463,63 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s",
 			req.GetStagingTargetPath(), rec.VolumeID, req.GetVolumeId())
 	}
+	if dead := n.mappingDead(ctx, rec); dead != nil {
+		if rec, err = n.replaceDeadForPublish(ctx, req, rec, dead); err != nil {
+			return nil, err
+		}
+	}
+	readOnly := req.GetReadonly() || readOnlyMode(req.GetVolumeCapability())
 	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, target); mounted {
-		if !slices.Contains(rec.Targets, target) {
+		pub, ok := rec.target(target)
+		if !ok {
 			return nil, status.Errorf(codes.AlreadyExists, "target %s already holds a mount that is not volume %s", target, req.GetVolumeId())
+		}
+		if why := publishConflict(pub, req.GetVolumeCapability(), readOnly); why != "" {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published at %s incompatibly: %s",
+				req.GetVolumeId(), target, why)
 		}
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
 	// Targets unpublished since (or before a restart) are no longer mounted.
-	rec.Targets = slices.DeleteFunc(rec.Targets, func(t string) bool {
-		mounted, _ := n.opts.Mounter.IsMountPoint(ctx, t)
+	rec.Targets = slices.DeleteFunc(rec.Targets, func(p publication) bool {
+		mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p.Path)
 		return !mounted
 	})
 	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
-		for _, t := range rec.Targets {
-			if t != target {
+		for _, p := range rec.Targets {
+			if p.Path != target {
 				return nil, status.Errorf(codes.FailedPrecondition,
-					"volume %s is single-writer and already published at %s", req.GetVolumeId(), t)
+					"volume %s is single-writer and already published at %s", req.GetVolumeId(), p.Path)
 			}
 		}
 	}
-	source := req.GetStagingTargetPath()
-	if rec.Block {
-		source = rec.Mapping.Device
-		if err := makeFile(target); err != nil {
-			return nil, status.Error(codes.Internal, err.Error())
-		}
-	} else if err := os.MkdirAll(target, 0o750); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+	pub := publication{Path: target, ReadOnly: readOnly, Capability: capabilityKey(req.GetVolumeCapability())}
+	if err := n.bindTarget(ctx, req.GetStagingTargetPath(), rec, pub); err != nil {
+		return nil, err
 	}
-	if err := n.opts.Mounter.BindMount(ctx, source, target, req.GetReadonly() || readOnlyMode(req.GetVolumeCapability())); err != nil {
-		return nil, status.Errorf(codes.Internal, "bind-mounting %s at %s: %v", source, target, err)
-	}
-	rec.Targets = append(rec.Targets, target)
+	rec.Targets = append(rec.Targets, pub)
 	if err := writeStageRecord(req.GetStagingTargetPath(), rec); err != nil {
 		return nil, status.Errorf(codes.Internal, "recording the publication: %v", err)
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// bindTarget binds the staged filesystem, or the device of a block
+// volume, at a publication's target.
+func (n *Node) bindTarget(ctx context.Context, staging string, rec *stageRecord, pub publication) error {
+	source := staging
+	if rec.Block {
+		source = rec.Mapping.Device
+		if err := makeFile(pub.Path); err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+	} else if err := os.MkdirAll(pub.Path, 0o750); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	if err := n.opts.Mounter.BindMount(ctx, source, pub.Path, pub.ReadOnly); err != nil {
+		return status.Errorf(codes.Internal, "bind-mounting %s at %s: %v", source, pub.Path, err)
+	}
+	return nil
 }
 
 func makeFile(path string) error {
@@ -519,13 +558,13 @@ func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeSta
 		return nil, status.Error(codes.InvalidArgument, "volume path is missing")
 	}
 	path := req.GetVolumePath()
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, status.Errorf(codes.NotFound, "volume path %s: %v", path, err)
-	}
 	mounted, err := n.opts.Mounter.IsMountPoint(ctx, path)
 	if err != nil || !mounted {
 		return nil, status.Errorf(codes.NotFound, "volume path %s is not a mounted volume", path)
+	}
+	fi, err := statBounded(ctx, path)
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "volume path %s: %v", path, err)
 	}
 	if !fi.IsDir() { // a block volume: the device file bind-mounted here
 		size, err := n.opts.Mounter.DeviceSize(ctx, path)
@@ -534,7 +573,7 @@ func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeSta
 		}
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
 	}
-	st, err := n.opts.Mounter.Stats(path)
+	st, err := n.opts.Mounter.Stats(ctx, path)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "statfs %s: %v", path, err)
 	}
@@ -545,6 +584,9 @@ func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeSta
 }
 
 // NodeExpandVolume grows the filesystem to the size of the grown image.
+// It answers FailedPrecondition only where no retry can succeed: a
+// filesystem this node may not grow while it is mounted, a staging path
+// holding another volume, a mapper this node cannot run.
 func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
@@ -555,36 +597,38 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 	if err := n.checkPath("volume path", req.GetVolumePath()); err != nil {
 		return nil, err
 	}
+	if p := req.GetStagingTargetPath(); p != "" {
+		if err := n.checkPath("staging target path", p); err != nil {
+			return nil, err
+		}
+	}
 	unlock, err := n.lock(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	path := req.GetVolumePath()
-	if _, err := os.Stat(path); err != nil {
+	if _, err := statBounded(ctx, path); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, status.Errorf(codes.DeadlineExceeded, "volume path %s: %v", path, err)
+		}
 		return nil, status.Errorf(codes.NotFound, "volume path %s: %v", path, err)
-	}
-	if req.GetVolumeCapability().GetBlock() != nil {
-		return &csi.NodeExpandVolumeResponse{}, nil
 	}
 	dev, err := n.opts.Mounter.MountSource(ctx, path)
 	if err != nil || dev == "" {
 		return nil, status.Errorf(codes.NotFound, "no volume is mounted at %s", path)
 	}
-	if p := req.GetStagingTargetPath(); p != "" {
-		if err := n.checkPath("staging target path", p); err != nil {
-			return nil, err
-		}
-	}
 	if err := n.growDevice(ctx, req.GetVolumeId(), req.GetStagingTargetPath()); err != nil {
 		return nil, err
 	}
-	if err := n.opts.Mounter.ResizeFS(ctx, dev, path); err != nil {
-		if errors.Is(err, mount.ErrOnlineResizeNotPermitted) {
-			return nil, status.Errorf(codes.FailedPrecondition,
-				"growing the filesystem on %s online is not permitted on this node (resize2fs needs CAP_SYS_RESOURCE); it grows at the next stage: %v", dev, err)
+	if req.GetVolumeCapability().GetBlock() == nil {
+		if err := n.opts.Mounter.ResizeFS(ctx, dev, path); err != nil {
+			if errors.Is(err, mount.ErrOnlineResizeNotPermitted) {
+				return nil, status.Errorf(codes.FailedPrecondition,
+					"growing the filesystem on %s online is not permitted on this node (resize2fs needs CAP_SYS_RESOURCE); it can only grow while unmounted: %v", dev, err)
+			}
+			return nil, status.Errorf(codes.Internal, "growing the filesystem on %s: %v", dev, err)
 		}
-		return nil, status.Errorf(codes.Internal, "growing the filesystem on %s: %v", dev, err)
 	}
 	size, err := n.opts.Mounter.DeviceSize(ctx, dev)
 	if err != nil {
@@ -612,41 +656,66 @@ func (n *Node) growDevice(ctx context.Context, volumeID, staging string) error {
 	}
 	if r, ok := m.(mapper.Resizer); ok {
 		if err := r.Resize(ctx, rec.Mapping); err != nil {
+			if errors.Is(err, mapper.ErrBusy) {
+				return status.Errorf(codes.Unavailable, "growing %s: %v", rec.Mapping.Device, err)
+			}
 			return mapperStatus(err, "growing "+rec.Mapping.Device)
 		}
 	}
 	return nil
 }
 
-// NodeGetVolumeHealth reports a volume whose mount or mapping is gone as
-// inaccessible; no entries means healthy. Paths are checked when given.
+// NodeGetVolumeHealth reports a staged volume whose mapping is dead, or
+// whose mounts are gone, as inaccessible; no entries means healthy. The
+// staging path may be left out: the node knows where it staged the volume.
+// A volume not staged on this node is NotFound.
 func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
+	}
+	for what, p := range map[string]string{"staging target path": req.GetStagingTargetPath(), "volume publish path": req.GetVolumePublishPath()} {
+		if p != "" {
+			if err := n.checkPath(what, p); err != nil {
+				return nil, err
+			}
+		}
+	}
+	staging := req.GetStagingTargetPath()
+	if staging == "" {
+		staging = n.staged.stagingPath(req.GetVolumeId())
+	}
+	var rec *stageRecord
+	if staging != "" {
+		r, err := readStageRecord(staging)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		rec = r
+	}
+	if rec == nil || rec.VolumeID != req.GetVolumeId() {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not staged on node %s", req.GetVolumeId(), n.opts.NodeID)
 	}
 	health := &csi.VolumeHealth{VolumeId: req.GetVolumeId()}
 	problem := func(reason, format string, args ...any) {
 		health.HealthStatuses = append(health.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
 			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, args...)})
 	}
+	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	switch err := m.Alive(ctx, rec.Mapping); {
+	case errors.Is(err, mapper.ErrMappingDead):
+		problem("MappingDead", "%v; the next NodeStage or NodePublish maps the volume again", err)
+	case err != nil:
+		problem("MappingUnknown", "cannot tell whether %s still carries I/O: %v", rec.Mapping.Device, err)
+	}
+	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, staging); !rec.Block && !mounted {
+		problem("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, staging)
+	}
 	if p := req.GetVolumePublishPath(); p != "" {
 		if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p); !mounted {
 			problem("NotPublished", "nothing is mounted at the publish path %s", p)
-		}
-	}
-	if p := req.GetStagingTargetPath(); p != "" {
-		rec, err := readStageRecord(p)
-		switch {
-		case err != nil:
-			problem("NotStaged", "volume is not staged at %s: %v", p, err)
-		case rec.VolumeID != req.GetVolumeId():
-			problem("WrongVolume", "staging path %s holds volume %s", p, rec.VolumeID)
-		default:
-			if _, err := os.Stat(rec.Mapping.Device); err != nil {
-				problem("DeviceGone", "mapped device %s is gone: %v", rec.Mapping.Device, err)
-			} else if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p); !rec.Block && !mounted {
-				problem("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, p)
-			}
 		}
 	}
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health}, nil
@@ -670,10 +739,11 @@ func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequ
 	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// NodeGetInfo names the node, its volume limit and its topology.
+// NodeGetInfo names the node, its volume limit and, when the plugin
+// advertises VOLUME_ACCESSIBILITY_CONSTRAINTS, its topology.
 func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	resp := &csi.NodeGetInfoResponse{NodeId: n.opts.NodeID, MaxVolumesPerNode: n.opts.MaxVolumes}
-	if len(n.opts.Labels) > 0 {
+	if n.opts.Topology && len(n.opts.Labels) > 0 {
 		resp.AccessibleTopology = &csi.Topology{Segments: n.opts.Labels}
 	}
 	return resp, nil

@@ -74,8 +74,9 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 		t.Fatal(err)
 	}
 	e.n = NewNode(NodeOptions{NodeID: nodeTestNode, Config: cfg, Mappers: reg, Mounter: e.mnt, KubeletDir: e.root,
-		Connector:  &FakeConnector{Clusters: map[string]*FakeCluster{testClusterID: NewFakeCluster(testClusterID, e.pool)}},
-		Labels:     map[string]string{"topology.pelagic.csi/zone": "a"},
+		Connector: &FakeConnector{Clusters: map[string]*FakeCluster{testClusterID: NewFakeCluster(testClusterID, e.pool)}},
+		StateDir:  t.TempDir(),
+		Topology:  true, Labels: map[string]string{"topology.pelagic.csi/zone": "a"},
 		MaxVolumes: 16})
 	return e
 }
@@ -225,7 +226,11 @@ func TestNodePathValidation(t *testing.T) {
 				e := newNodeEnv(t)
 				path := p(e, t.TempDir())
 				err := c(e, path)
-				wantCode(t, err, codes.InvalidArgument)
+				want := codes.InvalidArgument
+				if cname == "publish-staging" && pname == "empty" {
+					want = codes.FailedPrecondition // staging comes first when STAGE_UNSTAGE is advertised
+				}
+				wantCode(t, err, want)
 				if got := e.mutating(); len(got) > 0 {
 					t.Errorf("a refused path led to %q", got)
 				}
@@ -565,7 +570,7 @@ func TestNodeStageRefused(t *testing.T) {
 			setup: func(_ *testing.T, e *nodeEnv) {
 				e.n.opts.Connector = &FakeConnector{Err: errors.New("connection refused")}
 			}},
-		{name: "pool gone", cap: mountCap(rwo), code: codes.InvalidArgument,
+		{name: "pool gone", cap: mountCap(rwo), code: codes.NotFound,
 			setup: func(_ *testing.T, e *nodeEnv) {
 				e.n.opts.Connector = &FakeConnector{Clusters: map[string]*FakeCluster{testClusterID: NewFakeCluster(testClusterID)}}
 			}},
@@ -789,8 +794,8 @@ func TestNodePublish(t *testing.T) {
 			if wantDir := tc.cap.GetBlock() == nil; fi.IsDir() != wantDir {
 				t.Errorf("target is a directory: %v, want %v", fi.IsDir(), wantDir)
 			}
-			if rec := e.record(t); !slices.Equal(rec.Targets, []string{target}) {
-				t.Errorf("recorded targets %q", rec.Targets)
+			if rec := e.record(t); !slices.Equal(targetPaths(rec), []string{target}) {
+				t.Errorf("recorded targets %q", targetPaths(rec))
 			}
 			// Again at the same target: nothing more to do.
 			e.publish(t, req)
@@ -816,7 +821,7 @@ func TestNodePublish(t *testing.T) {
 		_, err := e.n.NodePublishVolume(ctx, e.publishReq(e.target("pod1"), mountCap(rwo)))
 		wantNodeErr(t, err, codes.Internal, "permission denied")
 		if rec := e.record(t); len(rec.Targets) != 0 {
-			t.Errorf("a failed publish was recorded: %q", rec.Targets)
+			t.Errorf("a failed publish was recorded: %q", targetPaths(rec))
 		}
 	})
 
@@ -839,8 +844,8 @@ func TestNodePublish(t *testing.T) {
 			t.Errorf("unpublished target left: %v", err)
 		}
 		e.publish(t, e.publishReq(t2, mountCap(singleWriter)))
-		if rec := e.record(t); !slices.Equal(rec.Targets, []string{t2}) {
-			t.Errorf("recorded targets %q, want only %s", rec.Targets, t2)
+		if rec := e.record(t); !slices.Equal(targetPaths(rec), []string{t2}) {
+			t.Errorf("recorded targets %q, want only %s", targetPaths(rec), t2)
 		}
 	})
 
@@ -850,8 +855,8 @@ func TestNodePublish(t *testing.T) {
 		t1, t2 := e.target("pod1"), e.target("pod2")
 		e.publish(t, e.publishReq(t1, mountCap(rwo)))
 		e.publish(t, e.publishReq(t2, mountCap(rwo)))
-		if rec := e.record(t); !slices.Equal(rec.Targets, []string{t1, t2}) {
-			t.Errorf("recorded targets %q", rec.Targets)
+		if rec := e.record(t); !slices.Equal(targetPaths(rec), []string{t1, t2}) {
+			t.Errorf("recorded targets %q", targetPaths(rec))
 		}
 	})
 }
@@ -993,45 +998,36 @@ func TestNodeExpandVolume(t *testing.T) {
 
 func TestNodeGetVolumeHealth(t *testing.T) {
 	ctx := context.Background()
-	// existingDevice points the stage record at a file that exists, as a
-	// mapped device would.
-	existingDevice := func(t *testing.T, e *nodeEnv) {
-		rec := e.record(t)
-		rec.Mapping.Device = filepath.Join(t.TempDir(), "rbd0")
-		if err := makeFile(rec.Mapping.Device); err != nil {
-			t.Fatal(err)
-		}
-		if err := writeStageRecord(e.staging, rec); err != nil {
-			t.Fatal(err)
-		}
-	}
+	other := nodeVolID("0a1b2c3d-0000-4000-8000-0000000000ff")
 	tests := []struct {
 		name    string
 		block   bool
 		setup   func(t *testing.T, e *nodeEnv, target string)
 		paths   string // which paths the request gives: "both" (default), "staging", "publish", "none"
 		volID   string
+		code    codes.Code
 		reasons []string // of INACCESSIBLE entries, in order
 	}{
-		{name: "healthy", setup: func(t *testing.T, e *nodeEnv, _ string) { existingDevice(t, e) }},
-		{name: "healthy block", block: true, setup: func(t *testing.T, e *nodeEnv, _ string) { existingDevice(t, e) }},
-		{name: "no paths given", paths: "none"},
+		{name: "healthy"},
+		{name: "healthy block", block: true},
+		{name: "no paths given: the node knows where it staged", paths: "none"},
 		{name: "publish path not mounted", reasons: []string{"NotPublished"},
-			setup: func(t *testing.T, e *nodeEnv, target string) { existingDevice(t, e); delete(e.mnt.Mounts, target) }},
+			setup: func(t *testing.T, e *nodeEnv, target string) { delete(e.mnt.Mounts, target) }},
 		{name: "publish path only, not mounted", paths: "publish", reasons: []string{"NotPublished"},
 			setup: func(_ *testing.T, e *nodeEnv, target string) { delete(e.mnt.Mounts, target) }},
-		{name: "stage record missing", paths: "staging", reasons: []string{"NotStaged"},
+		{name: "daemon gone", paths: "none", reasons: []string{"MappingDead"},
+			setup: func(t *testing.T, e *nodeEnv, _ string) { e.krbd.Kill(e.record(t).Mapping.Device) }},
+		{name: "filesystem unmounted", paths: "staging", reasons: []string{"NotMounted"},
+			setup: func(t *testing.T, e *nodeEnv, _ string) { delete(e.mnt.Mounts, e.staging) }},
+		{name: "stage record missing", paths: "staging", code: codes.NotFound,
 			setup: func(_ *testing.T, e *nodeEnv, _ string) { _ = os.Remove(recordPath(e.staging)) }},
-		{name: "unpublished and unstaged", reasons: []string{"NotPublished", "NotStaged"},
+		{name: "unpublished and unstaged", code: codes.NotFound,
 			setup: func(_ *testing.T, e *nodeEnv, target string) {
 				delete(e.mnt.Mounts, target)
 				_ = os.Remove(recordPath(e.staging))
 			}},
-		{name: "another volume staged there", volID: nodeVolID("0a1b2c3d-0000-4000-8000-0000000000ff"),
-			paths: "staging", reasons: []string{"WrongVolume"}},
-		{name: "device gone", paths: "staging", reasons: []string{"DeviceGone"}}, // /dev/fake0 does not exist
-		{name: "filesystem unmounted", paths: "staging", reasons: []string{"NotMounted"},
-			setup: func(t *testing.T, e *nodeEnv, _ string) { existingDevice(t, e); delete(e.mnt.Mounts, e.staging) }},
+		{name: "another volume staged there", volID: other, paths: "staging", code: codes.NotFound},
+		{name: "unknown volume", volID: other, paths: "none", code: codes.NotFound},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1057,8 +1053,9 @@ func TestNodeGetVolumeHealth(t *testing.T) {
 				req.VolumePublishPath = target
 			}
 			resp, err := e.n.NodeGetVolumeHealth(ctx, req)
+			wantCode(t, err, tc.code)
 			if err != nil {
-				t.Fatalf("NodeGetVolumeHealth: %v", err)
+				return
 			}
 			h := resp.GetVolumeHealth()
 			if h.GetVolumeId() != req.VolumeId {
@@ -1094,6 +1091,12 @@ func TestNodeGetInfoAndCapabilities(t *testing.T) {
 	info, err = bare.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
 	if err != nil || info.GetNodeId() != "n" || info.GetAccessibleTopology() != nil || info.GetMaxVolumesPerNode() != 0 {
 		t.Errorf("NodeGetInfo without labels = %v, %v", info, err)
+	}
+	// Labels without VOLUME_ACCESSIBILITY_CONSTRAINTS advertised: no topology.
+	quiet := NewNode(NodeOptions{NodeID: "n", Labels: map[string]string{"topology.pelagic.csi/zone": "a"}})
+	info, err = quiet.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
+	if err != nil || info.GetAccessibleTopology() != nil {
+		t.Errorf("NodeGetInfo with labels but no topology advertised = %v, %v", info, err)
 	}
 
 	resp, err := e.n.NodeGetCapabilities(ctx, &csi.NodeGetCapabilitiesRequest{})
@@ -1145,4 +1148,12 @@ func TestNodeStageRetryRecordsMapping(t *testing.T) {
 	if _, ok := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; !ok {
 		t.Error("after a retried stage the image metadata does not say this node maps it")
 	}
+}
+
+func targetPaths(rec *stageRecord) []string {
+	var out []string
+	for _, p := range rec.Targets {
+		out = append(out, p.Path)
+	}
+	return out
 }

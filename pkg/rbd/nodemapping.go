@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -15,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 )
 
 // mapFresh maps img, making sure the mapping it returns is not one whose
@@ -55,39 +58,149 @@ func (n *Node) stagedMappingFenced(ctx context.Context, req *csi.NodeStageVolume
 	}
 	pool, err := cl.Pool(ctx, rec.Mapping.Pool, rec.Mapping.RadosNamespace)
 	if err != nil {
-		return false, statusFor(err)
+		return false, nodeStatus(err, rec.VolumeID)
 	}
 	n.known.remember(cl, pool.Name(), rec.Mapping.RadosNamespace)
 	recs, err := readRecords(ctx, pool, rec.Mapping.Image)
 	if err != nil {
-		return false, statusFor(err)
+		return false, nodeStatus(err, rec.VolumeID)
 	}
 	_, fenced := recs.fenceOf(rec.Mapping.ClientAddr)
 	return fenced, nil
 }
 
-// dropFencedStage undoes a stage whose mapping was fenced: the staging
-// mount, the mapping (forced: its client cannot flush anything) and the
-// stage record. Published targets still hold the old filesystem; while
-// they do, the mapping cannot go and the caller is told to unpublish.
-func (n *Node) dropFencedStage(ctx context.Context, staging string, rec *stageRecord) error {
-	if err := n.opts.Mounter.Unmount(ctx, staging); err != nil {
-		return status.Errorf(codes.Internal, "unmounting the fenced filesystem at %s: %v", staging, err)
+// mappingDead returns why the mapping a stage record names can no longer
+// carry I/O (its device or daemon is gone), or nil while it can, or when
+// that cannot be told: nothing is replaced on a guess.
+func (n *Node) mappingDead(ctx context.Context, rec *stageRecord) error {
+	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
+	if err != nil {
+		return nil
+	}
+	if err := m.Alive(ctx, rec.Mapping); errors.Is(err, mapper.ErrMappingDead) {
+		return err
+	}
+	return nil
+}
+
+// keepMappingUsable returns the stage record of a staged volume, after
+// replacing its mapping if that can no longer write: dead, or fenced.
+func (n *Node) keepMappingUsable(ctx context.Context, req *csi.NodeStageVolumeRequest, rec *stageRecord) (*stageRecord, error) {
+	why := n.mappingDead(ctx, rec)
+	if why == nil {
+		fenced, err := n.stagedMappingFenced(ctx, req, rec)
+		if err != nil || !fenced {
+			return rec, err
+		}
+		why = fmt.Errorf("its client instance %s was fenced", rec.Mapping.ClientAddr)
+	}
+	return n.replaceMapping(ctx, req, rec, why)
+}
+
+// replaceDeadForPublish replaces a dead mapping at NodePublish, with the
+// request's secrets or those of the volume's NodeStage in this process.
+func (n *Node) replaceDeadForPublish(ctx context.Context, req *csi.NodePublishVolumeRequest, rec *stageRecord, dead error) (*stageRecord, error) {
+	secrets := req.GetSecrets()
+	if len(secrets) == 0 {
+		secrets = n.secrets.get(req.GetVolumeId())
+	}
+	if len(secrets) == 0 {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s: %v; mapping it again needs the credentials of its NodeStage, which this plugin has not seen since it started: the next NodeStage maps it again",
+			req.GetVolumeId(), dead)
+	}
+	vctx := rec.VolumeContext
+	if len(vctx) == 0 {
+		vctx = req.GetVolumeContext()
+	}
+	stage := &csi.NodeStageVolumeRequest{VolumeId: req.GetVolumeId(), StagingTargetPath: req.GetStagingTargetPath(),
+		VolumeCapability: rec.capability(), Secrets: secrets, VolumeContext: vctx}
+	return n.replaceMapping(ctx, stage, rec, dead)
+}
+
+// replaceMapping maps a staged volume again whose mapping can no longer
+// write, and remounts what was mounted from it. Its mounts go first,
+// lazily if in use (nothing reaches the volume through them any more),
+// then the mapping, by force: when Unmap returns its client instance is
+// gone. Only then does mapImage, once Ceph no longer lists that instance's
+// watch, record the new instance in place of the old, by the conditional
+// update that refuses when another node has taken the volume meanwhile,
+// and only after that is the new device mounted and written. Until this
+// succeeds the stage record names the old mapping, so a retry starts over.
+func (n *Node) replaceMapping(ctx context.Context, req *csi.NodeStageVolumeRequest, rec *stageRecord, why error) (*stageRecord, error) {
+	klog.FromContext(ctx).Info("replacing a mapping that can no longer write", "volume", rec.VolumeID,
+		"device", rec.Mapping.Device, "client", rec.Mapping.ClientAddr, "reason", why.Error())
+	staging := req.GetStagingTargetPath()
+	mounts := make([]string, 0, len(rec.Targets)+1)
+	for _, p := range rec.Targets {
+		mounts = append(mounts, p.Path)
+	}
+	if !rec.Block {
+		mounts = append(mounts, staging)
+	}
+	for _, p := range mounts {
+		if err := n.opts.Mounter.Detach(ctx, p); err != nil {
+			return nil, status.Errorf(codes.Internal, "volume %s (%v): detaching %s: %v", rec.VolumeID, why, p, err)
+		}
 	}
 	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
 	if err != nil {
-		return status.Error(codes.Internal, err.Error())
+		return nil, status.Error(codes.Internal, err.Error())
 	}
 	if err := m.Unmap(ctx, rec.Mapping, mapper.UnmapOptions{Force: true}); err != nil {
-		return status.Errorf(codes.FailedPrecondition,
-			"volume %s: this node's mapping %s was fenced and cannot be replaced while it is in use (unpublish its targets %v): %v",
-			rec.VolumeID, rec.Mapping.Device, rec.Targets, err)
+		return nil, mapperStatus(err, fmt.Sprintf("volume %s (%v): unmapping %s", rec.VolumeID, why, rec.Mapping.Device))
 	}
-	n.forgetMapping(ctx, rec)
-	if err := os.Remove(recordPath(staging)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return status.Error(codes.Internal, err.Error())
+	fresh, err := n.mapImage(ctx, req, rec)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	if !fresh.Block {
+		if err := n.mountFilesystem(ctx, req, fresh); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range fresh.Targets {
+		if err := n.bindTarget(ctx, staging, fresh, p); err != nil {
+			return nil, err
+		}
+	}
+	klog.FromContext(ctx).Info("mapping replaced", "volume", rec.VolumeID, "device", fresh.Mapping.Device,
+		"client", fresh.Mapping.ClientAddr, "targets", len(fresh.Targets))
+	return fresh, nil
+}
+
+// waitForWatchGone waits until Ceph no longer lists the watch of a client
+// instance this node has just stopped. A killed daemon's watch stays until
+// the OSD times it out (30 s); until then it is a holder no record
+// explains, and the old instance is not gone in Ceph's eyes either.
+func waitForWatchGone(ctx context.Context, pool Pool, image, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		watchers, err := pool.Watchers(ctx, image)
+		if err != nil {
+			return statusFor(err)
+		}
+		if !watchedBy(watchers, addr) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return status.Errorf(codes.DeadlineExceeded,
+				"image %s/%s: the watch of the replaced client instance %s is still listed (Ceph drops it within 30 s of its daemon's end): %v",
+				pool.Name(), image, addr, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// statBounded stats a path that may lie on a hung FUSE mount: the caller is
+// released at ctx's deadline.
+func statBounded(ctx context.Context, path string) (os.FileInfo, error) {
+	return util.Do(ctx, "stat "+path, func() (os.FileInfo, error) { return os.Stat(path) })
 }
 
 // forgetMapping removes this node's mapping record after a clean unmap,

@@ -6,9 +6,11 @@ import (
 )
 
 // Do runs fn, a blocking call that takes no context (a librados or librbd
-// call), and returns when it finishes or ctx is done, whichever is first.
-// A call abandoned this way still runs to its own end in the background;
-// the rados timeouts bound how long that can be.
+// call, or a stat of a FUSE mount whose daemon may hang), and returns when
+// it finishes or ctx is done, whichever is first. A call abandoned this way
+// still runs to its own end in the background; the rados timeouts bound
+// how long that can be, and nothing bounds a system call on a hung FUSE
+// mount: only the caller is released.
 func Do[T any](ctx context.Context, what string, fn func() (T, error)) (T, error) {
 	type result struct {
 		v   T
