@@ -44,6 +44,9 @@ func TestMain(m *testing.M) {
 		fmt.Println("kernel client tests run inside a guest kernel, started by the e2e/vm tests; nothing to do here")
 		os.Exit(0)
 	}
+	if role, ok := processRole(); ok {
+		os.Exit(role(dir))
+	}
 	e, err := setUp(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -66,7 +69,7 @@ type env struct {
 	cluster *cephtest.Cluster
 	cfg     *ceph.Config
 	ctrl    csi.ControllerServer
-	node    csi.NodeServer
+	node    nodeService
 	conns   *ceph.ConnPool
 	admin   rbd.Cluster // for what the test checks, outside the driver
 	dir     string      // the node plugin's state, staging and target paths
@@ -86,15 +89,7 @@ func setUp(dir string) (*env, error) {
 		return nil, err
 	}
 	e.closers = append(e.closers, func() { _ = os.RemoveAll(e.dir) })
-	data, err := json.Marshal([]map[string]any{{"clusterID": clusterID, "monitors": []string{c.Monitors}, "rbd": map[string]any{}}})
-	if err != nil {
-		return nil, err
-	}
-	path := filepath.Join(e.dir, "config.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return nil, err
-	}
-	if e.cfg, err = ceph.LoadConfig(path); err != nil {
+	if e.cfg, err = writeConfig(e.dir, c); err != nil {
 		return nil, err
 	}
 	ctrl, err := driver.New(driver.Options{Type: "rbd", DriverName: driverName, Controller: true, Config: e.cfg})
@@ -113,30 +108,37 @@ func setUp(dir string) (*env, error) {
 	return e, err
 }
 
-// startNode starts a node plugin over the env's state.
+// writeConfig writes, in dir, the cluster config a ceph-csi ConfigMap
+// would hold for c, and loads it.
+func writeConfig(dir string, c *cephtest.Cluster) (*ceph.Config, error) {
+	data, err := json.Marshal([]map[string]any{{"clusterID": clusterID, "monitors": []string{c.Monitors}, "rbd": map[string]any{}}})
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return nil, err
+	}
+	return ceph.LoadConfig(path)
+}
+
+// nodeOptions are those of this guest's node plugin: krbd by default, its
+// state in state, its daemons started by the daemon host at daemonSocket
+// ("": by the plugin itself).
+func nodeOptions(cfg *ceph.Config, state, daemonSocket string) driver.Options {
+	return driver.Options{Type: "rbd", DriverName: driverName, Node: true, NodeID: nodeID, Config: cfg,
+		Mounter: "krbd", StateDir: state, DaemonSocket: daemonSocket}
+}
+
+// startNode starts a node plugin in this process, over the env's state.
 func (e *env) startNode() error {
-	d, err := driver.New(driver.Options{Type: "rbd", DriverName: driverName, Node: true, NodeID: nodeID,
-		Config: e.cfg, Mounter: "krbd", StateDir: filepath.Join(e.dir, "state")})
+	d, err := driver.New(nodeOptions(e.cfg, filepath.Join(e.dir, "state"), ""))
 	if err != nil {
 		return err
 	}
 	e.closers = append(e.closers, d.Close)
 	e.node = d.Services.Node
 	return nil
-}
-
-// restartedNode returns a copy of e whose node plugin is a new one over the
-// same state, as a restarted driver process would be; e is unchanged, so
-// tests running alongside keep theirs.
-func (e *env) restartedNode(t *testing.T) *env {
-	t.Helper()
-	restarted := *e
-	restarted.closers = nil
-	if err := restarted.startNode(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(restarted.close)
-	return &restarted
 }
 
 func (e *env) close() {

@@ -31,6 +31,9 @@ func nbdDaemon(t *testing.T, dev string) int {
 		t.Fatal(err)
 	}
 	cmd, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if len(cmd) == 0 {
+		t.Fatalf("/dev/%s is still connected, but its rbd-nbd (pid %d) is gone", dev, pid)
+	}
 	if name := filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0]); name != "rbd-nbd" {
 		t.Fatalf("/dev/%s is served by pid %d, %q, not rbd-nbd", dev, pid, name)
 	}
@@ -53,14 +56,15 @@ func (e *env) checkRecordIsDaemons(t *testing.T, v *volume) string {
 	return rec.ClientAddr
 }
 
-// TestNBDLifecycle: rbd-nbd maps ext4 and raw block volumes, the node
-// records the daemon's client instance, and the mapping, a process of its
-// own, outlives a node plugin restart: the restarted plugin unstages it,
-// and the data is intact (the filesystem staged again, the block volume's
-// image read).
+// TestNBDLifecycle: rbd-nbd maps ext4 and raw block volumes and the node
+// records the daemon's client instance. The node plugin and its daemon
+// host run as on a node, each a process of its own: the plugin's process
+// group is killed, as a container restart kills it, and the mapping, a
+// daemon of the host's, keeps serving; the restarted plugin unstages it,
+// and the data is intact (the filesystem staged again, the block
+// volume's image read).
 func TestNBDLifecycle(t *testing.T) {
 	t.Parallel()
-	e := shared
 	tests := []struct {
 		name string
 		c    *csi.VolumeCapability
@@ -72,6 +76,7 @@ func TestNBDLifecycle(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
+			e, node := shared.withNodeProcesses(t)
 			ctx := testContext(t, 3*time.Minute)
 			v := e.create(t, "nbd-"+tt.name, 64<<20, tt.c, nbdClass)
 			path := filepath.Join(v.target, tt.file)
@@ -85,14 +90,15 @@ func TestNBDLifecycle(t *testing.T) {
 			}
 			pid := nbdDaemon(t, dev)
 			e.checkRecordIsDaemons(t, v)
-			if err := writeSynced(path, data); err != nil {
-				t.Fatal(err)
-			}
 
-			e := e.restartedNode(t)
+			node.killPlugin()
 			if got := nbdDaemon(t, dev); got != pid {
-				t.Fatalf("after the plugin restart /dev/%s is served by %d, was %d", dev, got, pid)
+				t.Fatalf("with the plugin killed /dev/%s is served by %d, was %d", dev, got, pid)
 			}
+			if err := writeSynced(path, data); err != nil {
+				t.Fatalf("writing while the plugin is down: %v", err)
+			}
+			node.restartPlugin()
 			if err := e.teardown(ctx, v); err != nil {
 				t.Fatalf("tearing down with the restarted plugin: %v", err)
 			}
