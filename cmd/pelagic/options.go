@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/pelagic-csi/pelagic/pkg/mapper"
 )
 
 // Options are the driver's command-line settings.
@@ -121,9 +123,7 @@ func (o *Options) Validate() error {
 	if o.KubeletDir != "" && !filepath.IsAbs(o.KubeletDir) {
 		errs = append(errs, fmt.Errorf("--kubelet-dir=%q must be an absolute path", o.KubeletDir))
 	}
-	switch o.Mounter {
-	case "krbd", "rbd-nbd", "nbd", "fuse", "rbd-fuse":
-	default:
+	if name, err := mapper.CanonicalName(o.Mounter); err != nil || name == "" {
 		errs = append(errs, fmt.Errorf("--mounter=%q: must be krbd, rbd-nbd or fuse", o.Mounter))
 	}
 	if o.SoftCloneDepth < 1 || o.HardCloneDepth < o.SoftCloneDepth {
