@@ -113,8 +113,10 @@ func (c *Controller) lock(keys ...string) (func(), error) {
 }
 
 // connect opens the cluster with the request's secrets and remembers it.
-func (c *Controller) connect(ctx context.Context, clusterID string, secrets, params map[string]string) (Cluster, error) {
-	creds, err := credentialsFrom(secrets, params)
+// Controller calls use the secret's own user: all but CreateVolume carry
+// no class parameters (see VolumeParams.checkAdminID).
+func (c *Controller) connect(ctx context.Context, clusterID string, secrets map[string]string) (Cluster, error) {
+	creds, err := credentialsFrom(secrets, nil)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -155,7 +157,7 @@ func (c *Controller) discoverPools(ctx context.Context, cl Cluster) {
 // secrets: with secrets it connects, without it uses a remembered handle.
 func (c *Controller) clusterFor(ctx context.Context, clusterID string, secrets map[string]string) (Cluster, error) {
 	if len(secrets) > 0 {
-		return c.connect(ctx, clusterID, secrets, nil)
+		return c.connect(ctx, clusterID, secrets)
 	}
 	if cl, ok := c.known.cluster(clusterID); ok {
 		return cl, nil
@@ -268,6 +270,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := params.checkAdminID(req.GetSecrets()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	size, err := requestSize(req.GetCapacityRange(), c.opts.DefaultSize)
 	if err != nil {
 		return nil, err
@@ -283,7 +288,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	}
 	defer unlock()
 
-	cl, err := c.connect(ctx, params.ClusterID, req.GetSecrets(), req.GetParameters())
+	cl, err := c.connect(ctx, params.ClusterID, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -407,7 +412,8 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 		}
 	}
 	if !exists {
-		spec := ImageSpec{Name: rec.Image, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool}
+		spec := ImageSpec{Name: rec.Image, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool,
+			ObjectSize: params.ObjectSize, StripeUnit: params.StripeUnit, StripeCount: params.StripeCount}
 		var err error
 		if source == nil {
 			err = pool.CreateImage(ctx, spec)
