@@ -710,6 +710,72 @@ func TestValidateVolumeCapabilities(t *testing.T) {
 	}
 }
 
+// TestValidateVolumeCapabilitiesChecksParameters: the class parameters and
+// volume context a request names are confirmed only when they describe the
+// volume.
+func TestValidateVolumeCapabilitiesChecksParameters(t *testing.T) {
+	e := newEnv(t)
+	req := createReq("pvc-1", gib)
+	req.Parameters[ParamImageFeatures] = "layering,exclusive-lock"
+	req.Parameters[ParamMapOptions] = "krbd:lock_on_read"
+	vol := e.create(t, req)
+	ctxWith := func(kv ...string) map[string]string {
+		m := maps.Clone(vol.GetVolumeContext())
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	paramsWith := func(kv ...string) map[string]string {
+		m := maps.Clone(req.Parameters)
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	tests := []struct {
+		name    string
+		params  map[string]string
+		vctx    map[string]string
+		wantWhy string // "" means confirmed
+	}{
+		{"the class and context it was made with", req.Parameters, vol.GetVolumeContext(), ""},
+		{"features in another order", paramsWith(ParamImageFeatures, "exclusive-lock, layering"), ctxWith(ParamImageFeatures, "exclusive-lock,layering"), ""},
+		{"another mapper that maps the features", nil, ctxWith(ParamMounter, "rbd-nbd"), ""},
+		{"other features", paramsWith(ParamImageFeatures, "layering"), nil, `"imageFeatures"`},
+		{"other pool", paramsWith(ParamPool, "other"), nil, `"pool"`},
+		{"other data pool", paramsWith(ParamDataPool, "ec"), nil, `"dataPool"`},
+		{"striping the volume lacks", paramsWith(ParamObjectSize, "1048576"), nil, `"objectSize"`},
+		{"a class Pelagic refuses", paramsWith("encrypted", "true"), nil, `"encrypted"`},
+		{"context naming another image", nil, ctxWith(CtxImageName, "csi-vol-other"), `"imageName"`},
+		{"context naming another pool", nil, ctxWith(ParamPool, "other"), `"pool"`},
+		{"context without the image", nil, map[string]string{ParamClusterID: testClusterID, ParamPool: testPool}, `"imageName"`},
+		{"context with a key Pelagic never returns", nil, ctxWith("staticVolume", "true"), `"staticVolume"`},
+		{"context with options a node refuses", nil, ctxWith(ParamMapOptions, "krbd:try-netlink"), `"mapOptions"`},
+		{"context with an unknown mapper", nil, ctxWith(ParamMounter, "iscsi"), `"mounter"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := e.c.ValidateVolumeCapabilities(context.Background(), &csi.ValidateVolumeCapabilitiesRequest{
+				VolumeId: vol.GetVolumeId(), VolumeCapabilities: []*csi.VolumeCapability{mountCap(rwo)},
+				Parameters: tc.params, VolumeContext: tc.vctx, Secrets: testSecrets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantWhy == "" {
+				if resp.GetConfirmed() == nil || !maps.Equal(resp.GetConfirmed().GetParameters(), tc.params) ||
+					!maps.Equal(resp.GetConfirmed().GetVolumeContext(), tc.vctx) {
+					t.Fatalf("not confirmed as given: %v", resp)
+				}
+				return
+			}
+			if resp.GetConfirmed() != nil || !strings.Contains(resp.GetMessage(), tc.wantWhy) {
+				t.Fatalf("response %v: want it unconfirmed, naming %s", resp, tc.wantWhy)
+			}
+		})
+	}
+}
+
 func TestListVolumesPagination(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)

@@ -424,6 +424,84 @@ func (p *VolumeParams) volumeContext(image string) map[string]string {
 	return ctx
 }
 
+// volumeFacts are what an existing volume is, for checking the parameters
+// and volume context a ValidateVolumeCapabilities request names.
+type volumeFacts struct {
+	clusterID, pool, namespace, image string
+	params                            map[string]string // journalParams as recorded at creation
+}
+
+// contextKeys are the volume context keys CreateVolume may return besides
+// the defining ones volumeFacts checks.
+var contextKeys = map[string]bool{ParamMounter: true, ParamMapOptions: true, ParamUnmapOptions: true,
+	ParamMkfsOptions: true, ParamUserID: true, ParamAdminID: true}
+
+// mismatch says why params (the class) or vctx (the volume context) do not
+// describe the volume; nothing when they do. The defining parameters must
+// be the ones the volume was made with, and its mapping settings ones a
+// node would accept for the volume's features.
+func (v volumeFacts) mismatch(params, vctx map[string]string) []string {
+	var why []string
+	if len(params) > 0 {
+		p, err := ParseVolumeParams(params)
+		if err != nil {
+			return []string{err.Error()}
+		}
+		want := p.journalParams()
+		keys := sortedKeys(want)
+		for _, k := range sortedKeys(v.params) {
+			if _, ok := want[k]; !ok {
+				keys = append(keys, k)
+			}
+		}
+		for _, k := range keys {
+			if want[k] != v.params[k] {
+				why = append(why, fmt.Sprintf("parameter %q is %q, but the volume was made with %q", k, want[k], v.params[k]))
+			}
+		}
+	}
+	if len(vctx) > 0 {
+		why = append(why, v.contextMismatch(vctx)...)
+	}
+	return why
+}
+
+func (v volumeFacts) contextMismatch(vctx map[string]string) []string {
+	var why []string
+	defining := map[string]string{ParamClusterID: v.clusterID, ParamPool: v.pool, CtxImageName: v.image,
+		ParamImageFeatures: v.params[ParamImageFeatures], ParamDataPool: v.params[ParamDataPool], ParamRadosNamespace: v.namespace}
+	for _, k := range []string{ParamClusterID, ParamPool, CtxImageName} {
+		if vctx[k] == "" {
+			why = append(why, fmt.Sprintf("volume context lacks %q, which NodeStage needs", k))
+		}
+	}
+	for _, k := range sortedKeys(vctx) {
+		got := vctx[k]
+		if k == ParamImageFeatures {
+			if _, names, err := parseFeatures(got); err == nil {
+				got = names
+			}
+		}
+		want, isDefining := defining[k]
+		switch {
+		case isDefining && got != want:
+			why = append(why, fmt.Sprintf("volume context %q is %q, but the volume's is %q", k, vctx[k], want))
+		case !isDefining && !contextKeys[k]:
+			why = append(why, fmt.Sprintf("volume context key %q is not one Pelagic returns", k))
+		}
+	}
+	mapping := map[string]string{ParamClusterID: v.clusterID, ParamPool: v.pool, ParamImageFeatures: v.params[ParamImageFeatures]}
+	for _, k := range []string{ParamMounter, ParamMapOptions, ParamUnmapOptions} {
+		if vctx[k] != "" {
+			mapping[k] = vctx[k]
+		}
+	}
+	if _, err := ParseVolumeParams(mapping); err != nil {
+		why = append(why, "volume context: "+err.Error())
+	}
+	return why
+}
+
 // Access modes a filesystem on RBD can serve safely: one writer node, or
 // many readers. Block volumes allow every mode (the application coordinates).
 func validateCapability(c *csi.VolumeCapability) error {
