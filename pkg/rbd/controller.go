@@ -21,6 +21,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/kube"
 	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
@@ -48,6 +49,10 @@ type ControllerOptions struct {
 	// AfterReserve, when set, runs between the journal reservation and the
 	// image creation: tests use it to stop a controller at its worst moment.
 	AfterReserve func(name string)
+	// Nodes, when set, tells which node IDs exist, so that publishing to
+	// any other is NotFound. Without it (no Kubernetes access) the
+	// controller cannot tell and publishes to any node ID.
+	Nodes kube.NodeChecker
 }
 
 // Controller implements csi.ControllerServer for RBD.
