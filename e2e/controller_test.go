@@ -302,20 +302,14 @@ func TestRookCephBlockClass(t *testing.T) {
 	ctrl := e.controller(nil)
 	ctx := testContext(t, 2*time.Minute)
 	req := e.createReq("pvc-rook", 64<<20)
-	req.Parameters = map[string]string{
-		"clusterID": testClusterID, "pool": e.pool, "imageFormat": "2",
-		"imageFeatures": "layering,fast-diff,object-map,deep-flatten,exclusive-lock",
-		"csi.storage.k8s.io/provisioner-secret-name":            "rook-csi-rbd-provisioner",
-		"csi.storage.k8s.io/provisioner-secret-namespace":       "rook-ceph",
-		"csi.storage.k8s.io/controller-expand-secret-name":      "rook-csi-rbd-provisioner",
-		"csi.storage.k8s.io/controller-expand-secret-namespace": "rook-ceph",
-		"csi.storage.k8s.io/node-stage-secret-name":             "rook-csi-rbd-node",
-		"csi.storage.k8s.io/node-stage-secret-namespace":        "rook-ceph",
-		"csi.storage.k8s.io/fstype":                             "ext4",
-		"csi.storage.k8s.io/pvc/name":                           "data-web-0",
-		"csi.storage.k8s.io/pvc/namespace":                      "default",
-		"csi.storage.k8s.io/pv/name":                            "pvc-6f1c",
-	}
+	// Rook's class for 5.4 and later kernels (see classes_test.go), with
+	// what the provisioner adds.
+	req.Parameters = class(rookClasses[1].params, map[string]string{
+		"clusterID": testClusterID, "pool": e.pool,
+		"csi.storage.k8s.io/pvc/name":      "data-web-0",
+		"csi.storage.k8s.io/pvc/namespace": "default",
+		"csi.storage.k8s.io/pv/name":       "pvc-6f1c",
+	})
 	vol, err := ctrl.CreateVolume(ctx, req)
 	if err != nil {
 		t.Fatalf("rook-ceph-block parameters: %v", err)

@@ -87,6 +87,7 @@ func run(ctx context.Context, o *Options) error {
 		Type: o.Type, DriverName: o.DriverName, Version: version,
 		Controller: o.Controller, Node: o.Node, NodeID: o.NodeID, Config: cfg,
 		KubeletDir: o.KubeletDir, Mounter: o.Mounter, StateDir: o.StateDir, DaemonSocket: o.DaemonSocket,
+		KubeConfig: o.KubeConfig,
 		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
 		FenceCheckInterval: o.FenceCheck,
 		SoftCloneDepth:     o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/pelagic-csi/pelagic/pkg/mapper"
 )
 
 // Options are the driver's command-line settings.
@@ -21,6 +23,7 @@ type Options struct {
 	ConfigPath string
 	KubeletDir string
 	Mounter    string // node default for RBD: krbd, rbd-nbd or fuse
+	KubeConfig string // Kubernetes access for the controller; "" means in-cluster, if any
 	StateDir   string
 	// DaemonSocket is the daemon host's socket; with DaemonHost this
 	// process is that host and serves nothing else.
@@ -56,7 +59,9 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 	fs.StringVar(&o.DriverName, "drivername", "", "CSI driver name (default rbd.csi.pelagic.dev or cephfs.csi.pelagic.dev)")
 	fs.StringVar(&o.ConfigPath, "config", "/etc/ceph-csi-config/config.json", "path of the cluster config (ceph-csi config.json format)")
 	fs.StringVar(&o.KubeletDir, "kubelet-dir", "", "when set, staging and target paths must lie inside it")
-	fs.StringVar(&o.Mounter, "mounter", "krbd", "default RBD mapper on this node: krbd, rbd-nbd or fuse")
+	fs.StringVar(&o.Mounter, "mounter", "krbd", "default RBD mapper on this node: krbd (or rbd), rbd-nbd (or nbd) or fuse (or rbd-fuse)")
+	fs.StringVar(&o.KubeConfig, "kubeconfig", "",
+		"kubeconfig the controller reads CSINodes with, to answer NotFound for unknown nodes (default: the in-cluster config when in a pod)")
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/pelagic", "node state: mapping records, fuse mounts")
 	fs.StringVar(&o.DaemonSocket, "daemon-socket", "",
 		"the daemon host's unix socket: the node starts rbd-fuse and rbd-nbd through it, so they outlive the plugin (empty: the plugin starts them)")
@@ -121,9 +126,7 @@ func (o *Options) Validate() error {
 	if o.KubeletDir != "" && !filepath.IsAbs(o.KubeletDir) {
 		errs = append(errs, fmt.Errorf("--kubelet-dir=%q must be an absolute path", o.KubeletDir))
 	}
-	switch o.Mounter {
-	case "krbd", "rbd-nbd", "nbd", "fuse", "rbd-fuse":
-	default:
+	if name, err := mapper.CanonicalName(o.Mounter); err != nil || name == "" {
 		errs = append(errs, fmt.Errorf("--mounter=%q: must be krbd, rbd-nbd or fuse", o.Mounter))
 	}
 	if o.SoftCloneDepth < 1 || o.HardCloneDepth < o.SoftCloneDepth {

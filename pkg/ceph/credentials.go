@@ -12,6 +12,14 @@ const (
 	SecretUserKey  = "userKey"
 	SecretAdminID  = "adminID"
 	SecretAdminKey = "adminKey"
+
+	// The in-tree kubernetes.io/rbd form: a secret holding only the key
+	// of a user the StorageClass names (adminId, userId). ceph-csi's
+	// migration secrets may name the user themselves, as adminId.
+	SecretKey           = "key"
+	SecretLegacyAdminID = "adminId"
+	// DefaultLegacyUser owns a bare key nothing else names, as in-tree.
+	DefaultLegacyUser = "admin"
 )
 
 // Credentials is a cephx identity. The key never appears in String or in
@@ -55,6 +63,31 @@ func UserOrAdminCredentials(secrets map[string]string) (Credentials, error) {
 	}
 	return Credentials{}, fmt.Errorf("%w: secrets need %s/%s or %s/%s",
 		ErrMissingCredentials, SecretUserID, SecretUserKey, SecretAdminID, SecretAdminKey)
+}
+
+// IsLegacySecret reports whether secrets are in the in-tree form: a key
+// and neither userID nor adminID.
+func IsLegacySecret(secrets map[string]string) bool {
+	return secrets[SecretKey] != "" && secrets[SecretUserID] == "" && secrets[SecretAdminID] == ""
+}
+
+// FromSecrets reads the cephx user from CSI secrets in every form they
+// come in: userID/userKey, adminID/adminKey (see UserOrAdminCredentials),
+// or the in-tree form, whose bare key belongs to the user the secret's own
+// adminId names, else to legacyUser (what the caller's parameters name),
+// else to client.admin.
+func FromSecrets(secrets map[string]string, legacyUser string) (Credentials, error) {
+	if !IsLegacySecret(secrets) {
+		return UserOrAdminCredentials(secrets)
+	}
+	c := Credentials{ID: secrets[SecretLegacyAdminID], Key: secrets[SecretKey]}
+	if c.ID == "" {
+		c.ID = legacyUser
+	}
+	if c.ID == "" {
+		c.ID = DefaultLegacyUser
+	}
+	return c, c.Validate()
 }
 
 func credentials(secrets map[string]string, idKey, keyKey string) (Credentials, error) {

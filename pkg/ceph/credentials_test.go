@@ -58,6 +58,43 @@ func TestCredentials(t *testing.T) {
 	}
 }
 
+func TestFromSecrets(t *testing.T) {
+	user := map[string]string{SecretUserID: "csi-rbd-node", SecretUserKey: goodKey}
+	tests := []struct {
+		name       string
+		secrets    map[string]string
+		legacyUser string
+		wantID     string // "" means an error is expected
+		legacy     bool
+	}{
+		{"userID/userKey", user, "kube", "csi-rbd-node", false},
+		{"adminID/adminKey", map[string]string{SecretAdminID: "admin", SecretAdminKey: goodKey}, "", "admin", false},
+		{"bare key, user from the caller", map[string]string{SecretKey: goodKey}, "kube", "kube", true},
+		{"bare key, nobody names the user", map[string]string{SecretKey: goodKey}, "", "admin", true},
+		{"key naming its own user wins", map[string]string{SecretKey: goodKey, SecretLegacyAdminID: "mig"}, "kube", "mig", true},
+		{"key beside userID is not the in-tree form", map[string]string{SecretKey: goodKey, SecretUserID: "u"}, "", "", false},
+		{"bare key not base64", map[string]string{SecretKey: badKey}, "", "", true},
+		{"nothing", nil, "kube", "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if IsLegacySecret(tc.secrets) != tc.legacy {
+				t.Errorf("IsLegacySecret = %v, want %v", !tc.legacy, tc.legacy)
+			}
+			c, err := FromSecrets(tc.secrets, tc.legacyUser)
+			if tc.wantID == "" {
+				if !errors.Is(err, ErrMissingCredentials) || strings.Contains(err.Error(), badKey) {
+					t.Fatalf("got %v, %v; want ErrMissingCredentials without the key", c, err)
+				}
+				return
+			}
+			if err != nil || c.ID != tc.wantID || c.Key != goodKey {
+				t.Errorf("got %v, %v; want %s", c, err, tc.wantID)
+			}
+		})
+	}
+}
+
 func TestCredentialsStringHidesKey(t *testing.T) {
 	c := Credentials{ID: "csi-rbd-provisioner", Key: goodKey}
 	for _, s := range []string{c.String(), fmt.Sprint(c), fmt.Sprintf("%v %s %+v", c, c, c), fmt.Errorf("as %s", c).Error()} {

@@ -10,6 +10,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
 	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
+	"github.com/pelagic-csi/pelagic/pkg/kube"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
@@ -44,6 +45,11 @@ type Options struct {
 	SoftCloneDepth int
 	HardCloneDepth int
 	Timeouts       ceph.Timeouts
+	// Nodes tells the controller which node IDs exist. When nil, it
+	// watches the CSINodes of the cluster KubeConfig (or the in-cluster
+	// config) reaches, if any.
+	Nodes      kube.NodeChecker
+	KubeConfig string
 }
 
 // Driver is an assembled set of services and what they share.
@@ -71,10 +77,18 @@ func New(o Options) (*Driver, error) {
 	case "rbd":
 		connector := &rbd.CephConnector{Config: o.Config, Conns: conns}
 		if o.Controller {
+			nodes := o.Nodes
+			if nodes == nil {
+				var err error
+				if nodes, err = kube.WatchCSINodes(ctx, o.KubeConfig, o.DriverName); err != nil {
+					stop()
+					return nil, err
+				}
+			}
 			ctrl := rbd.NewController(rbd.ControllerOptions{
 				Connector: connector, Config: o.Config, FenceExpiry: o.FenceExpiry,
-				FenceKeeperInterval: o.FenceCheckInterval,
-				SoftCloneDepth:      o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth})
+				FenceKeeperInterval: o.FenceCheckInterval, Nodes: nodes,
+				SoftCloneDepth: o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth})
 			go ctrl.RunFenceKeeper(ctx)
 			d.Services.Controller = ctrl
 		}

@@ -132,20 +132,21 @@ func NewRegistry(cfg Config) (*Registry, error) {
 	}, nil
 }
 
-// CanonicalName turns ceph-csi's spellings of a mapper into its name:
-// "krbd"; "rbd-nbd" or "nbd"; "fuse" or "rbd-fuse". "" stays "".
+// CanonicalName turns every spelling of a mapper into its name: "krbd" or
+// "rbd" (ceph-csi's name for krbd, and its default); "rbd-nbd" or "nbd";
+// "fuse" or "rbd-fuse". "" (the node's default) stays "".
 func CanonicalName(name string) (string, error) {
 	switch strings.ToLower(strings.TrimSpace(name)) {
 	case "":
 		return "", nil
-	case "krbd":
+	case "krbd", "rbd":
 		return KRBD, nil
 	case "rbd-nbd", "nbd":
 		return NBD, nil
 	case "fuse", "rbd-fuse":
 		return Fuse, nil
 	}
-	return "", fmt.Errorf("%w %q: use krbd, rbd-nbd or fuse", ErrUnknownMapper, name)
+	return "", fmt.Errorf("%w %q: use krbd (or rbd), rbd-nbd (or nbd) or fuse (or rbd-fuse)", ErrUnknownMapper, name)
 }
 
 // Get returns the mapper called name; "" means the node's default.

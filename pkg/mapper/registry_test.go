@@ -14,6 +14,7 @@ func TestRegistryGet(t *testing.T) {
 		{name: "empty is the default", get: "", want: KRBD},
 		{name: "configured default", def: "rbd-fuse", get: "", want: Fuse},
 		{name: "krbd", get: "krbd", want: KRBD},
+		{name: "rbd (ceph-csi's name for krbd)", get: "rbd", want: KRBD},
 		{name: "rbd-nbd", get: "rbd-nbd", want: NBD},
 		{name: "nbd", get: "nbd", want: NBD},
 		{name: "fuse", get: "fuse", want: Fuse},

@@ -46,6 +46,8 @@ type ImageSpec struct {
 	Size     int64
 	Features uint64
 	DataPool string
+	// Object size and striping in bytes and objects; 0 means librbd's default.
+	ObjectSize, StripeUnit, StripeCount uint64
 }
 
 // ImageInfo is what Stat tells of an image.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strconv"
 	"strings"
 	"sync"
@@ -245,6 +246,13 @@ func imageOptions(spec ImageSpec) (*librbd.ImageOptions, error) {
 	}
 	if spec.DataPool != "" {
 		set = append(set, opts.SetString(librbd.ImageOptionDataPool, spec.DataPool))
+	}
+	if spec.ObjectSize != 0 {
+		set = append(set, opts.SetUint64(librbd.ImageOptionOrder, uint64(bits.TrailingZeros64(spec.ObjectSize))))
+	}
+	if spec.StripeUnit != 0 {
+		set = append(set, opts.SetUint64(librbd.ImageOptionStripeUnit, spec.StripeUnit),
+			opts.SetUint64(librbd.ImageOptionStripeCount, spec.StripeCount))
 	}
 	if err := errors.Join(set...); err != nil {
 		opts.Destroy()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/kube"
 	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
@@ -47,6 +49,10 @@ type ControllerOptions struct {
 	// AfterReserve, when set, runs between the journal reservation and the
 	// image creation: tests use it to stop a controller at its worst moment.
 	AfterReserve func(name string)
+	// Nodes, when set, tells which node IDs exist, so that publishing to
+	// any other is NotFound. Without it (no Kubernetes access) the
+	// controller cannot tell and publishes to any node ID.
+	Nodes kube.NodeChecker
 }
 
 // Controller implements csi.ControllerServer for RBD.
@@ -113,8 +119,10 @@ func (c *Controller) lock(keys ...string) (func(), error) {
 }
 
 // connect opens the cluster with the request's secrets and remembers it.
-func (c *Controller) connect(ctx context.Context, clusterID string, secrets, params map[string]string) (Cluster, error) {
-	creds, err := credentialsFrom(secrets, params)
+// Controller calls use the secret's own user: all but CreateVolume carry
+// no class parameters (see VolumeParams.checkAdminID).
+func (c *Controller) connect(ctx context.Context, clusterID string, secrets map[string]string) (Cluster, error) {
+	creds, err := credentialsFrom(secrets, nil)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -155,7 +163,7 @@ func (c *Controller) discoverPools(ctx context.Context, cl Cluster) {
 // secrets: with secrets it connects, without it uses a remembered handle.
 func (c *Controller) clusterFor(ctx context.Context, clusterID string, secrets map[string]string) (Cluster, error) {
 	if len(secrets) > 0 {
-		return c.connect(ctx, clusterID, secrets, nil)
+		return c.connect(ctx, clusterID, secrets)
 	}
 	if cl, ok := c.known.cluster(clusterID); ok {
 		return cl, nil
@@ -268,6 +276,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := params.checkAdminID(req.GetSecrets()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	size, err := requestSize(req.GetCapacityRange(), c.opts.DefaultSize)
 	if err != nil {
 		return nil, err
@@ -283,7 +294,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	}
 	defer unlock()
 
-	cl, err := c.connect(ctx, params.ClusterID, req.GetSecrets(), req.GetParameters())
+	cl, err := c.connect(ctx, params.ClusterID, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -407,7 +418,8 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 		}
 	}
 	if !exists {
-		spec := ImageSpec{Name: rec.Image, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool}
+		spec := ImageSpec{Name: rec.Image, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool,
+			ObjectSize: params.ObjectSize, StripeUnit: params.StripeUnit, StripeCount: params.StripeCount}
 		var err error
 		if source == nil {
 			err = pool.CreateImage(ctx, spec)
@@ -542,7 +554,9 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeExpansion}, nil
 }
 
-// ValidateVolumeCapabilities confirms the capabilities an existing volume supports.
+// ValidateVolumeCapabilities confirms the capabilities an existing volume
+// supports, and the parameters and volume context the request names when
+// they describe that volume.
 func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
@@ -559,6 +573,12 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+	}
+	cc, _ := c.opts.Config.Cluster(r.id.ClusterID)
+	facts := volumeFacts{clusterID: r.id.ClusterID, pool: r.pool.Name(), namespace: cc.RBD.RadosNamespace,
+		image: r.rec.Image, params: r.rec.Params}
+	if why := facts.mismatch(req.GetParameters(), req.GetVolumeContext()); len(why) > 0 {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: strings.Join(why, "; ")}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
 		VolumeContext:      req.GetVolumeContext(),

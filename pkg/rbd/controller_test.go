@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	librbd "github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -152,7 +151,16 @@ func TestCreateVolumeInvalidArgument(t *testing.T) {
 		{"no secrets", func(r *csi.CreateVolumeRequest) { r.Secrets = nil }},
 		{"key without user ID", func(r *csi.CreateVolumeRequest) { delete(r.Secrets, "userID") }},
 		{"key not base64", func(r *csi.CreateVolumeRequest) { r.Secrets["userKey"] = "AQD-TOP-SECRET-KEY==" }},
-		{"in-tree key without user parameter", func(r *csi.CreateVolumeRequest) { r.Secrets = map[string]string{"key": testKey} }},
+		{"in-tree key whose adminId only the class names", func(r *csi.CreateVolumeRequest) {
+			r.Secrets = map[string]string{"key": testKey}
+			r.Parameters[ParamAdminID] = "kube"
+		}},
+		{"adminId other than the secret's user", func(r *csi.CreateVolumeRequest) { r.Parameters[ParamAdminID] = "admin" }},
+		{"unknown parameter", func(r *csi.CreateVolumeRequest) { r.Parameters["imageFeature"] = "layering" }},
+		{"journaling on krbd", func(r *csi.CreateVolumeRequest) {
+			r.Parameters[ParamMounter] = "rbd"
+			r.Parameters[ParamImageFeatures] = "layering,exclusive-lock,journaling"
+		}},
 		{"negative size", func(r *csi.CreateVolumeRequest) { r.CapacityRange.RequiredBytes = -1 }},
 	}
 	for _, tc := range tests {
@@ -174,17 +182,6 @@ func TestCreateVolumeInvalidArgument(t *testing.T) {
 				t.Errorf("journal holds %d records", len(recs))
 			}
 		})
-	}
-}
-
-func TestCreateVolumeInTreeKeySecret(t *testing.T) {
-	e := newEnv(t)
-	req := createReq("pvc-1", gib)
-	req.Secrets = map[string]string{"key": testKey}
-	req.Parameters["adminId"] = "admin"
-	e.create(t, req)
-	if got := e.conn.Creds()[len(e.conn.Creds())-1]; got.ID != "admin" || got.Key != testKey {
-		t.Errorf("connected as %v", got)
 	}
 }
 
@@ -632,86 +629,6 @@ func TestRequestSize(t *testing.T) {
 	}
 }
 
-func TestParseVolumeParams(t *testing.T) {
-	rookCephBlock := map[string]string{ // rook's deploy/examples/csi/rbd/storageclass.yaml
-		"clusterID":     "rook-ceph",
-		"pool":          "replicapool",
-		"imageFormat":   "2",
-		"imageFeatures": "layering",
-		"csi.storage.k8s.io/provisioner-secret-name":            "rook-csi-rbd-provisioner",
-		"csi.storage.k8s.io/provisioner-secret-namespace":       "rook-ceph",
-		"csi.storage.k8s.io/controller-expand-secret-name":      "rook-csi-rbd-provisioner",
-		"csi.storage.k8s.io/controller-expand-secret-namespace": "rook-ceph",
-		"csi.storage.k8s.io/node-stage-secret-name":             "rook-csi-rbd-node",
-		"csi.storage.k8s.io/node-stage-secret-namespace":        "rook-ceph",
-		"csi.storage.k8s.io/fstype":                             "ext4",
-	}
-	with := func(kv ...string) map[string]string {
-		m := map[string]string{"clusterID": "c", "pool": "p"}
-		for i := 0; i < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return m
-	}
-	tests := []struct {
-		name    string
-		in      map[string]string
-		check   func(*VolumeParams) bool
-		wantErr string
-	}{
-		{"rook-ceph-block", rookCephBlock, func(p *VolumeParams) bool {
-			return p.ClusterID == "rook-ceph" && p.Pool == "replicapool" && p.FSType == "ext4" &&
-				p.Features == librbd.FeatureLayering && p.FeatureNames == "layering" && p.NamePrefix == DefaultNamePrefix
-		}, ""},
-		{"defaults", with(), func(p *VolumeParams) bool {
-			return p.FeatureNames == "layering" && p.FSType == "" && p.DataPool == ""
-		}, ""},
-		{"legacy fsType", with("fsType", "xfs"), func(p *VolumeParams) bool { return p.FSType == "xfs" }, ""},
-		{"CSI fstype wins over legacy", with("fsType", "xfs", "csi.storage.k8s.io/fstype", "ext4"),
-			func(p *VolumeParams) bool { return p.FSType == "ext4" }, ""},
-		{"feature set sorted", with("imageFeatures", "fast-diff, object-map,exclusive-lock,layering"), func(p *VolumeParams) bool {
-			return p.FeatureNames == "exclusive-lock,fast-diff,layering,object-map" &&
-				p.Features == librbd.FeatureLayering|librbd.FeatureExclusiveLock|librbd.FeatureObjectMap|librbd.FeatureFastDiff
-		}, ""},
-		{"encrypted false", with("encrypted", "false"), nil, ""},
-		{"name prefix and pvc", with("volumeNamePrefix", "k8s-", ParamPVCName, "data", ParamPVCNamespace, "db", "dataPool", "ec"),
-			func(p *VolumeParams) bool {
-				return p.NamePrefix == "k8s-" && p.PVCName == "data" && p.PVCNamespace == "db" && p.DataPool == "ec"
-			}, ""},
-		{"missing clusterID", map[string]string{"pool": "p"}, nil, "clusterID"},
-		{"missing pool", map[string]string{"clusterID": "c"}, nil, `"pool"`},
-		{"image format 1", with("imageFormat", "1"), nil, "format 2"},
-		{"unknown feature", with("imageFeatures", "layering,bogus"), nil, `"bogus"`},
-		{"object-map needs exclusive-lock", with("imageFeatures", "layering,object-map"), nil, "exclusive-lock"},
-		{"fast-diff needs object-map", with("imageFeatures", "exclusive-lock,fast-diff"), nil, "object-map"},
-		{"journaling needs exclusive-lock", with("imageFeatures", "journaling"), nil, "exclusive-lock"},
-		{"encrypted", with("encrypted", "true"), nil, "encryption"},
-		{"thick", with("thickProvision", "true"), nil, "thick"},
-		{"monitors", with("monitors", "10.0.0.1:6789"), nil, "clusterID"},
-		{"bad fsType", with("csi.storage.k8s.io/fstype", "btrfs"), nil, "btrfs"},
-		{"bad legacy fsType", with("fsType", "zfs"), nil, "zfs"},
-		{"prefix with slash", with("volumeNamePrefix", "a/b"), nil, "volumeNamePrefix"},
-		{"empty prefix", with("volumeNamePrefix", ""), nil, "volumeNamePrefix"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			p, err := ParseVolumeParams(tc.in)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("got %v, want an error naming %s", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tc.check != nil && !tc.check(p) {
-				t.Errorf("parsed %+v", p)
-			}
-		})
-	}
-}
-
 func TestControllerExpandVolume(t *testing.T) {
 	tests := []struct {
 		name          string
@@ -788,6 +705,72 @@ func TestValidateVolumeCapabilities(t *testing.T) {
 			}
 			if !tc.confirmed && resp.GetMessage() == "" {
 				t.Error("unconfirmed without a message")
+			}
+		})
+	}
+}
+
+// TestValidateVolumeCapabilitiesChecksParameters: the class parameters and
+// volume context a request names are confirmed only when they describe the
+// volume.
+func TestValidateVolumeCapabilitiesChecksParameters(t *testing.T) {
+	e := newEnv(t)
+	req := createReq("pvc-1", gib)
+	req.Parameters[ParamImageFeatures] = "layering,exclusive-lock"
+	req.Parameters[ParamMapOptions] = "krbd:lock_on_read"
+	vol := e.create(t, req)
+	ctxWith := func(kv ...string) map[string]string {
+		m := maps.Clone(vol.GetVolumeContext())
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	paramsWith := func(kv ...string) map[string]string {
+		m := maps.Clone(req.Parameters)
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	tests := []struct {
+		name    string
+		params  map[string]string
+		vctx    map[string]string
+		wantWhy string // "" means confirmed
+	}{
+		{"the class and context it was made with", req.Parameters, vol.GetVolumeContext(), ""},
+		{"features in another order", paramsWith(ParamImageFeatures, "exclusive-lock, layering"), ctxWith(ParamImageFeatures, "exclusive-lock,layering"), ""},
+		{"another mapper that maps the features", nil, ctxWith(ParamMounter, "rbd-nbd"), ""},
+		{"other features", paramsWith(ParamImageFeatures, "layering"), nil, `"imageFeatures"`},
+		{"other pool", paramsWith(ParamPool, "other"), nil, `"pool"`},
+		{"other data pool", paramsWith(ParamDataPool, "ec"), nil, `"dataPool"`},
+		{"striping the volume lacks", paramsWith(ParamObjectSize, "1048576"), nil, `"objectSize"`},
+		{"a class Pelagic refuses", paramsWith("encrypted", "true"), nil, `"encrypted"`},
+		{"context naming another image", nil, ctxWith(CtxImageName, "csi-vol-other"), `"imageName"`},
+		{"context naming another pool", nil, ctxWith(ParamPool, "other"), `"pool"`},
+		{"context without the image", nil, map[string]string{ParamClusterID: testClusterID, ParamPool: testPool}, `"imageName"`},
+		{"context with a key Pelagic never returns", nil, ctxWith("staticVolume", "true"), `"staticVolume"`},
+		{"context with options a node refuses", nil, ctxWith(ParamMapOptions, "krbd:try-netlink"), `"mapOptions"`},
+		{"context with an unknown mapper", nil, ctxWith(ParamMounter, "iscsi"), `"mounter"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := e.c.ValidateVolumeCapabilities(context.Background(), &csi.ValidateVolumeCapabilitiesRequest{
+				VolumeId: vol.GetVolumeId(), VolumeCapabilities: []*csi.VolumeCapability{mountCap(rwo)},
+				Parameters: tc.params, VolumeContext: tc.vctx, Secrets: testSecrets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantWhy == "" {
+				if resp.GetConfirmed() == nil || !maps.Equal(resp.GetConfirmed().GetParameters(), tc.params) ||
+					!maps.Equal(resp.GetConfirmed().GetVolumeContext(), tc.vctx) {
+					t.Fatalf("not confirmed as given: %v", resp)
+				}
+				return
+			}
+			if resp.GetConfirmed() != nil || !strings.Contains(resp.GetMessage(), tc.wantWhy) {
+				t.Fatalf("response %v: want it unconfirmed, naming %s", resp, tc.wantWhy)
 			}
 		})
 	}

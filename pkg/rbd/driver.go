@@ -3,6 +3,7 @@
 package rbd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"sort"
@@ -16,21 +17,13 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 )
 
-// credentialsFrom reads the cephx user from CSI secrets: userID/userKey,
-// adminID/adminKey, or the in-tree form (a "key" secret with the user
-// named by the adminId/userId parameter).
-func credentialsFrom(secrets, params map[string]string) (ceph.Credentials, error) {
-	c, err := ceph.UserOrAdminCredentials(secrets)
-	if err == nil || secrets["key"] == "" {
-		return c, err // a specific error (e.g. a malformed key) stays specific
-	}
-	for _, p := range []string{"adminId", "userId"} {
-		if id := params[p]; id != "" {
-			c := ceph.Credentials{ID: id, Key: secrets["key"]}
-			return c, c.Validate()
-		}
-	}
-	return c, err
+// credentialsFrom reads the cephx user from CSI secrets (see
+// ceph.FromSecrets). vctx is a node call's volume context, or nil: an
+// in-tree secret's bare key belongs to the user the secret names, else to
+// the class's userId or adminId that CreateVolume recorded there, else to
+// client.admin.
+func credentialsFrom(secrets, vctx map[string]string) (ceph.Credentials, error) {
+	return ceph.FromSecrets(secrets, cmp.Or(vctx[ParamUserID], vctx[ParamAdminID]))
 }
 
 // statusFor turns a backend error into a gRPC status. Messages name the

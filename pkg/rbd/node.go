@@ -170,6 +170,10 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	mapOpts, unmapOpts, err := mapperOptions(vctx, m.Name())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err := m.Check(ctx); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "mapper %s cannot work on node %s: %v", m.Name(), n.opts.NodeID, err)
 	}
@@ -199,7 +203,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	mapping, err := n.mapFresh(ctx, m, img, usage.Records, mapper.MapOptions{
 		ReadOnly:  readOnlyMode(req.GetVolumeCapability()),
 		Exclusive: m.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
-		Options:   vctx[ParamMapOptions]})
+		Options:   mapOpts})
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +215,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	mapping.ClientAddr, mapping.ClientID = recorded.ClientAddr, recorded.ClientID
 	rec := &stageRecord{VolumeID: req.GetVolumeId(), ClusterID: cc.ClusterID, Mapping: mapping,
 		Block: req.GetVolumeCapability().GetBlock() != nil, Mode: mode.String(), Staged: time.Now().UTC(),
-		UnmapOptions: vctx[ParamUnmapOptions], VolumeContext: vctx, MountFlags: req.GetVolumeCapability().GetMount().GetMountFlags()}
+		UnmapOptions: unmapOpts, VolumeContext: vctx, MountFlags: req.GetVolumeCapability().GetMount().GetMountFlags()}
 	if !rec.Block {
 		rec.FSType = fsTypeOf(req.GetVolumeCapability())
 	}

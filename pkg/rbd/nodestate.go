@@ -36,7 +36,8 @@ type stageRecord struct {
 	MountFlags []string      `json:"mountFlags,omitempty"`
 	Staged     time.Time     `json:"staged"`
 	Targets    []publication `json:"targets,omitempty"` // where it is published
-	// UnmapOptions are the StorageClass's unmapOptions, for the unstage.
+	// UnmapOptions are the mapper's part of the StorageClass's
+	// unmapOptions, for the unstage.
 	UnmapOptions string `json:"unmapOptions,omitempty"`
 	// VolumeContext is the stage's volume context (no secrets), for
 	// mapping the volume again when its mapping dies.

@@ -28,6 +28,9 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 	if err := validateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := c.checkNode(ctx, req.GetNodeId()); err != nil {
+		return nil, err
+	}
 	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
@@ -68,6 +71,22 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 			return nil, status.Errorf(codes.Aborted, "the records of volume %s kept changing; retry", r.id)
 		}
 	}
+}
+
+// checkNode answers NotFound for a node ID that no node of this driver
+// registered, when the controller sees the cluster's CSINodes.
+func (c *Controller) checkNode(ctx context.Context, nodeID string) error {
+	if c.opts.Nodes == nil {
+		return nil
+	}
+	ok, err := c.opts.Nodes.HasNode(ctx, nodeID)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "cannot tell whether node %q exists: %v", nodeID, err)
+	}
+	if !ok {
+		return status.Errorf(codes.NotFound, "node %q does not exist: no CSINode lists it for this driver", nodeID)
+	}
+	return nil
 }
 
 // ControllerUnpublishVolume forgets the attachment. The node's mapping

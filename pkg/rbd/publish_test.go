@@ -3,6 +3,7 @@ package rbd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/pelagic-csi/pelagic/pkg/kube"
 )
 
 const (
@@ -292,5 +295,27 @@ func TestControllerOpenIsNotAHolder(t *testing.T) {
 	e.pool.SetWatchers(e.image, Watcher{Addr: "10.0.0.9:0/1", ID: 7})
 	if err := e.publish(e.c, "node-a"); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "client.7") {
 		t.Fatalf("publish with an unknown watcher = %v; want FailedPrecondition naming client.7", err)
+	}
+}
+
+// TestPublishUnknownNode: with a view of the cluster's nodes, a node ID
+// none registered is NotFound, and nothing is attached; one that cannot
+// be checked yet is Unavailable.
+func TestPublishUnknownNode(t *testing.T) {
+	nodes := kube.NewFakeNodes("node-a")
+	e := newPublishEnv(t, func(o *ControllerOptions) { o.Nodes = nodes })
+	if err := e.publish(e.c, "node-a"); err != nil {
+		t.Fatalf("publishing to a known node: %v", err)
+	}
+	err := e.publish(e.c, "ghost")
+	if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "ghost") {
+		t.Fatalf("publishing to an unknown node = %v, want NotFound naming it", err)
+	}
+	if _, attached := e.records(t).Attachments["ghost"]; attached {
+		t.Error("the unknown node was attached")
+	}
+	nodes.Err = errors.New("cache not synced")
+	if err := e.publish(e.c, "node-a"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("publishing while nodes cannot be checked = %v, want Unavailable", err)
 	}
 }
