@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
-.PHONY: all build test unit demo deps cluster-up cluster-down vet image clean
+.PHONY: all build test test-kernel unit demo deps cluster-up cluster-down vet image clean
 
 all: build
 
@@ -24,6 +24,10 @@ deps:
 ## test: every test, unit and integration, against a local cluster this target starts and stops
 test: deps vet
 	bash e2e/run-tests.sh $(GO) test $(GOFLAGS_T) -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## test-kernel: only the kernel client tests (krbd, rbd-nbd) in a guest kernel under QEMU; make test runs them too
+test-kernel: deps
+	$(GO) test $(GOFLAGS_T) -count=1 -v -timeout 30m ./e2e/vm/
 
 ## unit: the tests that need no cluster
 unit:

@@ -206,7 +206,7 @@ func up(dir string, env []string) (*Cluster, string, error) {
 // runScript runs e2e/ceph/NAME DIR with a timeout; on timeout the script's process
 // group gets SIGTERM (up.sh then stops what it started), and SIGKILL 20 s later.
 func runScript(name, dir string, env []string) (string, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -224,8 +224,8 @@ func runScript(name, dir string, env []string) (string, error) {
 	return string(out), err
 }
 
-// repoRoot walks up from the working directory to the directory holding go.mod.
-func repoRoot() (string, error) {
+// RepoRoot walks up from the working directory to the directory holding go.mod.
+func RepoRoot() (string, error) {
 	d, err := os.Getwd()
 	if err != nil {
 		return "", err

@@ -249,7 +249,7 @@ func TestKernelMappersAlive(t *testing.T) {
 	}
 
 	// list-mapped shows only devices an rbd-nbd process serves.
-	nbdHost := &fakeNBD{t: t, dev: host.dev, devices: []nbdListEntry{{Pool: "rbd", Image: "csi-vol-1", Device: "/dev/nbd0"}}}
+	nbdHost := &fakeNBD{t: t, dev: host.dev, devices: []fakeNBDDevice{{PID: 4000, Pool: "rbd", Image: "csi-vol-1", Device: "/dev/nbd0"}}}
 	n := newNBD(host.config(&fakeRunner{handle: nbdHost.handle}, nil))
 	if err := n.Alive(ctx, Mapping{Device: "/dev/nbd0"}); err != nil {
 		t.Errorf("rbd-nbd Alive of a served device = %v", err)

@@ -57,8 +57,11 @@ func (k *krbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, er
 	if err != nil {
 		return Mapping{}, err
 	}
-	for id, d := range after {
-		if _, old := before[id]; !old && d.mapping.same(img) {
+	// No device mapped img before (see above), so the one that does now is
+	// the new one, whatever its id: the kernel reuses the id of a device
+	// unmapped meanwhile.
+	for _, d := range after {
+		if d.mapping.same(img) {
 			if err := waitForDevice(ctx, k.cfg.DeviceTimeout, d.mapping.Device); err != nil {
 				return Mapping{}, err
 			}

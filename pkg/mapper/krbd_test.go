@@ -91,6 +91,24 @@ func TestKRBDMapReturnsExistingMapping(t *testing.T) {
 	}
 }
 
+// TestKRBDMapReusedID: while the image is mapped, another mapping on the
+// node is unmapped, and the kernel gives the new device the id it freed.
+func TestKRBDMapReusedID(t *testing.T) {
+	host := newFakeHost(t, "rbd")
+	host.addRBDDevice(t, "0", map[string]string{"pool": "rbd", "name": "other", "current_snap": "-"})
+	r := &fakeRunner{handle: func([]string) ([]byte, error) {
+		if err := os.RemoveAll(filepath.Join(host.sysfs, "bus", "rbd", "devices", "0")); err != nil {
+			return nil, err
+		}
+		host.addRBDDevice(t, "0", map[string]string{"pool": "rbd", "name": "csi-vol-1", "current_snap": "-"})
+		return []byte("/dev/rbd0\n"), nil
+	}}
+	got, err := newKRBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
+	if err != nil || got.Device != filepath.Join(host.dev, "rbd0") || got.Image != "csi-vol-1" {
+		t.Fatalf("Map = %+v, %v; want csi-vol-1 on the reused /dev/rbd0", got, err)
+	}
+}
+
 func TestKRBDMapFailures(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -190,6 +208,8 @@ func TestKRBDUnmap(t *testing.T) {
 			opts:     UnmapOptions{Force: true, Options: "noudev"},
 			result:   func(h fakeHost) error { return os.RemoveAll(filepath.Join(h.sysfs, "bus", "rbd", "devices", "0")) },
 			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "-o", "force,noudev", "DEV"}},
+		// rbd's exit status and words when the kernel refuses (EBUSY): the
+		// device is open, here by a mount.
 		{name: "busy names the mount", mapped: true,
 			mapping: func(dev string) Mapping { return Mapping{Device: dev} },
 			result: func(fakeHost) error {
@@ -199,7 +219,7 @@ func TestKRBDUnmap(t *testing.T) {
 			wantErr:  ErrBusy, anyErr: true, errHas: "/var/lib/kubelet/staging"},
 		{name: "other failure is not busy", mapped: true,
 			mapping:  func(dev string) Mapping { return Mapping{Device: dev} },
-			result:   func(fakeHost) error { return execError(1, "rbd: unmap failed: (22) Invalid argument") },
+			result:   func(fakeHost) error { return execError(22, "rbd: unmap failed: (22) Invalid argument") },
 			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "DEV"},
 			anyErr:   true},
 	}
@@ -236,12 +256,15 @@ func TestKRBDUnmap(t *testing.T) {
 	}
 }
 
+// TestKRBDList reads sysfs as a 6.1 kernel writes it: pool_ns empty for
+// the default namespace, current_snap "-" for an image, client_id without
+// a dot; an older kernel has no pool_ns or client_* files.
 func TestKRBDList(t *testing.T) {
 	host := newFakeHost(t, "rbd")
 	host.addRBDDevice(t, "0", map[string]string{"pool": "rbd", "pool_ns": "", "name": "a", "current_snap": "-",
-		"client_addr": "10.0.0.9:0/1", "client_id": "client.1"})
+		"client_addr": "10.0.0.9:0/1", "client_id": "client1"})
 	host.addRBDDevice(t, "1", map[string]string{"pool": "rbd", "pool_ns": "ns", "name": "b", "current_snap": "-",
-		"client_addr": "10.0.0.9:0/2", "client_id": "client.2"})
+		"client_addr": "10.0.0.9:0/2", "client_id": "client2"})
 	host.addRBDDevice(t, "2", map[string]string{"pool": "rbd", "name": "a", "current_snap": "snap"})
 	host.addRBDDevice(t, "3", map[string]string{"pool": "old", "name": "kernel"}) // no pool_ns, client_* files
 	got, err := newKRBD(host.config(&fakeRunner{}, nil)).List(context.Background())

@@ -58,8 +58,10 @@ func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, err
 	if err != nil {
 		return Mapping{}, err
 	}
+	// No device mapped img before (see above), so the one that does now is
+	// the new one, even on the device of a mapping removed meanwhile.
 	for _, m := range after {
-		if m.same(img) && !containsDevice(before, m.Device) {
+		if m.same(img) {
 			if err := waitForDevice(ctx, n.cfg.DeviceTimeout, m.Device); err != nil {
 				return Mapping{}, err
 			}
@@ -91,20 +93,22 @@ func nbdFlags(options string) []string {
 	return flags
 }
 
-func containsDevice(ms []Mapping, device string) bool {
-	for _, m := range ms {
-		if m.Device == device {
-			return true
-		}
-	}
-	return false
-}
-
-// Unmap implements Mapper. rbd-nbd has no forced unmap, so Force is ignored.
+// Unmap implements Mapper. rbd-nbd disconnects a device even while it is
+// mounted, and the kernel then fails that mount's I/O: so Unmap refuses,
+// as krbd does, while something holds the device, unless opts.Force.
 func (n *nbd) Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error {
 	current, found, err := n.find(ctx, m)
 	if err != nil || !found {
 		return err
+	}
+	if !opts.Force {
+		holders, err := n.cfg.Mounts.Holders(ctx, current.Device)
+		if err != nil {
+			return fmt.Errorf("unmapping %s: finding what holds it: %w", current.Device, err)
+		}
+		if len(holders) > 0 {
+			return fmt.Errorf("%w: %s is in use by %s", ErrBusy, current.Device, strings.Join(holders, ", "))
+		}
 	}
 	args := append([]string{"unmap"}, nbdFlags(opts.Options)...)
 	args = append(args, current.Device)

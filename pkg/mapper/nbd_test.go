@@ -7,25 +7,40 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 )
 
-// fakeNBD plays rbd-nbd: map adds a device, unmap removes it, list-mapped
-// prints them as JSON after a warning line, as the merged stderr would.
+// fakeNBD plays rbd-nbd as it behaves on a real kernel: map adds a device;
+// list-mapped prints the devices as JSON (daemon pid as "id", "snap" empty
+// for an image, a "cookie"), with no newline, after a warning line as the
+// merged stderr would; unmap disconnects the device even while it is
+// mounted (the kernel then fails that mount's I/O) and prints nothing.
 type fakeNBD struct {
 	t       *testing.T
 	dev     string // fake /dev: map creates the device node there
-	devices []nbdListEntry
+	devices []fakeNBDDevice
 	unmap   error // what unmap returns
+}
+
+// fakeNBDDevice is one entry of rbd-nbd list-mapped --format json.
+type fakeNBDDevice struct {
+	PID       int    `json:"id"`
+	Pool      string `json:"pool"`
+	Namespace string `json:"namespace"`
+	Image     string `json:"image"`
+	Snap      string `json:"snap"`
+	Device    string `json:"device"`
+	Cookie    string `json:"cookie"`
 }
 
 func (f *fakeNBD) handle(argv []string) ([]byte, error) {
 	switch argv[1] {
 	case "list-mapped":
-		out, err := json.Marshal(append([]nbdListEntry{}, f.devices...))
+		out, err := json.Marshal(append([]fakeNBDDevice{}, f.devices...))
 		if err != nil {
 			f.t.Fatal(err)
 		}
@@ -33,7 +48,8 @@ func (f *fakeNBD) handle(argv []string) ([]byte, error) {
 	case "map":
 		checkKeyfile(f.t, argv)
 		spec := strings.SplitN(argv[len(argv)-1], "/", 3)
-		e := nbdListEntry{Pool: spec[0], Image: spec[len(spec)-1], Device: filepath.Join(f.dev, fmt.Sprintf("nbd%d", len(f.devices)))}
+		e := fakeNBDDevice{PID: 4000 + len(f.devices), Pool: spec[0], Image: spec[len(spec)-1],
+			Device: filepath.Join(f.dev, fmt.Sprintf("nbd%d", len(f.devices)))}
 		if len(spec) == 3 {
 			e.Namespace = spec[1]
 		}
@@ -44,7 +60,7 @@ func (f *fakeNBD) handle(argv []string) ([]byte, error) {
 		if f.unmap != nil {
 			return nil, f.unmap
 		}
-		f.devices = nil
+		f.devices = slices.DeleteFunc(f.devices, func(d fakeNBDDevice) bool { return d.Device == argv[len(argv)-1] })
 		return nil, nil
 	}
 	f.t.Fatalf("unexpected command %q", argv)
@@ -68,7 +84,7 @@ func TestNBDMap(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			host := newFakeHost(t, "nbd")
-			nbdHost := &fakeNBD{t: t, dev: host.dev, devices: []nbdListEntry{{Pool: "rbd", Image: "other", Device: "/dev/nbd0"}}}
+			nbdHost := &fakeNBD{t: t, dev: host.dev, devices: []fakeNBDDevice{{PID: 4000, Pool: "rbd", Image: "other", Device: "/dev/nbd0"}}}
 			r := &fakeRunner{handle: nbdHost.handle}
 			img := testImage()
 			img.RadosNamespace = tt.namespace
@@ -97,7 +113,7 @@ func TestNBDMap(t *testing.T) {
 
 func TestNBDMapReturnsExistingMapping(t *testing.T) {
 	host := newFakeHost(t, "nbd")
-	nbdHost := &fakeNBD{t: t, devices: []nbdListEntry{{Pool: "rbd", Image: "csi-vol-1", Snap: "-", Device: "/dev/nbd5"}}}
+	nbdHost := &fakeNBD{t: t, devices: []fakeNBDDevice{{PID: 4005, Pool: "rbd", Image: "csi-vol-1", Device: "/dev/nbd5"}}}
 	r := &fakeRunner{handle: nbdHost.handle}
 	got, err := newNBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
 	if err != nil || got.Device != "/dev/nbd5" {
@@ -107,6 +123,24 @@ func TestNBDMapReturnsExistingMapping(t *testing.T) {
 		if argv[1] != "list-mapped" {
 			t.Fatalf("ran %q for an image already mapped", argv)
 		}
+	}
+}
+
+// TestNBDMapReusedDevice: while the image is mapped, another mapping on
+// the node is unmapped, and the new mapping gets the device it freed.
+func TestNBDMapReusedDevice(t *testing.T) {
+	host := newFakeHost(t, "nbd")
+	nbdHost := &fakeNBD{t: t, dev: host.dev, devices: []fakeNBDDevice{{PID: 4000, Pool: "rbd", Image: "other",
+		Device: filepath.Join(host.dev, "nbd0")}}}
+	r := &fakeRunner{handle: func(argv []string) ([]byte, error) {
+		if argv[1] == "map" {
+			nbdHost.devices = nil
+		}
+		return nbdHost.handle(argv)
+	}}
+	got, err := newNBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
+	if err != nil || got.Device != filepath.Join(host.dev, "nbd0") || got.Image != "csi-vol-1" {
+		t.Fatalf("Map = %+v, %v; want csi-vol-1 on the reused nbd0", got, err)
 	}
 }
 
@@ -123,29 +157,35 @@ func TestNBDCheckWithoutModule(t *testing.T) {
 }
 
 func TestNBDUnmap(t *testing.T) {
+	mapped := []fakeNBDDevice{{PID: 4000, Pool: "rbd", Image: "csi-vol-1", Device: "/dev/nbd0"}}
 	tests := []struct {
 		name     string
-		devices  []nbdListEntry
+		devices  []fakeNBDDevice
+		mounted  bool // a filesystem on /dev/nbd0 is mounted at /staging
+		opts     UnmapOptions
 		unmapErr error
 		wantErr  error
 		anyErr   bool
 		ranUnmap bool
 	}{
 		{name: "not mapped is success"},
-		{name: "mapped", devices: []nbdListEntry{{Pool: "rbd", Image: "csi-vol-1", Device: "/dev/nbd0"}}, ranUnmap: true},
-		{name: "busy", devices: []nbdListEntry{{Pool: "rbd", Image: "csi-vol-1", Device: "/dev/nbd0"}},
-			unmapErr: execError(16, "rbd-nbd: failed to unmap: (16) Device or resource busy"),
-			wantErr:  ErrBusy, anyErr: true, ranUnmap: true},
+		{name: "mapped", devices: mapped, ranUnmap: true},
+		// rbd-nbd would disconnect it: the mapper must refuse first.
+		{name: "mounted is busy", devices: mapped, mounted: true, wantErr: ErrBusy, anyErr: true},
+		{name: "mounted, forced", devices: mapped, mounted: true, opts: UnmapOptions{Force: true}, ranUnmap: true},
+		{name: "rbd-nbd fails", devices: mapped, unmapErr: execError(1, "rbd-nbd: failed to unmap"), anyErr: true, ranUnmap: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			host := newFakeHost(t, "nbd")
-			nbdHost := &fakeNBD{t: t, devices: tt.devices, unmap: tt.unmapErr}
+			nbdHost := &fakeNBD{t: t, devices: slices.Clone(tt.devices), unmap: tt.unmapErr}
 			r := &fakeRunner{handle: nbdHost.handle}
 			mounts := mount.NewFakeMounter()
-			mounts.Mounts["/staging"] = mount.FakeMount{Device: "/dev/nbd0"}
-			err := newNBD(host.config(r, mounts)).Unmap(context.Background(), Mapping{Device: "/dev/nbd0"}, UnmapOptions{})
-			if (err != nil) != tt.anyErr || !errors.Is(err, tt.wantErr) {
+			if tt.mounted {
+				mounts.Mounts["/staging"] = mount.FakeMount{Device: "/dev/nbd0"}
+			}
+			err := newNBD(host.config(r, mounts)).Unmap(context.Background(), Mapping{Device: "/dev/nbd0"}, tt.opts)
+			if (err != nil) != tt.anyErr || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) {
 				t.Fatalf("Unmap = %v, want %v", err, tt.wantErr)
 			}
 			if tt.wantErr != nil && !strings.Contains(err.Error(), "/staging") {
