@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
-.PHONY: all build test test-kernel unit demo deps cluster-up cluster-down vet image clean
+.PHONY: all build test test-kernel unit demo bench deps cluster-up cluster-down vet image clean
 
 all: build
 
@@ -36,6 +36,11 @@ unit:
 ## demo: the main job: a local cluster, the driver, and a volume's life on it
 demo: deps build
 	bash e2e/demo.sh
+
+## bench: the driver against the floor (the same Ceph work done directly), on a local
+## cluster this target starts and stops; BENCH_ARGS go to the program (e.g. -json)
+bench: deps build
+	bash e2e/bench.sh $(BENCH_ARGS)
 
 cluster-up: deps
 	bash e2e/ceph/up.sh $(CLUSTER_DIR)

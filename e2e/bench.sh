@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# bench.sh [ARGS]: the benchmark. Starts a local Ceph cluster and the Pelagic
+# RBD driver (controller and node in one process, fuse mapper, -v=2), runs
+# e2e/bench against the driver and the floor, prints its table, and stops
+# both. ARGS go to the program (-json, -strict, -volumes N, -skip node, ...).
+# BENCH_DIR=DIR keeps the cluster directory and the driver's log there.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DIR=${BENCH_DIR:-$(mktemp -d /tmp/pelagic-bench.XXXXXX)}
+mkdir -p "$DIR"
+cleanup() {
+	[[ -n ${DRIVER_PID:-} ]] && kill "$DRIVER_PID" 2>/dev/null && wait "$DRIVER_PID" 2>/dev/null
+	bash "$ROOT/e2e/ceph/down.sh" "$DIR/cluster" >/dev/null 2>&1 || true
+	[[ -n ${BENCH_DIR:-} ]] || rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+cd "$ROOT"
+go build -tags pacific -o "$DIR/bench" ./e2e/bench
+bash "$ROOT/e2e/ceph/up.sh" "$DIR/cluster" | tail -n 1 >&2
+# shellcheck disable=SC1091
+source "$DIR/cluster/cluster.env"
+cat >"$DIR/config.json" <<JSON
+[{"clusterID": "bench", "monitors": ["$CEPH_MONITORS"], "rbd": {}, "cephFS": {"subvolumeGroup": "csi"}}]
+JSON
+# Node state, volume paths and the floor's mounts live inside the cluster
+# directory, so down.sh unmounts and unmaps whatever a failed run leaves.
+"$ROOT/bin/pelagic" --type=rbd --controller --node --nodeid=bench-node --mounter=fuse \
+	--endpoint="unix://$DIR/csi.sock" --config="$DIR/config.json" --state-dir="$DIR/cluster/bench/state" -v=2 \
+	>"$DIR/driver.log" 2>&1 &
+DRIVER_PID=$!
+echo "driver started (pid $DRIVER_PID, log $DIR/driver.log)" >&2
+"$DIR/bench" -endpoint="unix://$DIR/csi.sock" -driver-pid="$DRIVER_PID" -config="$DIR/config.json" \
+	-cluster-id=bench -pool="$CEPH_POOL" -user="$CEPH_RBD_USER_ID" -key-file=<(printf %s "$CEPH_RBD_USER_KEY") \
+	-work-dir="$DIR/cluster/bench/work" "$@"
