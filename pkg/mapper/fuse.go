@@ -18,6 +18,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 	"github.com/pelagic-csi/pelagic/pkg/util"
 )
@@ -299,7 +300,7 @@ func (f *fuse) clientIdentity(ctx context.Context, dir string, img Image, conf, 
 		return "", ""
 	}
 	for _, w := range watchers {
-		for _, a := range splitAddrVec(w.Address) {
+		for _, a := range ceph.PlainAddrs(w.Address) {
 			if ours[a] {
 				return a, "client." + strconv.FormatUint(w.Client, 10)
 			}

@@ -183,7 +183,7 @@ func (c *cephCluster) BlocklistExpiry(ctx context.Context, addr string) (time.Ti
 		return time.Time{}, false, fmt.Errorf("decoding the blocklist: %w", err)
 	}
 	for _, e := range entries {
-		if sameClient(e.Addr, addr) {
+		if ceph.SameClient(e.Addr, addr) {
 			until, err := time.Parse("2006-01-02T15:04:05.999999-0700", e.Until)
 			return until, true, err
 		}

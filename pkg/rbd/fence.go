@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 )
 
@@ -126,7 +127,7 @@ func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason st
 	m, mapped := recs.Mappings[h.Node]
 	_, attached := recs.Attachments[h.Node]
 	cur, fenced := recs.Fences[addr]
-	if !mapped || !sameClient(m.ClientAddr, addr) || attached || (fenced && cur.InForce(now)) {
+	if !mapped || !ceph.SameClient(m.ClientAddr, addr) || attached || (fenced && cur.InForce(now)) {
 		return nil // the holder changed since it was judged: the caller judges again
 	}
 	change := (&recordChange{}).put(metaFencePrefix+addr, f)
@@ -193,7 +194,7 @@ func (c *Controller) waitWatchGone(ctx context.Context, r *resolved, f Fence) er
 
 func watchedBy(ws []Watcher, addr string) bool {
 	for _, w := range ws {
-		if sameClient(w.Addr, addr) {
+		if ceph.SameClient(w.Addr, addr) {
 			return true
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/util"
 )
@@ -229,7 +230,7 @@ func (n *Node) removeMappingRecord(ctx context.Context, cl Cluster, f pendingFor
 	}
 	_, err = updateRecords(ctx, pool, f.Image, func(recs *Records) (*recordChange, error) {
 		m, ok := recs.Mappings[n.opts.NodeID]
-		if !ok || (m.ClientAddr != f.ClientAddr && !sameClient(m.ClientAddr, f.ClientAddr)) {
+		if !ok || (m.ClientAddr != f.ClientAddr && !ceph.SameClient(m.ClientAddr, f.ClientAddr)) {
 			return nil, nil // gone, or a newer mapping's record
 		}
 		return (&recordChange{}).drop(metaMapPrefix + n.opts.NodeID), nil

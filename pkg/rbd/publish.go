@@ -3,7 +3,6 @@ package rbd
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -130,11 +129,6 @@ func (c *Controller) usage(ctx context.Context, r *resolved) (*Usage, error) {
 		return nil, statusFor(err)
 	}
 	return u, nil
-}
-
-// splitAddrs turns "[v2:a/n,v1:b/n]" into its addresses.
-func splitAddrs(s string) []string {
-	return strings.Split(strings.Trim(s, "[]"), ",")
 }
 
 // clearHolders applies Decide to every holder: it refuses with a message
