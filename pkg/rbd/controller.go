@@ -122,7 +122,7 @@ func (c *Controller) lock(keys ...string) (func(), error) {
 // Controller calls use the secret's own user: all but CreateVolume carry
 // no class parameters (see VolumeParams.checkAdminID).
 func (c *Controller) connect(ctx context.Context, clusterID string, secrets map[string]string) (Cluster, error) {
-	creds, err := credentialsFrom(secrets, nil)
+	creds, err := ceph.CredentialsFrom(secrets, nil)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

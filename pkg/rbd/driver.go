@@ -3,7 +3,6 @@
 package rbd
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"sort"
@@ -16,15 +15,6 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 )
-
-// credentialsFrom reads the cephx user from CSI secrets (see
-// ceph.FromSecrets). vctx is a node call's volume context, or nil: an
-// in-tree secret's bare key belongs to the user the secret names, else to
-// the class's userId or adminId that CreateVolume recorded there, else to
-// client.admin.
-func credentialsFrom(secrets, vctx map[string]string) (ceph.Credentials, error) {
-	return ceph.FromSecrets(secrets, cmp.Or(vctx[ParamUserID], vctx[ParamAdminID]))
-}
 
 // statusFor turns a backend error into a gRPC status. Messages name the
 // image, pool or cluster; they never carry a key.

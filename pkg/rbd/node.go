@@ -162,7 +162,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	creds, err := credentialsFrom(req.GetSecrets(), vctx)
+	creds, err := ceph.CredentialsFrom(req.GetSecrets(), vctx)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

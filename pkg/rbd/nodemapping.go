@@ -49,7 +49,7 @@ func (n *Node) stagedMappingFenced(ctx context.Context, req *csi.NodeStageVolume
 	if rec.Mapping.ClientAddr == "" {
 		return false, nil
 	}
-	creds, err := credentialsFrom(req.GetSecrets(), req.GetVolumeContext())
+	creds, err := ceph.CredentialsFrom(req.GetSecrets(), req.GetVolumeContext())
 	if err != nil {
 		return false, status.Error(codes.InvalidArgument, err.Error())
 	}
