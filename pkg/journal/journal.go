@@ -69,6 +69,10 @@ type Journal interface {
 func nameObject(kind Kind, name string) string { return fmt.Sprintf("pelagic.%s.name.%s", kind, name) }
 func directoryObject(kind Kind) string         { return fmt.Sprintf("pelagic.%ss", kind) }
 
+// DirectoryObjects names the directory objects of a journal: a pool and
+// namespace holds a journal when it holds one of them.
+func DirectoryObjects() []string { return []string{directoryObject(Volume), directoryObject(Snapshot)} }
+
 const recordKey = "record"
 
 func encode(rec *Record) ([]byte, error) { return json.Marshal(rec) }

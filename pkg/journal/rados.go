@@ -159,18 +159,3 @@ func (j *Rados) List(ctx context.Context, kind Kind, startAfter string, max int)
 	sortByUUID(out)
 	return out, nil
 }
-
-// HasEntries reports whether this pool and namespace hold a journal.
-func (j *Rados) HasEntries(ctx context.Context) (bool, error) {
-	for _, kind := range []Kind{Volume, Snapshot} {
-		oid := directoryObject(kind)
-		_, err := util.Do(ctx, "looking for "+oid, func() (rados.ObjectStat, error) { return j.ioctx.Stat(oid) })
-		if err == nil {
-			return true, nil
-		}
-		if !errors.Is(err, rados.ErrNotFound) {
-			return false, err
-		}
-	}
-	return false, nil
-}

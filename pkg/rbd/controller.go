@@ -148,7 +148,7 @@ func (c *Controller) discoverPools(ctx context.Context, cl Cluster) {
 	if err != nil {
 		return
 	}
-	pools, err := cl.JournalPools(ctx, cc.RBD.RadosNamespace)
+	pools, err := cl.PoolsHolding(ctx, cc.RBD.RadosNamespace, journal.DirectoryObjects()...)
 	if err != nil {
 		c.discovered.Delete(cl.ClusterID())
 		klog.FromContext(ctx).Error(err, "looking for journals", "cluster", cl.ClusterID())
@@ -195,7 +195,7 @@ func (c *Controller) resolve(ctx context.Context, kind journal.Kind, id string, 
 		return nil, err
 	}
 	poolName, err := cl.PoolName(ctx, vid.PoolID)
-	if errors.Is(err, ErrPoolNotFound) {
+	if errors.Is(err, ceph.ErrPoolNotFound) {
 		return nil, status.Errorf(codes.NotFound, "%s %q does not exist: %v", kind, id, err)
 	}
 	if err != nil {
@@ -654,7 +654,7 @@ func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]*jou
 	var ids []string
 	for _, kp := range c.known.all() {
 		pool, err := kp.cluster.Pool(ctx, kp.pool, kp.ns)
-		if errors.Is(err, ErrPoolNotFound) {
+		if errors.Is(err, ceph.ErrPoolNotFound) {
 			continue // deleted since: nothing of ours is left in it
 		}
 		if err != nil {

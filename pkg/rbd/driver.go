@@ -37,7 +37,7 @@ func statusFor(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, journal.ErrNameTaken):
 		code = codes.Aborted
-	case errors.Is(err, ceph.ErrMissingCredentials), errors.Is(err, ceph.ErrUnknownCluster), errors.Is(err, ErrPoolNotFound):
+	case errors.Is(err, ceph.ErrMissingCredentials), errors.Is(err, ceph.ErrUnknownCluster), errors.Is(err, ceph.ErrPoolNotFound):
 		code = codes.InvalidArgument
 	default:
 		if c := ceph.Code(err); c != codes.Internal {

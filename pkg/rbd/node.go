@@ -241,7 +241,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 // nodeStatus is statusFor for the node: a pool that does not exist means
 // the volume does not either (its pool was deleted).
 func nodeStatus(err error, volumeID string) error {
-	if errors.Is(err, ErrPoolNotFound) {
+	if errors.Is(err, ceph.ErrPoolNotFound) {
 		return status.Errorf(codes.NotFound, "volume %s does not exist: %v", volumeID, err)
 	}
 	return statusFor(err)

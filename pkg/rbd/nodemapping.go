@@ -235,7 +235,7 @@ func (n *Node) removeMappingRecord(ctx context.Context, cl Cluster, f pendingFor
 		}
 		return (&recordChange{}).drop(metaMapPrefix + n.opts.NodeID), nil
 	})
-	if errors.Is(err, ErrImageNotFound) || errors.Is(err, ErrPoolNotFound) {
+	if errors.Is(err, ErrImageNotFound) || errors.Is(err, ceph.ErrPoolNotFound) {
 		return nil
 	}
 	return err
