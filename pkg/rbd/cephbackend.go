@@ -34,6 +34,10 @@ func (c *CephConnector) Connect(ctx context.Context, clusterID string, creds cep
 	return cephCluster{cl}, nil
 }
 
+// JournalPrefix begins the names of the RBD journal's objects
+// ("pelagic.volumes", ...): the names every RBD volume's journal has had.
+const JournalPrefix = "pelagic"
+
 // cephCluster is a RADOS cluster whose pools hold images.
 type cephCluster struct{ *ceph.RadosCluster }
 
@@ -42,7 +46,7 @@ func (c cephCluster) Pool(ctx context.Context, pool, namespace string) (Pool, er
 	if err != nil {
 		return nil, err
 	}
-	return &cephPool{RadosPool: p, Rados: journal.NewRados(p.IOContext()), ioctx: p.IOContext()}, nil
+	return &cephPool{RadosPool: p, Rados: journal.NewRados(p.IOContext(), JournalPrefix), ioctx: p.IOContext()}, nil
 }
 
 // cephPool is a pool's images and journal.

@@ -148,7 +148,7 @@ func (c *Controller) discoverPools(ctx context.Context, cl Cluster) {
 	if err != nil {
 		return
 	}
-	pools, err := cl.PoolsHolding(ctx, cc.RBD.RadosNamespace, journal.DirectoryObjects()...)
+	pools, err := cl.PoolsHolding(ctx, cc.RBD.RadosNamespace, journal.DirectoryObjects(JournalPrefix)...)
 	if err != nil {
 		c.discovered.Delete(cl.ClusterID())
 		klog.FromContext(ctx).Error(err, "looking for journals", "cluster", cl.ClusterID())
@@ -338,7 +338,7 @@ func (c *Controller) volumeOf(cl Cluster, pool Pool, rec *journal.Record, params
 	return &csi.Volume{
 		VolumeId:      id.String(),
 		CapacityBytes: rec.SizeBytes,
-		VolumeContext: params.volumeContext(rec.Image),
+		VolumeContext: params.volumeContext(rec.Backing),
 		ContentSource: src,
 	}
 }
@@ -374,7 +374,7 @@ func (c *Controller) reserveVolume(ctx context.Context, pool Pool, req *csi.Crea
 	}
 	uuid := newUUID()
 	rec = &journal.Record{
-		Kind: journal.Volume, Name: req.GetName(), UUID: uuid, Image: params.NamePrefix + uuid,
+		Kind: journal.Volume, Name: req.GetName(), UUID: uuid, Backing: params.NamePrefix + uuid,
 		SizeBytes: size, Params: params.journalParams(), Source: sourceID, Created: time.Now().UTC(),
 	}
 	if err := pool.Reserve(ctx, rec); err != nil {
@@ -389,7 +389,7 @@ func (c *Controller) reserveVolume(ctx context.Context, pool Pool, req *csi.Crea
 func (c *Controller) undoReservation(pool Pool, rec *journal.Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := pool.Stat(ctx, rec.Image); !errors.Is(err, ErrImageNotFound) {
+	if _, err := pool.Stat(ctx, rec.Backing); !errors.Is(err, ErrImageNotFound) {
 		return // the image exists or we cannot tell: keep the reservation for the retry
 	}
 	if err := pool.Remove(ctx, rec); err != nil {
@@ -404,12 +404,12 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 	source *contentSource, fresh bool) error {
 	exists := false
 	if !fresh {
-		info, err := pool.Stat(ctx, rec.Image)
+		info, err := pool.Stat(ctx, rec.Backing)
 		switch {
 		case err == nil:
 			exists = true
 			if info.Size < rec.SizeBytes {
-				if err := pool.Resize(ctx, rec.Image, rec.SizeBytes); err != nil {
+				if err := pool.Resize(ctx, rec.Backing, rec.SizeBytes); err != nil {
 					return err
 				}
 			}
@@ -418,7 +418,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 		}
 	}
 	if !exists {
-		spec := ImageSpec{Name: rec.Image, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool,
+		spec := ImageSpec{Name: rec.Backing, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool,
 			ObjectSize: params.ObjectSize, StripeUnit: params.StripeUnit, StripeCount: params.StripeCount}
 		var err error
 		if source == nil {
@@ -433,7 +433,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 			return err
 		}
 	} else if source != nil {
-		if err := c.applyFlattenPolicy(ctx, pool, rec.Image); err != nil {
+		if err := c.applyFlattenPolicy(ctx, pool, rec.Backing); err != nil {
 			return err
 		}
 	}
@@ -444,7 +444,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 	}
 	owner, _ := json.Marshal(Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
 		PV: params.PVName, Params: rec.Params})
-	return pool.SetMetadata(ctx, rec.Image, map[string]string{metaOwnerKey: string(owner)})
+	return pool.SetMetadata(ctx, rec.Backing, map[string]string{metaOwnerKey: string(owner)})
 }
 
 // DeleteVolume removes the image and its journal entry. A volume that
@@ -471,13 +471,13 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	}); err != nil {
 		return nil, err
 	}
-	if err := r.pool.Delete(ctx, r.rec.Image); err != nil {
+	if err := r.pool.Delete(ctx, r.rec.Backing); err != nil {
 		return nil, statusFor(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
 	}
 	if err := r.pool.Remove(ctx, r.rec); err != nil {
 		return nil, statusFor(err)
 	}
-	c.purgeTrash(ctx, r.pool, r.rec.Image)
+	c.purgeTrash(ctx, r.pool, r.rec.Backing)
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
@@ -499,7 +499,7 @@ func (c *Controller) refuseHolders(ctx context.Context, r *resolved, verb string
 	}
 	if len(in) > 0 {
 		return status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) cannot be %s while in use: %s",
-			r.id, r.pool.Name(), r.rec.Image, verb, describeAll(in))
+			r.id, r.pool.Name(), r.rec.Backing, verb, describeAll(in))
 	}
 	return nil
 }
@@ -540,7 +540,7 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 	}); err != nil {
 		return nil, err
 	}
-	info, err := r.pool.Stat(ctx, r.rec.Image)
+	info, err := r.pool.Stat(ctx, r.rec.Backing)
 	if err != nil {
 		return nil, statusFor(err)
 	}
@@ -548,7 +548,7 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 	if info.Size >= size {
 		return &csi.ControllerExpandVolumeResponse{CapacityBytes: info.Size, NodeExpansionRequired: nodeExpansion}, nil
 	}
-	if err := r.pool.Resize(ctx, r.rec.Image, size); err != nil {
+	if err := r.pool.Resize(ctx, r.rec.Backing, size); err != nil {
 		return nil, statusFor(err)
 	}
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeExpansion}, nil
@@ -568,7 +568,7 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.pool.Stat(ctx, r.rec.Image); err != nil {
+	if _, err := r.pool.Stat(ctx, r.rec.Backing); err != nil {
 		return nil, statusFor(err)
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
@@ -576,7 +576,7 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	}
 	cc, _ := c.opts.Config.Cluster(r.id.ClusterID)
 	facts := volumeFacts{clusterID: r.id.ClusterID, pool: r.pool.Name(), namespace: cc.RBD.RadosNamespace,
-		image: r.rec.Image, params: r.rec.Params}
+		image: r.rec.Backing, params: r.rec.Params}
 	if why := facts.mismatch(req.GetParameters(), req.GetVolumeContext()); len(why) > 0 {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: strings.Join(why, "; ")}, nil
 	}
@@ -596,7 +596,7 @@ func (c *Controller) ControllerGetVolume(ctx context.Context, req *csi.Controlle
 	if err != nil {
 		return nil, err
 	}
-	info, err := r.pool.Stat(ctx, r.rec.Image)
+	info, err := r.pool.Stat(ctx, r.rec.Backing)
 	if err != nil {
 		return nil, statusFor(err)
 	}
@@ -660,20 +660,12 @@ func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]*jou
 		if err != nil {
 			return nil, nil, statusFor(err)
 		}
-		after := ""
-		for {
-			batch, err := pool.List(ctx, kind, after, 1000)
-			if err != nil {
-				return nil, nil, statusFor(err)
-			}
-			for _, r := range batch {
-				recs = append(recs, r)
-				ids = append(ids, volumeid.ID{ClusterID: kp.clusterID, PoolID: pool.ID(), UUID: r.UUID}.String())
-			}
-			if len(batch) < 1000 {
-				break
-			}
-			after = batch[len(batch)-1].UUID
+		err = journal.ForEach(ctx, pool, kind, 1000, func(r *journal.Record) {
+			recs = append(recs, r)
+			ids = append(ids, volumeid.ID{ClusterID: kp.clusterID, PoolID: pool.ID(), UUID: r.UUID}.String())
+		})
+		if err != nil {
+			return nil, nil, statusFor(err)
 		}
 	}
 	return recs, ids, nil
@@ -721,13 +713,13 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for another volume", req.GetName())
 		}
 	case errors.Is(err, journal.ErrNotFound):
-		info, err := src.pool.Stat(ctx, src.rec.Image)
+		info, err := src.pool.Stat(ctx, src.rec.Backing)
 		if err != nil {
 			return nil, statusFor(err)
 		}
 		uuid := newUUID()
-		rec = &journal.Record{Kind: journal.Snapshot, Name: req.GetName(), UUID: uuid, Image: src.rec.Image,
-			ImageID: info.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
+		rec = &journal.Record{Kind: journal.Snapshot, Name: req.GetName(), UUID: uuid, Backing: src.rec.Backing,
+			BackingID: info.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
 			SizeBytes: info.Size, Created: time.Now().UTC()}
 		if err := src.pool.Reserve(ctx, rec); err != nil {
 			return nil, statusFor(err)
@@ -735,7 +727,7 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	default:
 		return nil, statusFor(err)
 	}
-	snap, err := src.pool.CreateSnap(ctx, rec.ImageID, rec.SnapName)
+	snap, err := src.pool.CreateSnap(ctx, rec.BackingID, rec.SnapName)
 	if err != nil {
 		return nil, statusFor(err)
 	}
@@ -763,7 +755,7 @@ func (c *Controller) GetSnapshot(ctx context.Context, req *csi.GetSnapshotReques
 	if err != nil {
 		return nil, err
 	}
-	snap, err := r.pool.Snap(ctx, r.rec.ImageID, r.rec.SnapName)
+	snap, err := r.pool.Snap(ctx, r.rec.BackingID, r.rec.SnapName)
 	if err != nil {
 		return nil, statusFor(err)
 	}
@@ -783,13 +775,13 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 		return nil, err
 	}
 	defer unlock()
-	if err := r.pool.RemoveSnap(ctx, r.rec.ImageID, r.rec.SnapName); err != nil {
+	if err := r.pool.RemoveSnap(ctx, r.rec.BackingID, r.rec.SnapName); err != nil {
 		return nil, statusFor(err)
 	}
 	if err := r.pool.Remove(ctx, r.rec); err != nil {
 		return nil, statusFor(err)
 	}
-	c.purgeTrash(ctx, r.pool, r.rec.Image)
+	c.purgeTrash(ctx, r.pool, r.rec.Backing)
 	return &csi.DeleteSnapshotResponse{}, nil
 }
 

@@ -270,7 +270,7 @@ func TestCreateVolumeCompletesReservation(t *testing.T) {
 	}
 	// A crash between Reserve and CreateImage leaves this behind.
 	const uuid = "0c8a6c8e-7c1f-4a3b-9d3e-2b1f0f1e2d3c"
-	rec := &journal.Record{Kind: journal.Volume, Name: "pvc-crash", UUID: uuid, Image: "csi-vol-" + uuid,
+	rec := &journal.Record{Kind: journal.Volume, Name: "pvc-crash", UUID: uuid, Backing: "csi-vol-" + uuid,
 		SizeBytes: gib, Params: params.journalParams()}
 	if err := e.pool.Reserve(context.Background(), rec); err != nil {
 		t.Fatal(err)
@@ -279,8 +279,8 @@ func TestCreateVolumeCompletesReservation(t *testing.T) {
 	if id, _ := volumeid.Parse(vol.GetVolumeId()); id.UUID != uuid {
 		t.Errorf("retry used UUID %s, want the reserved %s", id.UUID, uuid)
 	}
-	if got := e.pool.ImageNames(); len(got) != 1 || got[0] != rec.Image {
-		t.Errorf("images %v, want only %s", got, rec.Image)
+	if got := e.pool.ImageNames(); len(got) != 1 || got[0] != rec.Backing {
+		t.Errorf("images %v, want only %s", got, rec.Backing)
 	}
 	if recs := e.records(t, journal.Volume); len(recs) != 1 {
 		t.Errorf("journal holds %d records, want 1", len(recs))

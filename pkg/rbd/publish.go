@@ -55,7 +55,7 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 		}
 		if !fenced {
 			want.Since = time.Now().UTC()
-			err = r.pool.UpdateRecords(ctx, r.rec.Image, usage.Version,
+			err = r.pool.UpdateRecords(ctx, r.rec.Backing, usage.Version,
 				(&recordChange{}).put(metaAttachPrefix+want.Node, want).set, nil)
 			if err == nil {
 				return &csi.ControllerPublishVolumeResponse{}, nil
@@ -103,7 +103,7 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 		return nil, err
 	}
 	defer unlock()
-	_, err = updateRecords(ctx, r.pool, r.rec.Image, func(recs *Records) (*recordChange, error) {
+	_, err = updateRecords(ctx, r.pool, r.rec.Backing, func(recs *Records) (*recordChange, error) {
 		change := &recordChange{}
 		for n := range recs.Attachments {
 			if req.GetNodeId() == "" || n == req.GetNodeId() { // "": unpublish from every node
@@ -121,7 +121,7 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 // usage reads who uses the volume; the watches of Pelagic controllers
 // (this one and its peers) are recognised as their own.
 func (c *Controller) usage(ctx context.Context, r *resolved) (*Usage, error) {
-	u, err := readUsageOf(ctx, r.pool, r.rec.Image)
+	u, err := readUsageOf(ctx, r.pool, r.rec.Backing)
 	if errors.Is(err, ErrImageNotFound) {
 		return nil, status.Errorf(codes.NotFound, "volume %s has no image: %v", r.id, err)
 	}
@@ -155,7 +155,7 @@ func (c *Controller) clearHolders(ctx context.Context, r *resolved, usage *Usage
 	}
 	if len(refuse) > 0 {
 		return false, status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is already in use: %s",
-			r.id, r.pool.Name(), r.rec.Image, describeAll(refuse))
+			r.id, r.pool.Name(), r.rec.Backing, describeAll(refuse))
 	}
 	for _, h := range fence {
 		reason := "node " + h.Node + " still maps the volume after it was unpublished; published to " + node

@@ -35,16 +35,16 @@ func runFenceList(ctx context.Context, s *session, tgt target, _ []string) (repo
 	}
 	r := &fenceListReport{Pool: pool.Name(), Fences: []fenceLine{}}
 	err = s.forEachVolume(ctx, pool, func(rec *journal.Record, id string) {
-		u, err := rbd.ReadUsage(ctx, pool, rec.Image)
+		u, err := rbd.ReadUsage(ctx, pool, rec.Backing)
 		if errors.Is(err, rbd.ErrImageNotFound) {
 			return // a reservation whose image is not created yet, or gone: nothing fenced
 		}
 		if err != nil {
-			r.Errors = append(r.Errors, fmt.Sprintf("%s: %v", rec.Image, err))
+			r.Errors = append(r.Errors, fmt.Sprintf("%s: %v", rec.Backing, err))
 			return
 		}
 		for _, f := range u.Fences {
-			r.Fences = append(r.Fences, fenceLine{VolumeID: id, Image: rec.Image,
+			r.Fences = append(r.Fences, fenceLine{VolumeID: id, Image: rec.Backing,
 				fenceReport: fenceReport{Fence: f, InForce: f.Expires.After(s.now)}})
 		}
 	})
