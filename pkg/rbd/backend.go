@@ -9,6 +9,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // Connector opens a Cluster for one user. The real one shares cached
@@ -102,11 +103,12 @@ type Pool interface {
 	Snap(ctx context.Context, imageID, snap string) (SnapInfo, error)
 }
 
-// Errors the backends return, so the services can pick gRPC codes.
+// Errors the backends return; they wrap the volume layer's, which give
+// them their gRPC codes.
 var (
-	ErrImageNotFound = errors.New("image not found")
-	ErrSnapNotFound  = errors.New("snapshot not found")
-	ErrImageInUse    = errors.New("image in use")
+	ErrImageNotFound = fmt.Errorf("image %w", volume.ErrNotFound)
+	ErrSnapNotFound  = fmt.Errorf("snapshot %w", volume.ErrNotFound)
+	ErrImageInUse    = fmt.Errorf("image %w", volume.ErrInUse)
 	// ErrConflict: a conditional update found the object changed since it was read.
 	ErrConflict = errors.New("changed since read")
 )

@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // cloneSnapName names the temporary snapshot a volume-to-volume clone
@@ -61,7 +62,7 @@ func (c *Controller) resolveSource(ctx context.Context, src *csi.VolumeContentSo
 			if errors.Is(err, ErrSnapNotFound) || errors.Is(err, ErrImageNotFound) {
 				return nil, status.Errorf(codes.NotFound, "snapshot %q is gone: %v", id, err)
 			}
-			return nil, statusFor(err)
+			return nil, volume.Status(err)
 		}
 		s.imageID, s.size = r.rec.BackingID, snap.Size
 		return s, nil
@@ -71,7 +72,7 @@ func (c *Controller) resolveSource(ctx context.Context, src *csi.VolumeContentSo
 		if errors.Is(err, ErrImageNotFound) {
 			return nil, status.Errorf(codes.NotFound, "source volume %q has no image: %v", id, err)
 		}
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	s.imageID, s.size = info.ID, info.Size
 	return s, nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // Fencing defaults.
@@ -122,7 +123,7 @@ func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason st
 	klog.FromContext(ctx).Info("fencing stale holder", "volume", r.id.String(), "holder", h.Describe(), "reason", reason)
 	recs, err := readRecords(ctx, r.pool, r.rec.Backing)
 	if err != nil {
-		return statusFor(err)
+		return volume.Status(err)
 	}
 	m, mapped := recs.Mappings[h.Node]
 	_, attached := recs.Attachments[h.Node]
@@ -135,7 +136,7 @@ func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason st
 		if errors.Is(err, ErrConflict) {
 			return nil
 		}
-		return statusFor(err)
+		return volume.Status(err)
 	}
 	c.hook(FenceStepIntent)
 	return c.completeFence(ctx, r, f)
@@ -145,7 +146,7 @@ func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason st
 // record done and waits until the fenced client's watch is gone.
 func (c *Controller) completeFence(ctx context.Context, r *resolved, f Fence) error {
 	if err := c.indexFence(ctx, r.pool, r.rec.Backing); err != nil {
-		return statusFor(err)
+		return volume.Status(err)
 	}
 	if err := r.cluster.Blocklist(ctx, f.ClientAddr, time.Until(f.Expires)); err != nil {
 		return status.Errorf(codes.Unavailable, "fencing node %s's client %s at %s: %v", f.Node, f.ClientID, f.ClientAddr, err)
@@ -160,7 +161,7 @@ func (c *Controller) completeFence(ctx context.Context, r *resolved, f Fence) er
 		return (&recordChange{}).put(metaFencePrefix+f.ClientAddr, cur), nil
 	})
 	if err != nil {
-		return statusFor(err)
+		return volume.Status(err)
 	}
 	return c.waitWatchGone(ctx, r, f)
 }
@@ -234,22 +235,22 @@ func (c *Controller) RunFenceKeeper(ctx context.Context) {
 // are completed. It also refreshes this controller's registration.
 func (c *Controller) KeepFences(ctx context.Context) {
 	log := klog.FromContext(ctx)
-	for _, kp := range c.known.all() {
-		pool, err := kp.cluster.Pool(ctx, kp.pool, kp.ns)
+	for _, kp := range c.known.Pools() {
+		pool, err := kp.Cluster.Pool(ctx, kp.Pool, kp.Namespace)
 		if err != nil {
 			continue
 		}
-		if err := c.registerController(ctx, kp.cluster, pool, true); err != nil {
-			log.V(2).Info("refreshing controller registration", "pool", kp.pool, "error", err.Error())
+		if err := c.registerController(ctx, kp.Cluster, pool, true); err != nil {
+			log.V(2).Info("refreshing controller registration", "pool", kp.Pool, "error", err.Error())
 		}
 		images, err := pool.ReadObjectMap(ctx, fenceIndexObject)
 		if err != nil {
-			log.Error(err, "reading fence index", "pool", kp.pool)
+			log.Error(err, "reading fence index", "pool", kp.Pool)
 			continue
 		}
 		for image := range images {
-			if err := c.keepImageFences(ctx, kp.cluster, pool, image); err != nil {
-				log.Error(err, "keeping fences", "pool", kp.pool, "image", image)
+			if err := c.keepImageFences(ctx, kp.Cluster, pool, image); err != nil {
+				log.Error(err, "keeping fences", "pool", kp.Pool, "image", image)
 			}
 		}
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
-	"github.com/pelagic-csi/pelagic/pkg/util"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
 
@@ -51,8 +51,8 @@ type NodeOptions struct {
 type Node struct {
 	csi.UnimplementedNodeServer
 	opts    NodeOptions
-	locks   *util.KeyLocks
-	known   knownClusters // clusters opened by NodeStage, for unstage
+	locks   volume.Locks
+	known   volume.Known[Cluster] // clusters opened by NodeStage, for unstage
 	forgets *forgetQueue
 	staged  stagedIndex
 	secrets stageSecrets
@@ -60,17 +60,13 @@ type Node struct {
 
 // NewNode returns the node service.
 func NewNode(opts NodeOptions) *Node {
-	n := &Node{opts: opts, locks: util.NewKeyLocks(), staged: stagedIndex{dir: opts.StateDir}}
+	n := &Node{opts: opts, staged: stagedIndex{dir: opts.StateDir}}
 	n.forgets = &forgetQueue{dir: opts.StateDir, remove: n.removeMappingRecord}
 	return n
 }
 
-func (n *Node) lock(volumeID string) (func(), error) {
-	if !n.locks.TryLock(volumeID) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", volumeID)
-	}
-	return func() { n.locks.Unlock(volumeID) }, nil
-}
+// lock takes the volume's lock or fails with Aborted.
+func (n *Node) lock(volumeID string) (func(), error) { return n.locks.Lock(volumeID) }
 
 // begin checks the volume ID and the paths a call names (what, path
 // pairs), then takes the volume's lock. Nothing is touched on bad input.
@@ -179,13 +175,13 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	}
 	cl, err := n.opts.Connector.Connect(ctx, cc.ClusterID, creds)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	pool, err := cl.Pool(ctx, vctx[ParamPool], cc.RBD.RadosNamespace)
 	if err != nil {
 		return nil, nodeStatus(err, req.GetVolumeId())
 	}
-	n.known.remember(cl, pool.Name(), cc.RBD.RadosNamespace)
+	n.known.Remember(cl, pool.Name(), cc.RBD.RadosNamespace)
 	n.forgets.drain(ctx, cl)
 	image := vctx[CtxImageName]
 	if prev != nil {
@@ -238,13 +234,13 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	return rec, nil
 }
 
-// nodeStatus is statusFor for the node: a pool that does not exist means
+// nodeStatus is volume.Status for the node: a pool that does not exist means
 // the volume does not either (its pool was deleted).
 func nodeStatus(err error, volumeID string) error {
 	if errors.Is(err, ceph.ErrPoolNotFound) {
 		return status.Errorf(codes.NotFound, "volume %s does not exist: %v", volumeID, err)
 	}
-	return statusFor(err)
+	return volume.Status(err)
 }
 
 // checkHolders refuses to map a single-node volume that another node, or a
@@ -292,7 +288,7 @@ func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID str
 	if rec.ClientAddr == "" {
 		after, err := pool.Watchers(ctx, image)
 		if err != nil {
-			return rec, statusFor(err)
+			return rec, volume.Status(err)
 		}
 		var fresh []Watcher
 		for _, w := range after {
@@ -311,7 +307,7 @@ func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID str
 		return (&recordChange{}).put(metaMapPrefix+n.opts.NodeID, rec), nil
 	})
 	if err != nil {
-		return rec, statusFor(err)
+		return rec, volume.Status(err)
 	}
 	return rec, nil
 }

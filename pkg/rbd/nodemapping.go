@@ -19,6 +19,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/util"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // mapFresh maps img, making sure the mapping it returns is not one whose
@@ -55,13 +56,13 @@ func (n *Node) stagedMappingFenced(ctx context.Context, req *csi.NodeStageVolume
 	}
 	cl, err := n.opts.Connector.Connect(ctx, rec.ClusterID, creds)
 	if err != nil {
-		return false, statusFor(err)
+		return false, volume.Status(err)
 	}
 	pool, err := cl.Pool(ctx, rec.Mapping.Pool, rec.Mapping.RadosNamespace)
 	if err != nil {
 		return false, nodeStatus(err, rec.VolumeID)
 	}
-	n.known.remember(cl, pool.Name(), rec.Mapping.RadosNamespace)
+	n.known.Remember(cl, pool.Name(), rec.Mapping.RadosNamespace)
 	recs, err := readRecords(ctx, pool, rec.Mapping.Image)
 	if err != nil {
 		return false, nodeStatus(err, rec.VolumeID)
@@ -183,7 +184,7 @@ func waitForWatchGone(ctx context.Context, pool Pool, image, addr string) error 
 	for {
 		watchers, err := pool.Watchers(ctx, image)
 		if err != nil {
-			return statusFor(err)
+			return volume.Status(err)
 		}
 		if !watchedBy(watchers, addr) {
 			return nil
@@ -213,7 +214,7 @@ func statBounded(ctx context.Context, path string) (os.FileInfo, error) {
 func (n *Node) forgetMapping(ctx context.Context, rec *stageRecord) {
 	f := pendingForget{ClusterID: rec.ClusterID, Pool: rec.Mapping.Pool, Namespace: rec.Mapping.RadosNamespace,
 		Image: rec.Mapping.Image, ClientAddr: rec.Mapping.ClientAddr}
-	if cl, ok := n.known.cluster(rec.ClusterID); ok {
+	if cl, ok := n.known.Cluster(rec.ClusterID); ok {
 		err := n.removeMappingRecord(ctx, cl, f)
 		if err == nil {
 			return

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // ControllerPublishVolume records that the volume is attached to a node,
@@ -61,7 +62,7 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 				return &csi.ControllerPublishVolumeResponse{}, nil
 			}
 			if !errors.Is(err, ErrConflict) {
-				return nil, statusFor(err)
+				return nil, volume.Status(err)
 			}
 		}
 		// The records changed (a fence was completed, or another process
@@ -113,7 +114,7 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 		return change, nil
 	})
 	if err != nil && !errors.Is(err, ErrImageNotFound) {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	return &csi.ControllerUnpublishVolumeResponse{}, nil
 }
@@ -126,7 +127,7 @@ func (c *Controller) usage(ctx context.Context, r *resolved) (*Usage, error) {
 		return nil, status.Errorf(codes.NotFound, "volume %s has no image: %v", r.id, err)
 	}
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	return u, nil
 }
