@@ -18,7 +18,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
-	"github.com/pelagic-csi/pelagic/pkg/util"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
 	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
@@ -199,12 +199,6 @@ func waitForWatchGone(ctx context.Context, pool Pool, image, addr string) error 
 	}
 }
 
-// statBounded stats a path that may lie on a hung FUSE mount: the caller is
-// released at ctx's deadline.
-func statBounded(ctx context.Context, path string) (os.FileInfo, error) {
-	return util.Do(ctx, "stat "+path, func() (os.FileInfo, error) { return os.Stat(path) })
-}
-
 // forgetMapping removes this node's mapping record after a clean unmap,
 // provided it still names the client that was unmapped. The request
 // carries no secrets, so it needs a connection a stage opened; without
@@ -276,7 +270,7 @@ func (q *forgetQueue) save(ctx context.Context, list []pendingForget) {
 			err = nil
 		}
 	} else {
-		err = writeFileAtomic(q.path(), list)
+		err = nodefs.WriteJSON(q.path(), list)
 	}
 	if err != nil {
 		klog.FromContext(ctx).Error(err, "saving pending mapping record removals")
@@ -316,20 +310,4 @@ func (q *forgetQueue) drain(ctx context.Context, cl Cluster) {
 		kept = append(kept, f)
 	}
 	q.save(ctx, kept)
-}
-
-// writeFileAtomic writes v as JSON to path through a temporary file.
-func writeFileAtomic(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
