@@ -275,7 +275,7 @@ func (e *twoNodes) assertFencedAmong(t *testing.T, ctx context.Context, addr str
 
 func slicesContains(list []string, addr string) bool {
 	for _, a := range list {
-		if rbd.SameClient(a, addr) {
+		if ceph.SameClient(a, addr) {
 			return true
 		}
 	}

@@ -207,7 +207,7 @@ func (e *twoNodes) waitWatchGone(t *testing.T, ctx context.Context, v *csi.Volum
 		}
 		held := false
 		for _, w := range ws {
-			held = held || rbd.SameClient(w.Addr, addr)
+			held = held || ceph.SameClient(w.Addr, addr)
 		}
 		if !held {
 			return time.Since(start)
@@ -246,7 +246,7 @@ func (e *twoNodes) assertOnlyFenced(t *testing.T, ctx context.Context, addr stri
 			ours = append(ours, a)
 		}
 	}
-	if len(ours) != 1 || !rbd.SameClient(ours[0], addr) {
+	if len(ours) != 1 || !ceph.SameClient(ours[0], addr) {
 		t.Fatalf("blocklisted instances on the test network = %v; want exactly %s", ours, addr)
 	}
 }

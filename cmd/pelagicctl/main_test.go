@@ -88,7 +88,7 @@ func (e *env) addVolume(meta map[string]string, watchers ...rbd.Watcher) (image,
 	uuid := fmt.Sprintf("00000000-0000-4000-8000-%012d", e.seq)
 	image = "csi-vol-" + uuid
 	name := fmt.Sprintf("pvc-%d", e.seq)
-	rec := &journal.Record{Kind: journal.Volume, Name: name, UUID: uuid, Image: image, SizeBytes: 1 << 30}
+	rec := &journal.Record{Kind: journal.Volume, Name: name, UUID: uuid, Backing: image, SizeBytes: 1 << 30}
 	if err := e.pool.Reserve(context.Background(), rec); err != nil {
 		e.t.Fatal(err)
 	}
@@ -381,7 +381,7 @@ func TestVolumes(t *testing.T) {
 	idle, _ := e.addVolume(nil)
 	// A reservation whose image was never created is listed, not fatal.
 	if err := e.pool.Reserve(context.Background(), &journal.Record{Kind: journal.Volume, Name: "pvc-half",
-		UUID: "00000000-0000-4000-8000-999999999999", Image: "csi-vol-half"}); err != nil {
+		UUID: "00000000-0000-4000-8000-999999999999", Backing: "csi-vol-half"}); err != nil {
 		t.Fatal(err)
 	}
 	code, out, errOut := e.run("volumes", "rbd")

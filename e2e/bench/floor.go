@@ -12,6 +12,7 @@ import (
 	librbd "github.com/ceph/go-ceph/rbd"
 
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/rbd"
 )
 
 // The floor's journal is written by pkg/journal itself, so it makes the
@@ -44,12 +45,12 @@ func newFloor(conn *rados.Conn, pool string, params map[string]string) (*floor, 
 		return nil, fmt.Errorf("opening pool %q: %w", pool, err)
 	}
 	jctx.SetNamespace(floorNamespace)
-	return &floor{images: images, jctx: jctx, journal: journal.NewRados(jctx), params: params}, nil
+	return &floor{images: images, jctx: jctx, journal: journal.NewRados(jctx, rbd.JournalPrefix), params: params}, nil
 }
 
 func (f *floor) record(kind journal.Kind, name string, size int64) *journal.Record {
 	uuid := rand.Text()
-	return &journal.Record{Kind: kind, Name: name, UUID: uuid, Image: floorPrefix + uuid, SizeBytes: size,
+	return &journal.Record{Kind: kind, Name: name, UUID: uuid, Backing: floorPrefix + uuid, SizeBytes: size,
 		Params: f.params, Created: time.Now().UTC()}
 }
 
@@ -80,7 +81,7 @@ func (f *floor) createImage(ctx context.Context, name string, size int64) (*jour
 		return nil, err
 	}
 	defer opts.Destroy()
-	return rec, librbd.CreateImage(f.images, rec.Image, uint64(size), opts)
+	return rec, librbd.CreateImage(f.images, rec.Backing, uint64(size), opts)
 }
 
 // deleteImage is DeleteVolume's floor: the image moved to the trash and
@@ -88,10 +89,10 @@ func (f *floor) createImage(ctx context.Context, name string, size int64) (*jour
 func (f *floor) deleteImage(ctx context.Context, rec *journal.Record, step stepFunc) error {
 	var id string
 	err := step("trash move", func() (err error) {
-		if id, err = f.imageID(rec.Image); err != nil {
+		if id, err = f.imageID(rec.Backing); err != nil {
 			return err
 		}
-		return librbd.GetImage(f.images, rec.Image).Trash(0)
+		return librbd.GetImage(f.images, rec.Backing).Trash(0)
 	})
 	if err != nil {
 		return err
@@ -142,16 +143,16 @@ func (f *floor) removeSnap(image, snap string) error {
 // snapshot is CreateSnapshot's floor: the journal's reservation and an RBD snapshot.
 func (f *floor) snapshot(ctx context.Context, src *journal.Record, name string) (*journal.Record, error) {
 	rec := f.record(journal.Snapshot, name, src.SizeBytes)
-	rec.Image, rec.SnapName = src.Image, "csi-snap-"+rec.UUID
+	rec.Backing, rec.SnapName = src.Backing, "csi-snap-"+rec.UUID
 	if err := f.journal.Reserve(ctx, rec); err != nil {
 		return nil, err
 	}
-	return rec, f.createSnap(rec.Image, rec.SnapName)
+	return rec, f.createSnap(rec.Backing, rec.SnapName)
 }
 
 // deleteSnapshot is DeleteSnapshot's floor: the snapshot removed, and the journal's removals.
 func (f *floor) deleteSnapshot(ctx context.Context, rec *journal.Record) error {
-	if err := f.removeSnap(rec.Image, rec.SnapName); err != nil {
+	if err := f.removeSnap(rec.Backing, rec.SnapName); err != nil {
 		return err
 	}
 	return f.journal.Remove(ctx, rec)
@@ -174,7 +175,7 @@ func (f *floor) fromSnapshot(ctx context.Context, snap *journal.Record, name str
 	if err := f.journal.Reserve(ctx, rec); err != nil {
 		return nil, err
 	}
-	return rec, f.clone(snap.Image, snap.SnapName, rec.Image)
+	return rec, f.clone(snap.Backing, snap.SnapName, rec.Backing)
 }
 
 // cloneVolume is the floor of CreateVolume from a volume, the driver's
@@ -186,18 +187,18 @@ func (f *floor) cloneVolume(ctx context.Context, src *journal.Record, name strin
 		return nil, err
 	}
 	snap := "csi-clone-" + rec.UUID
-	if err := f.createSnap(src.Image, snap); err != nil {
+	if err := f.createSnap(src.Backing, snap); err != nil {
 		return nil, err
 	}
-	if err := f.clone(src.Image, snap, rec.Image); err != nil {
+	if err := f.clone(src.Backing, snap, rec.Backing); err != nil {
 		return nil, err
 	}
-	return rec, f.removeSnap(src.Image, snap)
+	return rec, f.removeSnap(src.Backing, snap)
 }
 
 // resize is ControllerExpandVolume's floor.
 func (f *floor) resize(rec *journal.Record, size int64) error {
-	return f.withImage(rec.Image, func(img *librbd.Image) error { return img.Resize(uint64(size)) })
+	return f.withImage(rec.Backing, func(img *librbd.Image) error { return img.Resize(uint64(size)) })
 }
 
 func (f *floor) close() {

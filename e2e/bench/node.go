@@ -66,7 +66,7 @@ func (b *bench) nodeWork(ctx context.Context) {
 		}))
 		b.compare(ctx, "NodeStageVolume", conc, group,
 			drv.guard(func(ctx context.Context, i int) error { return b.drv.stage(ctx, i, s.vols[i]) }),
-			flr.guard(func(ctx context.Context, i int) error { return b.node.stage(ctx, i, s.recs[i].Image, stageSteps) }))
+			flr.guard(func(ctx context.Context, i int) error { return b.node.stage(ctx, i, s.recs[i].Backing, stageSteps) }))
 		b.compare(ctx, "NodePublishVolume", conc, group,
 			drv.guard(func(ctx context.Context, i int) error { return b.drv.publish(ctx, i, s.vols[i]) }),
 			flr.guard(b.node.publish))

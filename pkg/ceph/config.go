@@ -1,6 +1,8 @@
-// Package ceph holds the driver's view of Ceph clusters: the cluster
+// Package ceph holds what both drivers need of Ceph clusters: the cluster
 // configuration (compatible with ceph-csi's config.json ConfigMap), the
-// credentials taken from CSI secrets, and a cache of RADOS connections.
+// credentials taken from CSI secrets and the key files nodes hand them to
+// Ceph clients in, a cache of RADOS connections, the cluster adapter
+// (Cluster, Pool) over them, and Ceph's spellings of addresses.
 package ceph
 
 import (

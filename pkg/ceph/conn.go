@@ -31,6 +31,8 @@ type Conn struct {
 	*rados.Conn
 	ClusterID string
 	User      string
+
+	cluster *RadosCluster // this connection's view of the cluster
 }
 
 type connKey struct {
@@ -139,7 +141,9 @@ func (p *ConnPool) dial(cluster *ClusterConfig, creds Credentials) (*Conn, error
 		}
 		return fail("connect", err)
 	}
-	return &Conn{Conn: rc, ClusterID: cluster.ClusterID, User: creds.ID}, nil
+	conn := &Conn{Conn: rc, ClusterID: cluster.ClusterID, User: creds.ID}
+	conn.cluster = newRadosCluster(conn)
+	return conn, nil
 }
 
 // Cached returns the live connections to one cluster, for health checks.

@@ -1,6 +1,7 @@
 package ceph
 
 import (
+	"cmp"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -20,6 +21,14 @@ const (
 	SecretLegacyAdminID = "adminId"
 	// DefaultLegacyUser owns a bare key nothing else names, as in-tree.
 	DefaultLegacyUser = "admin"
+)
+
+// In-tree names of the cephx users whose keys in-tree secrets hold, as
+// StorageClass parameters (kubernetes.io/rbd's): adminId provisions,
+// userId maps. CreateVolume records them in the volume context.
+const (
+	ParamAdminID = "adminId"
+	ParamUserID  = "userId"
 )
 
 // Credentials is a cephx identity. The key never appears in String or in
@@ -88,6 +97,15 @@ func FromSecrets(secrets map[string]string, legacyUser string) (Credentials, err
 		c.ID = DefaultLegacyUser
 	}
 	return c, c.Validate()
+}
+
+// CredentialsFrom reads the cephx user of a CSI call from its secrets (see
+// FromSecrets). vctx is a node call's volume context, or nil: an in-tree
+// secret's bare key belongs to the user the secret names, else to the
+// class's userId or adminId that CreateVolume recorded there, else to
+// client.admin.
+func CredentialsFrom(secrets, vctx map[string]string) (Credentials, error) {
+	return FromSecrets(secrets, cmp.Or(vctx[ParamUserID], vctx[ParamAdminID]))
 }
 
 func credentials(secrets map[string]string, idKey, keyKey string) (Credentials, error) {

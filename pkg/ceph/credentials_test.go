@@ -103,3 +103,29 @@ func TestCredentialsStringHidesKey(t *testing.T) {
 		}
 	}
 }
+
+func TestCredentialsFrom(t *testing.T) {
+	bare := map[string]string{SecretKey: goodKey}
+	tests := []struct {
+		name    string
+		secrets map[string]string
+		vctx    map[string]string
+		wantID  string
+	}{
+		{"userID/userKey, whatever the context says", map[string]string{SecretUserID: "u", SecretUserKey: goodKey},
+			map[string]string{ParamUserID: "kube"}, "u"},
+		{"bare key, the class's userId", bare, map[string]string{ParamUserID: "kube", ParamAdminID: "prov"}, "kube"},
+		{"bare key, the class's adminId", bare, map[string]string{ParamAdminID: "prov"}, "prov"},
+		{"bare key, no context", bare, nil, DefaultLegacyUser},
+		{"bare key naming its user", map[string]string{SecretKey: goodKey, SecretLegacyAdminID: "mig"},
+			map[string]string{ParamUserID: "kube"}, "mig"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := CredentialsFrom(tc.secrets, tc.vctx)
+			if err != nil || c.ID != tc.wantID || c.Key != goodKey {
+				t.Errorf("got %v, %v; want %s", c, err, tc.wantID)
+			}
+		})
+	}
+}

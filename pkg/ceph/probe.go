@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 )
 
 // Prober checks that every configured cluster's monitors answer. It uses
@@ -50,7 +49,7 @@ func (p *Prober) probeCluster(ctx context.Context, c *ClusterConfig) error {
 // probeBanner connects to one monitor and reads the "ceph v..." banner that
 // both messenger versions send first.
 func probeBanner(ctx context.Context, mon string) error {
-	addr := monTCPAddr(mon)
+	addr := MonTCPAddr(mon)
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -68,25 +67,4 @@ func probeBanner(ctx context.Context, mon string) error {
 		return fmt.Errorf("monitor %s answered with something that is not Ceph", addr)
 	}
 	return nil
-}
-
-// monTCPAddr turns "v2:1.2.3.4:3300/0", "[v2:...,v1:...]" or "host" into
-// host:port for a plain TCP dial.
-func monTCPAddr(mon string) string {
-	// Only a messenger address list is bracketed as a whole; "[fd00::1]:6789"
-	// is an IPv6 host and port.
-	if strings.HasPrefix(mon, "[v1:") || strings.HasPrefix(mon, "[v2:") {
-		mon = strings.TrimSuffix(mon[1:], "]")
-		if i := strings.Index(mon, ","); i >= 0 {
-			mon = mon[:i]
-		}
-	}
-	mon = strings.TrimPrefix(strings.TrimPrefix(mon, "v1:"), "v2:")
-	if i := strings.LastIndex(mon, "/"); i >= 0 {
-		mon = mon[:i]
-	}
-	if _, _, err := net.SplitHostPort(mon); err != nil {
-		return net.JoinHostPort(strings.Trim(mon, "[]"), "6789")
-	}
-	return mon
 }

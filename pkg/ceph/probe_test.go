@@ -20,8 +20,8 @@ func TestMonTCPAddr(t *testing.T) {
 		{"v2:[fd00::1]:3300/0", "[fd00::1]:3300"},
 	}
 	for _, tc := range tests {
-		if got := monTCPAddr(tc.in); got != tc.want {
-			t.Errorf("monTCPAddr(%q) = %q, want %q", tc.in, got, tc.want)
+		if got := MonTCPAddr(tc.in); got != tc.want {
+			t.Errorf("MonTCPAddr(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }

@@ -1,12 +1,16 @@
-// Package journal keeps the driver's crash-safe record of what it created:
+// Package journal keeps a driver's crash-safe record of what it created:
 // CSI request name -> UUID reservations and UUID -> record, in RADOS omap.
+// Records say nothing of the driver: what backs a volume is an RBD image
+// or a CephFS subvolume.
 //
-// Two objects hold an entry, both in the pool (and RADOS namespace) of the
-// image they describe:
+// Two objects hold an entry, both in one pool (and RADOS namespace): the
+// RBD image's, or the filesystem's metadata pool. Their names begin with a
+// prefix the driver chooses ("pelagic" for RBD, whose volumes' journals
+// have always been there):
 //
-//   - "pelagic.<kind>.name.<name>": created exclusively, so exactly one
+//   - "<prefix>.<kind>.name.<name>": created exclusively, so exactly one
 //     caller in the whole cluster wins a name; its omap holds the record.
-//   - "pelagic.<kind>s": a directory whose omap maps UUID -> record, for
+//   - "<prefix>.<kind>s": a directory whose omap maps UUID -> record, for
 //     lookups by ID and paginated listing.
 //
 // Each write is a single RADOS operation; a reservation costs two.
@@ -35,21 +39,26 @@ var ErrNotFound = errors.New("journal entry not found")
 // ErrNameTaken is returned by Reserve when another caller holds the name.
 var ErrNameTaken = errors.New("name already reserved")
 
-// Record is one journal entry.
+// Record is one journal entry. Its JSON names are the ones the first
+// records were written with, RBD's: "image" is any backing.
 type Record struct {
-	Kind      Kind              `json:"kind"`
-	Name      string            `json:"name"`              // CSI request name
-	UUID      string            `json:"uuid"`              // the ID's UUID part
-	Image     string            `json:"image"`             // RBD image name (of the source image, for a snapshot)
-	ImageID   string            `json:"imageID,omitempty"` // RBD image ID, to reach a trashed source image
+	Kind Kind   `json:"kind"`
+	Name string `json:"name"` // CSI request name
+	UUID string `json:"uuid"` // the ID's UUID part
+	// Backing names what holds the data in Ceph: an RBD image or a CephFS
+	// subvolume (the source's, for a snapshot); BackingID is its ID where
+	// Ceph has one (an RBD image ID, to reach a trashed source image).
+	Backing   string            `json:"image"`
+	BackingID string            `json:"imageID,omitempty"`
 	SizeBytes int64             `json:"size"`
 	Params    map[string]string `json:"params,omitempty"` // creation parameters, secrets excluded
 	Source    string            `json:"source,omitempty"` // content source ID, or source volume ID of a snapshot
-	SnapName  string            `json:"snap,omitempty"`   // RBD snapshot name (snapshots)
+	SnapName  string            `json:"snap,omitempty"`   // the snapshot's name in Ceph (snapshots)
 	Created   time.Time         `json:"created"`
 }
 
-// Journal stores records for one pool and namespace.
+// Journal stores records for one pool and namespace. Rados is the real
+// one, Memory the one unit tests use.
 type Journal interface {
 	// LookupName returns the record reserved under name, or ErrNotFound.
 	LookupName(ctx context.Context, kind Kind, name string) (*Record, error)
@@ -66,8 +75,35 @@ type Journal interface {
 }
 
 // Object names.
-func nameObject(kind Kind, name string) string { return fmt.Sprintf("pelagic.%s.name.%s", kind, name) }
-func directoryObject(kind Kind) string         { return fmt.Sprintf("pelagic.%ss", kind) }
+func nameObject(prefix string, kind Kind, name string) string {
+	return fmt.Sprintf("%s.%s.name.%s", prefix, kind, name)
+}
+func directoryObject(prefix string, kind Kind) string { return fmt.Sprintf("%s.%ss", prefix, kind) }
+
+// DirectoryObjects names the directory objects of the journal with
+// prefix: a pool and namespace holds such a journal when it holds one.
+func DirectoryObjects(prefix string) []string {
+	return []string{directoryObject(prefix, Volume), directoryObject(prefix, Snapshot)}
+}
+
+// ForEach calls fn for every record of kind in j, in UUID order, reading
+// pageSize records per List call so a large journal is never read at once.
+func ForEach(ctx context.Context, j Journal, kind Kind, pageSize int, fn func(*Record)) error {
+	after := ""
+	for {
+		recs, err := j.List(ctx, kind, after, pageSize)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			fn(r)
+		}
+		if len(recs) < pageSize {
+			return nil
+		}
+		after = recs[len(recs)-1].UUID
+	}
+}
 
 const recordKey = "record"
 

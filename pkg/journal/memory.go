@@ -30,7 +30,7 @@ func copyRecord(r *Record) *Record {
 func (m *Memory) LookupName(_ context.Context, kind Kind, name string) (*Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if r, ok := m.names[nameObject(kind, name)]; ok {
+	if r, ok := m.names[nameKey(kind, name)]; ok {
 		return copyRecord(r), nil
 	}
 	return nil, ErrNotFound
@@ -50,7 +50,7 @@ func (m *Memory) Lookup(_ context.Context, kind Kind, uuid string) (*Record, err
 func (m *Memory) Reserve(_ context.Context, rec *Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	key := nameObject(rec.Kind, rec.Name)
+	key := nameKey(rec.Kind, rec.Name)
 	if _, ok := m.names[key]; ok {
 		return fmt.Errorf("%w: %s %q", ErrNameTaken, rec.Kind, rec.Name)
 	}
@@ -71,7 +71,7 @@ func (m *Memory) Repair(_ context.Context, rec *Record) error {
 func (m *Memory) Remove(_ context.Context, rec *Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.names, nameObject(rec.Kind, rec.Name))
+	delete(m.names, nameKey(rec.Kind, rec.Name))
 	delete(m.records, string(rec.Kind)+"/"+rec.UUID)
 	return nil
 }
@@ -92,6 +92,8 @@ func (m *Memory) List(_ context.Context, kind Kind, startAfter string, max int) 
 	}
 	return out, nil
 }
+
+func nameKey(kind Kind, name string) string { return string(kind) + "/" + name }
 
 func sortByUUID(recs []*Record) {
 	sort.Slice(recs, func(i, k int) bool { return recs[i].UUID < recs[k].UUID })

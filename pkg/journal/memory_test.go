@@ -9,7 +9,7 @@ import (
 )
 
 func rec(kind Kind, name, uuid string) *Record {
-	return &Record{Kind: kind, Name: name, UUID: uuid, Image: "csi-vol-" + uuid, SizeBytes: 1 << 30}
+	return &Record{Kind: kind, Name: name, UUID: uuid, Backing: "csi-vol-" + uuid, SizeBytes: 1 << 30}
 }
 
 func TestMemoryReserve(t *testing.T) {
@@ -48,8 +48,8 @@ func TestMemoryRemoveAndRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := m.Lookup(ctx, Volume, "u1")
-	got.Image = "changed"
-	if again, _ := m.Lookup(ctx, Volume, "u1"); again.Image != r.Image {
+	got.Backing = "changed"
+	if again, _ := m.Lookup(ctx, Volume, "u1"); again.Backing != r.Backing {
 		t.Error("Lookup returned the stored record, not a copy")
 	}
 	for range 2 { // removing twice is fine

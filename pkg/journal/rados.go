@@ -12,15 +12,19 @@ import (
 
 // Rados is the Journal kept in one RADOS pool and namespace.
 type Rados struct {
-	ioctx *rados.IOContext
+	ioctx  *rados.IOContext
+	prefix string
 }
 
-// NewRados returns a journal over ioctx. The caller owns ioctx.
-func NewRados(ioctx *rados.IOContext) *Rados { return &Rados{ioctx: ioctx} }
+// NewRados returns the journal over ioctx whose object names begin with
+// prefix. The caller owns ioctx.
+func NewRados(ioctx *rados.IOContext, prefix string) *Rados {
+	return &Rados{ioctx: ioctx, prefix: prefix}
+}
 
 // LookupName implements Journal.
 func (j *Rados) LookupName(ctx context.Context, kind Kind, name string) (*Record, error) {
-	vals, err := j.getKeys(ctx, nameObject(kind, name), recordKey)
+	vals, err := j.getKeys(ctx, nameObject(j.prefix, kind, name), recordKey)
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +37,7 @@ func (j *Rados) LookupName(ctx context.Context, kind Kind, name string) (*Record
 
 // Lookup implements Journal.
 func (j *Rados) Lookup(ctx context.Context, kind Kind, uuid string) (*Record, error) {
-	vals, err := j.getKeys(ctx, directoryObject(kind), uuid)
+	vals, err := j.getKeys(ctx, directoryObject(j.prefix, kind), uuid)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +81,7 @@ func (j *Rados) Reserve(ctx context.Context, rec *Record) error {
 	if err != nil {
 		return err
 	}
-	oid := nameObject(rec.Kind, rec.Name)
+	oid := nameObject(j.prefix, rec.Kind, rec.Name)
 	err = util.Run(ctx, "reserving "+oid, func() error {
 		op := rados.CreateWriteOp()
 		defer op.Release()
@@ -95,7 +99,7 @@ func (j *Rados) Reserve(ctx context.Context, rec *Record) error {
 }
 
 func (j *Rados) writeDirectory(ctx context.Context, kind Kind, uuid string, b []byte) error {
-	oid := directoryObject(kind)
+	oid := directoryObject(j.prefix, kind)
 	return util.Run(ctx, "writing "+oid, func() error {
 		op := rados.CreateWriteOp()
 		defer op.Release()
@@ -118,7 +122,7 @@ func (j *Rados) Repair(ctx context.Context, rec *Record) error {
 // Remove implements Journal. The directory entry goes first: a crash in
 // between leaves a name object whose retry finds no image and is cleaned.
 func (j *Rados) Remove(ctx context.Context, rec *Record) error {
-	dir := directoryObject(rec.Kind)
+	dir := directoryObject(j.prefix, rec.Kind)
 	err := util.Run(ctx, "removing from "+dir, func() error {
 		op := rados.CreateWriteOp()
 		defer op.Release()
@@ -128,7 +132,7 @@ func (j *Rados) Remove(ctx context.Context, rec *Record) error {
 	if err != nil && !errors.Is(err, rados.ErrNotFound) {
 		return err
 	}
-	oid := nameObject(rec.Kind, rec.Name)
+	oid := nameObject(j.prefix, rec.Kind, rec.Name)
 	err = util.Run(ctx, "removing "+oid, func() error { return j.ioctx.Delete(oid) })
 	if err != nil && !errors.Is(err, rados.ErrNotFound) {
 		return err
@@ -138,7 +142,7 @@ func (j *Rados) Remove(ctx context.Context, rec *Record) error {
 
 // List implements Journal.
 func (j *Rados) List(ctx context.Context, kind Kind, startAfter string, max int) ([]*Record, error) {
-	oid := directoryObject(kind)
+	oid := directoryObject(j.prefix, kind)
 	vals, err := util.Do(ctx, "listing "+oid, func() (map[string][]byte, error) {
 		return j.ioctx.GetOmapValues(oid, startAfter, "", int64(max))
 	})
@@ -158,19 +162,4 @@ func (j *Rados) List(ctx context.Context, kind Kind, startAfter string, max int)
 	}
 	sortByUUID(out)
 	return out, nil
-}
-
-// HasEntries reports whether this pool and namespace hold a journal.
-func (j *Rados) HasEntries(ctx context.Context) (bool, error) {
-	for _, kind := range []Kind{Volume, Snapshot} {
-		oid := directoryObject(kind)
-		_, err := util.Do(ctx, "looking for "+oid, func() (rados.ObjectStat, error) { return j.ioctx.Stat(oid) })
-		if err == nil {
-			return true, nil
-		}
-		if !errors.Is(err, rados.ErrNotFound) {
-			return false, err
-		}
-	}
-	return false, nil
 }

@@ -8,8 +8,9 @@ import (
 	"io"
 	"net"
 	"regexp"
-	"strings"
 	"time"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 )
 
 // asokTimeout bounds one admin socket command when ctx has no deadline.
@@ -68,31 +69,9 @@ var learnedAddrRE = regexp.MustCompile(`learned my addr (\S+)`)
 func learnedAddrs(log string) map[string]bool {
 	addrs := map[string]bool{}
 	for _, m := range learnedAddrRE.FindAllStringSubmatch(log, -1) {
-		for _, a := range splitAddrVec(m[1]) {
+		for _, a := range ceph.PlainAddrs(m[1]) {
 			addrs[a] = true
 		}
 	}
 	return addrs
-}
-
-// splitAddrVec turns "[v2:IP:0/N,v1:IP:0/N]", "v1:IP:0/N" or "IP:0/N" into
-// plain "IP:0/N" addresses, the form `rbd status` and blocklists use.
-func splitAddrVec(s string) []string {
-	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") && hasAddrType(s[1:]) {
-		s = s[1 : len(s)-1]
-	}
-	var out []string
-	for _, a := range strings.Split(s, ",") {
-		for _, prefix := range []string{"v1:", "v2:", "any:"} {
-			a = strings.TrimPrefix(a, prefix)
-		}
-		if a != "" {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
-func hasAddrType(s string) bool {
-	return strings.HasPrefix(s, "v1:") || strings.HasPrefix(s, "v2:") || strings.HasPrefix(s, "any:")
 }

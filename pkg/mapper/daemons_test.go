@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 )
 
@@ -63,8 +64,8 @@ func TestDaemonCommandsGoToTheDaemonRunner(t *testing.T) {
 				t.Fatalf("rbd-fuse ran in the plugin: %q", argv)
 			}
 		}
-		if filepath.Dir(filepath.Dir(keyfile)) != filepath.Join(host.state, keysDir) {
-			t.Fatalf("keyfile %s is not in %s", keyfile, filepath.Join(host.state, keysDir))
+		if filepath.Dir(filepath.Dir(keyfile)) != ceph.KeyFileDir(host.state) {
+			t.Fatalf("keyfile %s is not in %s", keyfile, ceph.KeyFileDir(host.state))
 		}
 		if _, err := os.Stat(keyfile); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("keyfile left behind: %v", err)
@@ -72,27 +73,17 @@ func TestDaemonCommandsGoToTheDaemonRunner(t *testing.T) {
 	})
 }
 
-func TestKeyfilesArePrivateAndSwept(t *testing.T) {
+// The key files themselves are tested in package ceph; here, where the
+// mappers put them and that the start-up sweep also removes the keyfiles
+// older versions kept in fuse mapping directories.
+func TestKeyfilesAreSwept(t *testing.T) {
 	state := t.TempDir()
-	path, remove, err := writeKeyfile(state, testImage().Creds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for p, want := range map[string]os.FileMode{path: 0o600, filepath.Dir(path): 0o700, filepath.Join(state, keysDir): 0o700} {
-		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != want {
-			t.Fatalf("%s: mode %v, %v; want %v", p, fi.Mode().Perm(), err, want)
-		}
-	}
-	remove()
-	if _, err := os.Stat(filepath.Dir(path)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("key directory left after removal: %v", err)
-	}
-
-	// A crash leaves keys behind: the start-up sweep removes them, and the
-	// keyfiles older versions kept in fuse mapping directories.
 	leftover, _, err := writeKeyfile(state, testImage().Creds)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if filepath.Dir(filepath.Dir(leftover)) != ceph.KeyFileDir(state) {
+		t.Fatalf("keyfile %s is not in %s", leftover, ceph.KeyFileDir(state))
 	}
 	legacy := filepath.Join(state, "fuse", "0123456789abcdef", "keyfile")
 	writeFile(t, legacy, testKey)

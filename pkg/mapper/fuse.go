@@ -18,8 +18,9 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
-	"github.com/pelagic-csi/pelagic/pkg/util"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
 )
 
 // fuse maps images without kernel rbd or nbd: each mapping runs its own
@@ -255,7 +256,7 @@ func (f *fuse) runFuse(ctx context.Context, dir string, img Image, conf, keyfile
 // exits and leaves a dead mount behind.
 func (f *fuse) waitForImage(ctx context.Context, dir string, st fuseState) error {
 	err := waitFor(ctx, f.cfg.FuseStartTimeout, "rbd-fuse to serve "+st.Image, func() (bool, error) {
-		_, err := statBounded(ctx, st.imageFile())
+		_, err := nodefs.StatBounded(ctx, st.imageFile())
 		switch {
 		case err == nil:
 			return true, nil
@@ -299,7 +300,7 @@ func (f *fuse) clientIdentity(ctx context.Context, dir string, img Image, conf, 
 		return "", ""
 	}
 	for _, w := range watchers {
-		for _, a := range splitAddrVec(w.Address) {
+		for _, a := range ceph.PlainAddrs(w.Address) {
 			if ours[a] {
 				return a, "client." + strconv.FormatUint(w.Client, 10)
 			}
@@ -666,7 +667,7 @@ func (f *fuse) Resize(ctx context.Context, m Mapping) error {
 	}
 	current := f.loopSize(st.Device)
 	_ = waitFor(ctx, 2*time.Second, "the new image size", func() (bool, error) {
-		fi, err := statBounded(ctx, st.imageFile())
+		fi, err := nodefs.StatBounded(ctx, st.imageFile())
 		return err == nil && fi.Size() > current, nil
 	})
 	if _, err := f.cfg.Runner.Run(ctx, f.cfg.LosetupBinary, "--set-capacity", st.Device); err != nil {
@@ -702,15 +703,7 @@ func readFuseState(dir string) (fuseState, error) {
 
 // writeFuseState replaces state.json atomically.
 func writeFuseState(dir string, st fuseState) error {
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(dir, fuseStateFile+".tmp")
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("writing fuse mapping state: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, fuseStateFile)); err != nil {
+	if err := nodefs.WriteJSON(filepath.Join(dir, fuseStateFile), st); err != nil {
 		return fmt.Errorf("writing fuse mapping state: %w", err)
 	}
 	return nil
@@ -754,12 +747,6 @@ func logTail(path string) string {
 		data = data[len(data)-keep:]
 	}
 	return "; rbd-fuse log ends: " + string(bytes.TrimSpace(data))
-}
-
-// statBounded stats a file in an rbd-fuse mount: if rbd-fuse hangs, the
-// stat never returns, and the caller is released at ctx's deadline.
-func statBounded(ctx context.Context, path string) (os.FileInfo, error) {
-	return util.Do(ctx, "stat "+path, func() (os.FileInfo, error) { return os.Stat(path) })
 }
 
 // keyedMutex serializes work per key; waiting ends with ctx. Keys are

@@ -176,32 +176,13 @@ func (r *Registry) All() []Mapper {
 	return out
 }
 
-// keysDir is where keyfiles live under the state directory.
-const keysDir = "keys"
-
-// writeKeyfile writes the key of creds to a 0600 file in a new 0700
-// directory under stateDir/keys, so that it never appears on a command
-// line. The returned function removes both; SweepKeyfiles removes what a
-// crash left.
+// writeKeyfile writes the key of creds to a key file under stateDir (see
+// ceph.WriteKeyFile); SweepKeyfiles removes what a crash left.
 func writeKeyfile(stateDir string, creds ceph.Credentials) (string, func(), error) {
 	if stateDir == "" {
 		return "", nil, fmt.Errorf("%w: no state directory for key files", ErrUnavailable)
 	}
-	parent := filepath.Join(stateDir, keysDir)
-	if err := os.MkdirAll(parent, 0o700); err != nil {
-		return "", nil, fmt.Errorf("creating keyfile directory: %w", err)
-	}
-	dir, err := os.MkdirTemp(parent, "key-") // mode 0700
-	if err != nil {
-		return "", nil, fmt.Errorf("creating keyfile directory: %w", err)
-	}
-	remove := func() { _ = os.RemoveAll(dir) }
-	path := filepath.Join(dir, "keyfile")
-	if err := os.WriteFile(path, []byte(creds.Key), 0o600); err != nil {
-		remove()
-		return "", nil, fmt.Errorf("writing keyfile for %s: %w", creds, err)
-	}
-	return path, remove, nil
+	return ceph.WriteKeyFile(ceph.KeyFileDir(stateDir), creds)
 }
 
 // SweepKeyfiles removes every keyfile under stateDir: run at start-up,
@@ -213,7 +194,7 @@ func SweepKeyfiles(stateDir string) error {
 		return nil
 	}
 	var errs []error
-	if err := os.RemoveAll(filepath.Join(stateDir, keysDir)); err != nil {
+	if err := ceph.RemoveKeyFiles(ceph.KeyFileDir(stateDir)); err != nil {
 		errs = append(errs, err)
 	}
 	legacy, _ := filepath.Glob(filepath.Join(stateDir, "fuse", "*", "keyfile"))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // Connector opens a Cluster for one user. The real one shares cached
@@ -17,27 +18,11 @@ type Connector interface {
 	Connect(ctx context.Context, clusterID string, creds ceph.Credentials) (Cluster, error)
 }
 
-// Cluster is what the services need from one Ceph cluster.
+// Cluster is a Ceph cluster with RBD pools.
 type Cluster interface {
-	ClusterID() string
-	PoolID(ctx context.Context, pool string) (int64, error)
-	PoolName(ctx context.Context, id int64) (string, error)
-	// Pool opens a pool (and RADOS namespace); handles are cached.
+	ceph.Cluster
+	// Pool opens a pool (and RADOS namespace) of images and their journal.
 	Pool(ctx context.Context, pool, namespace string) (Pool, error)
-	// AvailableBytes is what the pool can still store.
-	AvailableBytes(ctx context.Context, pool string) (int64, error)
-	// Blocklist fences one client instance ("IP:PORT/NONCE") until expiry.
-	// Whether blocklisting an instance already listed moves its expiry
-	// depends on the Ceph release (Pacific keeps the old one).
-	Blocklist(ctx context.Context, addr string, expiry time.Duration) error
-	// BlocklistExpiry tells whether addr is blocklisted, and until when.
-	BlocklistExpiry(ctx context.Context, addr string) (time.Time, bool, error)
-	// Unblocklist lifts a fence.
-	Unblocklist(ctx context.Context, addr string) error
-	// ClientAddr is this connection's own client instance address.
-	ClientAddr(ctx context.Context) (string, error)
-	// JournalPools lists the pools whose namespace holds a Pelagic journal.
-	JournalPools(ctx context.Context, namespace string) ([]string, error)
 }
 
 // ImageSpec describes an image to create.
@@ -85,10 +70,8 @@ type SnapInfo struct {
 
 // Pool holds images and their journal in one pool and namespace.
 type Pool interface {
+	ceph.Pool
 	journal.Journal
-	Name() string
-	ID() int64
-	Namespace() string
 	CreateImage(ctx context.Context, spec ImageSpec) error
 	// Clone makes spec.Name a copy-on-write child of parentImage@snap (clone v2).
 	Clone(ctx context.Context, parentImage, snap string, spec ImageSpec) error
@@ -108,11 +91,6 @@ type Pool interface {
 	// applies only while the header is still at version: ErrConflict
 	// otherwise, and then nothing changed.
 	UpdateRecords(ctx context.Context, image string, version uint64, set map[string]string, remove []string) error
-	// ReadObjectMap reads the omap of a small pool-level object; a missing
-	// object reads as empty.
-	ReadObjectMap(ctx context.Context, oid string) (map[string]string, error)
-	// UpdateObjectMap sets and removes keys of such an object in one operation.
-	UpdateObjectMap(ctx context.Context, oid string, set map[string]string, remove []string) error
 	// Delete moves the image to the trash and purges it when nothing
 	// (snapshots, clone children) still needs it.
 	Delete(ctx context.Context, image string) error
@@ -125,12 +103,12 @@ type Pool interface {
 	Snap(ctx context.Context, imageID, snap string) (SnapInfo, error)
 }
 
-// Errors the backends return, so the services can pick gRPC codes.
+// Errors the backends return; they wrap the volume layer's, which give
+// them their gRPC codes.
 var (
-	ErrImageNotFound = errors.New("image not found")
-	ErrSnapNotFound  = errors.New("snapshot not found")
-	ErrPoolNotFound  = errors.New("pool not found")
-	ErrImageInUse    = errors.New("image in use")
+	ErrImageNotFound = fmt.Errorf("image %w", volume.ErrNotFound)
+	ErrSnapNotFound  = fmt.Errorf("snapshot %w", volume.ErrNotFound)
+	ErrImageInUse    = fmt.Errorf("image %w", volume.ErrInUse)
 	// ErrConflict: a conditional update found the object changed since it was read.
 	ErrConflict = errors.New("changed since read")
 )

@@ -1,16 +1,12 @@
 package rbd
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/bits"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -22,220 +18,49 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/util"
 )
 
-// CephConnector is the Connector over real clusters. Pool handles and pool
-// IDs are cached per connection, so a request costs no extra lookups.
+// CephConnector is the Connector over real clusters: the clusters of
+// Config, over the connections Conns caches.
 type CephConnector struct {
 	Config *ceph.Config
 	Conns  *ceph.ConnPool
-
-	mu       sync.Mutex
-	clusters map[*ceph.Conn]*cephCluster
 }
 
 // Connect implements Connector.
 func (c *CephConnector) Connect(ctx context.Context, clusterID string, creds ceph.Credentials) (Cluster, error) {
-	cc, err := c.Config.Cluster(clusterID)
+	cl, err := ceph.Connector{Config: c.Config, Conns: c.Conns}.Connect(ctx, clusterID, creds)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := c.Conns.Get(ctx, cc, creds)
+	return cephCluster{cl}, nil
+}
+
+// JournalPrefix begins the names of the RBD journal's objects
+// ("pelagic.volumes", ...): the names every RBD volume's journal has had.
+const JournalPrefix = "pelagic"
+
+// cephCluster is a RADOS cluster whose pools hold images.
+type cephCluster struct{ *ceph.RadosCluster }
+
+func (c cephCluster) Pool(ctx context.Context, pool, namespace string) (Pool, error) {
+	p, err := c.OpenPool(ctx, pool, namespace)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.clusters == nil {
-		c.clusters = map[*ceph.Conn]*cephCluster{}
-	}
-	cl, ok := c.clusters[conn]
-	if !ok {
-		cl = &cephCluster{conn: conn, pools: map[string]*cephPool{}, poolIDs: map[string]int64{}}
-		c.clusters[conn] = cl
-	}
-	return cl, nil
+	return &cephPool{RadosPool: p, Rados: journal.NewRados(p.IOContext(), JournalPrefix), ioctx: p.IOContext()}, nil
 }
 
-type cephCluster struct {
-	conn *ceph.Conn
-
-	mu      sync.Mutex
-	pools   map[string]*cephPool // "pool/namespace"
-	poolIDs map[string]int64
-}
-
-func (c *cephCluster) ClusterID() string { return c.conn.ClusterID }
-
-func (c *cephCluster) PoolID(ctx context.Context, pool string) (int64, error) {
-	c.mu.Lock()
-	id, ok := c.poolIDs[pool]
-	c.mu.Unlock()
-	if ok {
-		return id, nil
-	}
-	id, err := util.Do(ctx, "looking up pool "+pool, func() (int64, error) { return c.conn.GetPoolByName(pool) })
-	if errors.Is(err, rados.ErrNotFound) {
-		return 0, fmt.Errorf("%w: %q in cluster %q", ErrPoolNotFound, pool, c.conn.ClusterID)
-	}
-	if err != nil {
-		return 0, err
-	}
-	c.mu.Lock()
-	c.poolIDs[pool] = id
-	c.mu.Unlock()
-	return id, nil
-}
-
-func (c *cephCluster) PoolName(ctx context.Context, id int64) (string, error) {
-	c.mu.Lock()
-	for name, pid := range c.poolIDs {
-		if pid == id {
-			c.mu.Unlock()
-			return name, nil
-		}
-	}
-	c.mu.Unlock()
-	name, err := util.Do(ctx, "looking up pool ID", func() (string, error) { return c.conn.GetPoolByID(id) })
-	if errors.Is(err, rados.ErrNotFound) || (err == nil && name == "") {
-		return "", fmt.Errorf("%w: ID %d in cluster %q", ErrPoolNotFound, id, c.conn.ClusterID)
-	}
-	if err != nil {
-		return "", err
-	}
-	c.mu.Lock()
-	c.poolIDs[name] = id
-	c.mu.Unlock()
-	return name, nil
-}
-
-func (c *cephCluster) Pool(ctx context.Context, pool, namespace string) (Pool, error) {
-	key := pool + "/" + namespace
-	c.mu.Lock()
-	p, ok := c.pools[key]
-	c.mu.Unlock()
-	if ok {
-		return p, nil
-	}
-	id, err := c.PoolID(ctx, pool)
-	if err != nil {
-		return nil, err
-	}
-	ioctx, err := util.Do(ctx, "opening pool "+pool, func() (*rados.IOContext, error) { return c.conn.OpenIOContext(pool) })
-	if err != nil {
-		return nil, fmt.Errorf("opening pool %q: %w", pool, err)
-	}
-	ioctx.SetNamespace(namespace)
-	p = &cephPool{Rados: journal.NewRados(ioctx), ioctx: ioctx, conn: c.conn, name: pool, namespace: namespace, id: id}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if existing, ok := c.pools[key]; ok {
-		ioctx.Destroy()
-		return existing, nil
-	}
-	c.pools[key] = p
-	return p, nil
-}
-
-func (c *cephCluster) AvailableBytes(ctx context.Context, pool string) (int64, error) {
-	out, err := c.conn.MonCommand(ctx, map[string]any{"prefix": "df", "format": "json"})
-	if err != nil {
-		return 0, err
-	}
-	var df struct {
-		Pools []struct {
-			Name  string `json:"name"`
-			Stats struct {
-				MaxAvail int64 `json:"max_avail"`
-			} `json:"stats"`
-		} `json:"pools"`
-	}
-	if err := json.Unmarshal(out, &df); err != nil {
-		return 0, fmt.Errorf("decoding df: %w", err)
-	}
-	for _, p := range df.Pools {
-		if p.Name == pool {
-			return p.Stats.MaxAvail, nil
-		}
-	}
-	return 0, fmt.Errorf("%w: %q in cluster %q", ErrPoolNotFound, pool, c.conn.ClusterID)
-}
-
-func (c *cephCluster) Blocklist(ctx context.Context, addr string, expiry time.Duration) error {
-	cmd := map[string]any{"prefix": "osd blocklist", "blocklistop": "add", "addr": addr}
-	if expiry > 0 {
-		// The mon wants a float here and rejects a JSON integer.
-		cmd["expire"] = json.Number(strconv.FormatFloat(expiry.Seconds(), 'f', 1, 64))
-	}
-	_, err := c.conn.MonCommand(ctx, cmd)
-	return err
-}
-
-func (c *cephCluster) BlocklistExpiry(ctx context.Context, addr string) (time.Time, bool, error) {
-	out, err := c.conn.MonCommand(ctx, map[string]any{"prefix": "osd blocklist ls", "format": "json"})
-	if err != nil {
-		return time.Time{}, false, err
-	}
-	var entries []struct {
-		Addr  string `json:"addr"`
-		Until string `json:"until"`
-	}
-	// The mon answers with the instance list, then the range list.
-	if err := json.NewDecoder(bytes.NewReader(out)).Decode(&entries); err != nil {
-		return time.Time{}, false, fmt.Errorf("decoding the blocklist: %w", err)
-	}
-	for _, e := range entries {
-		if sameClient(e.Addr, addr) {
-			until, err := time.Parse("2006-01-02T15:04:05.999999-0700", e.Until)
-			return until, true, err
-		}
-	}
-	return time.Time{}, false, nil
-}
-
-func (c *cephCluster) Unblocklist(ctx context.Context, addr string) error {
-	_, err := c.conn.MonCommand(ctx, map[string]any{"prefix": "osd blocklist", "blocklistop": "rm", "addr": addr})
-	return err
-}
-
-func (c *cephCluster) ClientAddr(ctx context.Context) (string, error) {
-	return util.Do(ctx, "reading client address", c.conn.GetAddrs)
-}
-
-func (c *cephCluster) JournalPools(ctx context.Context, namespace string) ([]string, error) {
-	names, err := util.Do(ctx, "listing pools", c.conn.ListPools)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, name := range names {
-		p, err := c.Pool(ctx, name, namespace)
-		if err != nil {
-			continue // a pool this user may not open holds nothing of ours
-		}
-		if ok, err := p.(*cephPool).HasEntries(ctx); err == nil && ok {
-			out = append(out, name)
-		}
-	}
-	return out, nil
-}
-
+// cephPool is a pool's images and journal.
 type cephPool struct {
+	*ceph.RadosPool
 	*journal.Rados
-	ioctx     *rados.IOContext
-	conn      *ceph.Conn
-	name      string
-	namespace string
-	id        int64
+	ioctx *rados.IOContext
 }
-
-func (p *cephPool) Name() string      { return p.name }
-func (p *cephPool) ID() int64         { return p.id }
-func (p *cephPool) Namespace() string { return p.namespace }
 
 func (p *cephPool) imageErr(image string, err error) error {
 	if errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == syscall.ENOENT {
-		return fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.name, image)
+		return fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.Name(), image)
 	}
-	return fmt.Errorf("image %s/%s: %w", p.name, image, err)
+	return fmt.Errorf("image %s/%s: %w", p.Name(), image, err)
 }
 
 func imageOptions(spec ImageSpec) (*librbd.ImageOptions, error) {
@@ -269,7 +94,7 @@ func (p *cephPool) CreateImage(ctx context.Context, spec ImageSpec) error {
 		}
 		defer opts.Destroy()
 		if err := librbd.CreateImage(p.ioctx, spec.Name, uint64(spec.Size), opts); err != nil {
-			return fmt.Errorf("creating image %s/%s: %w", p.name, spec.Name, err)
+			return fmt.Errorf("creating image %s/%s: %w", p.Name(), spec.Name, err)
 		}
 		return nil
 	})
@@ -406,14 +231,14 @@ func (p *cephPool) headerObject(ctx context.Context, image string) (string, erro
 		buf := make([]byte, 256)
 		n, err := p.ioctx.Read("rbd_id."+image, buf, 0)
 		if errors.Is(err, rados.ErrNotFound) {
-			return "", fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.name, image)
+			return "", fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.Name(), image)
 		}
 		if err != nil {
 			return "", err
 		}
 		// The object holds an encoded string: a little-endian length, then the ID.
 		if n < 4 || int(binary.LittleEndian.Uint32(buf))+4 != n {
-			return "", fmt.Errorf("image %s/%s has a malformed ID object", p.name, image)
+			return "", fmt.Errorf("image %s/%s has a malformed ID object", p.Name(), image)
 		}
 		return "rbd_header." + string(buf[4:n]), nil
 	})
@@ -477,7 +302,7 @@ func (p *cephPool) Records(ctx context.Context, image string) (map[string]string
 	}
 	var version uint64
 	vals, err := util.Do(ctx, "reading records of "+image, func() (map[string][]byte, error) {
-		ioctx, err := p.privateIOContext()
+		ioctx, err := p.PrivateIOContext()
 		if err != nil {
 			return nil, err
 		}
@@ -497,15 +322,6 @@ func (p *cephPool) Records(ctx context.Context, image string) (map[string]string
 		out[strings.TrimPrefix(k, metadataPrefix)] = string(v)
 	}
 	return out, version, nil
-}
-
-func (p *cephPool) privateIOContext() (*rados.IOContext, error) {
-	ioctx, err := p.conn.OpenIOContext(p.name)
-	if err != nil {
-		return nil, err
-	}
-	ioctx.SetNamespace(p.namespace)
-	return ioctx, nil
 }
 
 // UpdateRecords asserts the header version inside the write operation, so
@@ -538,53 +354,10 @@ func (p *cephPool) UpdateRecords(ctx context.Context, image string, version uint
 	// The OSD answers ERANGE when the object is newer than asserted,
 	// EOVERFLOW when older (it was recreated).
 	if errno := ceph.Errno(err); errno == syscall.ERANGE || errno == syscall.EOVERFLOW {
-		return fmt.Errorf("records of %s/%s: %w", p.name, image, ErrConflict)
+		return fmt.Errorf("records of %s/%s: %w", p.Name(), image, ErrConflict)
 	}
 	if err != nil {
 		return p.imageErr(image, err)
-	}
-	return nil
-}
-
-func (p *cephPool) ReadObjectMap(ctx context.Context, oid string) (map[string]string, error) {
-	vals, err := util.Do(ctx, "reading "+oid, func() (map[string][]byte, error) {
-		return p.ioctx.GetAllOmapValues(oid, "", "", 256)
-	})
-	if errors.Is(err, rados.ErrNotFound) {
-		return map[string]string{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading %s in pool %s: %w", oid, p.name, err)
-	}
-	out := make(map[string]string, len(vals))
-	for k, v := range vals {
-		out[k] = string(v)
-	}
-	return out, nil
-}
-
-func (p *cephPool) UpdateObjectMap(ctx context.Context, oid string, set map[string]string, remove []string) error {
-	if len(set) == 0 && len(remove) == 0 {
-		return nil
-	}
-	err := util.Run(ctx, "updating "+oid, func() error {
-		op := rados.CreateWriteOp()
-		defer op.Release()
-		op.Create(rados.CreateIdempotent)
-		if len(set) > 0 {
-			pairs := make(map[string][]byte, len(set))
-			for k, v := range set {
-				pairs[k] = []byte(v)
-			}
-			op.SetOmap(pairs)
-		}
-		if len(remove) > 0 {
-			op.RmOmapKeys(remove)
-		}
-		return op.Operate(p.ioctx, oid, rados.OperationNoFlag)
-	})
-	if err != nil {
-		return fmt.Errorf("updating %s in pool %s: %w", oid, p.name, err)
 	}
 	return nil
 }
@@ -598,7 +371,7 @@ func (p *cephPool) Delete(ctx context.Context, image string) error {
 		return err
 	}
 	if len(watchers) > 0 {
-		return &InUseError{Image: p.name + "/" + image, Watchers: watchers}
+		return &InUseError{Image: p.Name() + "/" + image, Watchers: watchers}
 	}
 	info, err := p.Stat(ctx, image)
 	if errors.Is(err, ErrImageNotFound) {

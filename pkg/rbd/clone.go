@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // cloneSnapName names the temporary snapshot a volume-to-volume clone
@@ -56,22 +57,22 @@ func (c *Controller) resolveSource(ctx context.Context, src *csi.VolumeContentSo
 	}
 	s := &contentSource{kind: kind, csiID: id, pool: r.pool, rec: r.rec}
 	if kind == journal.Snapshot {
-		snap, err := r.pool.Snap(ctx, r.rec.ImageID, r.rec.SnapName)
+		snap, err := r.pool.Snap(ctx, r.rec.BackingID, r.rec.SnapName)
 		if err != nil {
 			if errors.Is(err, ErrSnapNotFound) || errors.Is(err, ErrImageNotFound) {
 				return nil, status.Errorf(codes.NotFound, "snapshot %q is gone: %v", id, err)
 			}
-			return nil, statusFor(err)
+			return nil, volume.Status(err)
 		}
-		s.imageID, s.size = r.rec.ImageID, snap.Size
+		s.imageID, s.size = r.rec.BackingID, snap.Size
 		return s, nil
 	}
-	info, err := r.pool.Stat(ctx, r.rec.Image)
+	info, err := r.pool.Stat(ctx, r.rec.Backing)
 	if err != nil {
 		if errors.Is(err, ErrImageNotFound) {
 			return nil, status.Errorf(codes.NotFound, "source volume %q has no image: %v", id, err)
 		}
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	s.imageID, s.size = info.ID, info.Size
 	return s, nil
@@ -82,7 +83,7 @@ func (c *Controller) resolveSource(ctx context.Context, src *csi.VolumeContentSo
 // trash namespace while the child needs it), grows it to the requested
 // size and bounds the clone chain by flattening.
 func (c *Controller) cloneImage(ctx context.Context, pool Pool, rec *journal.Record, spec ImageSpec, src *contentSource) error {
-	parent, snap := src.rec.Image, src.rec.SnapName
+	parent, snap := src.rec.Backing, src.rec.SnapName
 	if src.pool.Name() != pool.Name() {
 		return status.Errorf(codes.InvalidArgument, "source is in pool %q, the new volume in %q: clones stay in one pool",
 			src.pool.Name(), pool.Name())

@@ -2,12 +2,9 @@ package rbd
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,7 +19,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 	"github.com/pelagic-csi/pelagic/pkg/kube"
-	"github.com/pelagic-csi/pelagic/pkg/util"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
 
@@ -59,8 +56,8 @@ type ControllerOptions struct {
 type Controller struct {
 	csi.UnimplementedControllerServer
 	opts       ControllerOptions
-	locks      *util.KeyLocks
-	known      knownClusters
+	locks      volume.Locks
+	known      volume.Known[Cluster]
 	discovered sync.Map // cluster ID -> true once its journal pools are known
 	registered sync.Map // "cluster/pool/namespace" -> true once this instance is in its controller registry
 	renewable  sync.Map // cluster ID -> whether a blocklist entry's expiry can be extended in place
@@ -77,10 +74,8 @@ func NewController(opts ControllerOptions) *Controller {
 	if opts.DefaultSize == 0 {
 		opts.DefaultSize = 1 << 30
 	}
-	return &Controller{opts: opts, locks: util.NewKeyLocks()}
+	return &Controller{opts: opts}
 }
-
-const mib = 1 << 20
 
 // metaOwnerKey is the image metadata key holding who the volume is for.
 const metaOwnerKey = "pelagic.csi/owner"
@@ -110,28 +105,17 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// lock takes per-request locks or fails with Aborted at once.
-func (c *Controller) lock(keys ...string) (func(), error) {
-	if !c.locks.TryLock(keys...) {
-		return nil, status.Errorf(codes.Aborted, "an operation on %v is already in progress", keys)
-	}
-	return func() { c.locks.Unlock(keys...) }, nil
-}
-
 // connect opens the cluster with the request's secrets and remembers it.
 // Controller calls use the secret's own user: all but CreateVolume carry
 // no class parameters (see VolumeParams.checkAdminID).
 func (c *Controller) connect(ctx context.Context, clusterID string, secrets map[string]string) (Cluster, error) {
-	creds, err := credentialsFrom(secrets, nil)
+	creds, err := ceph.CredentialsFrom(secrets, nil)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	cl, err := c.opts.Connector.Connect(ctx, clusterID, creds)
 	if err != nil {
-		if errors.Is(err, ceph.ErrUnknownCluster) {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
-		}
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	c.discoverPools(ctx, cl)
 	return cl, nil
@@ -148,14 +132,14 @@ func (c *Controller) discoverPools(ctx context.Context, cl Cluster) {
 	if err != nil {
 		return
 	}
-	pools, err := cl.JournalPools(ctx, cc.RBD.RadosNamespace)
+	pools, err := cl.PoolsHolding(ctx, cc.RBD.RadosNamespace, journal.DirectoryObjects(JournalPrefix)...)
 	if err != nil {
 		c.discovered.Delete(cl.ClusterID())
 		klog.FromContext(ctx).Error(err, "looking for journals", "cluster", cl.ClusterID())
 		return
 	}
 	for _, p := range pools {
-		c.known.remember(cl, p, cc.RBD.RadosNamespace)
+		c.known.Remember(cl, p, cc.RBD.RadosNamespace)
 	}
 }
 
@@ -165,7 +149,7 @@ func (c *Controller) clusterFor(ctx context.Context, clusterID string, secrets m
 	if len(secrets) > 0 {
 		return c.connect(ctx, clusterID, secrets)
 	}
-	if cl, ok := c.known.cluster(clusterID); ok {
+	if cl, ok := c.known.Cluster(clusterID); ok {
 		return cl, nil
 	}
 	return nil, status.Errorf(codes.FailedPrecondition,
@@ -183,45 +167,43 @@ type resolved struct {
 // resolve parses an ID and reads its journal record. A malformed ID or
 // one naming an unknown cluster or pool is NotFound.
 func (c *Controller) resolve(ctx context.Context, kind journal.Kind, id string, secrets map[string]string) (*resolved, error) {
-	vid, err := volumeid.Parse(id)
-	if err != nil {
-		return nil, status.Errorf(codes.NotFound, "%s %q does not exist: %v", kind, id, err)
-	}
-	if _, err := c.opts.Config.Cluster(vid.ClusterID); err != nil {
-		return nil, status.Errorf(codes.NotFound, "%s %q does not exist: %v", kind, id, err)
-	}
-	cl, err := c.clusterFor(ctx, vid.ClusterID, secrets)
+	var cl Cluster
+	vid, pool, rec, err := volume.Resolve(ctx, kind, id, func(ctx context.Context, vid volumeid.ID) (Pool, error) {
+		cc, err := c.opts.Config.Cluster(vid.ClusterID)
+		if err != nil {
+			return nil, err
+		}
+		if cl, err = c.clusterFor(ctx, vid.ClusterID, secrets); err != nil {
+			return nil, err
+		}
+		name, err := cl.PoolName(ctx, vid.PoolID)
+		if err != nil {
+			return nil, err
+		}
+		return c.usePool(ctx, cl, name, cc.RBD.RadosNamespace)
+	})
 	if err != nil {
 		return nil, err
 	}
-	poolName, err := cl.PoolName(ctx, vid.PoolID)
-	if errors.Is(err, ErrPoolNotFound) {
-		return nil, status.Errorf(codes.NotFound, "%s %q does not exist: %v", kind, id, err)
-	}
-	if err != nil {
-		return nil, statusFor(err)
-	}
-	cc, _ := c.opts.Config.Cluster(vid.ClusterID)
-	pool, err := cl.Pool(ctx, poolName, cc.RBD.RadosNamespace)
-	if err != nil {
-		return nil, statusFor(err)
-	}
-	c.known.remember(cl, poolName, cc.RBD.RadosNamespace)
-	c.register(ctx, cl, pool)
-	rec, err := pool.Lookup(ctx, kind, vid.UUID)
-	if errors.Is(err, journal.ErrNotFound) {
-		return nil, status.Errorf(codes.NotFound, "%s %q does not exist", kind, id)
-	}
-	if err != nil {
-		return nil, statusFor(err)
-	}
 	return &resolved{id: vid, cluster: cl, pool: pool, rec: rec}, nil
+}
+
+// usePool opens a pool for a request and remembers it, for the calls that
+// carry no secrets and for the fence keeper.
+func (c *Controller) usePool(ctx context.Context, cl Cluster, pool, namespace string) (Pool, error) {
+	p, err := cl.Pool(ctx, pool, namespace)
+	if err != nil {
+		return nil, err
+	}
+	c.known.Remember(cl, pool, namespace)
+	c.register(ctx, cl, p)
+	return p, nil
 }
 
 // lockResolved takes the per-ID lock, then resolves the ID. On success
 // the caller must call unlock.
 func (c *Controller) lockResolved(ctx context.Context, kind journal.Kind, id string, secrets map[string]string) (*resolved, func(), error) {
-	unlock, err := c.lock(string(kind) + "/" + id)
+	unlock, err := c.locks.Lock(string(kind) + "/" + id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -231,37 +213,6 @@ func (c *Controller) lockResolved(ctx context.Context, kind journal.Kind, id str
 		return nil, nil, err
 	}
 	return r, unlock, nil
-}
-
-// requestSize rounds the capacity range to whole MiB.
-func requestSize(r *csi.CapacityRange, def int64) (int64, error) {
-	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
-	if req < 0 || lim < 0 {
-		return 0, status.Error(codes.InvalidArgument, "capacity must not be negative")
-	}
-	if lim > 0 && req > lim {
-		return 0, status.Errorf(codes.InvalidArgument, "required bytes %d exceed limit bytes %d", req, lim)
-	}
-	size := req
-	if size == 0 {
-		size = def
-		if lim > 0 && lim < size {
-			size = max(lim/mib*mib, mib) // the largest whole MiB within the limit
-		}
-	}
-	rounded := (size + mib - 1) / mib * mib
-	if lim > 0 && rounded > lim {
-		return 0, status.Errorf(codes.OutOfRange, "%d bytes rounded up to whole MiB (%d) exceed the limit %d", size, rounded, lim)
-	}
-	return rounded, nil
-}
-
-func newUUID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // CreateVolume creates an image, from nothing, a snapshot or a volume.
@@ -279,7 +230,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err := params.checkAdminID(req.GetSecrets()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	size, err := requestSize(req.GetCapacityRange(), c.opts.DefaultSize)
+	size, err := volume.RequestSize(req.GetCapacityRange(), c.opts.DefaultSize)
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +239,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	params.RadosNamespace = cc.RBD.RadosNamespace
-	unlock, err := c.lock("volname/" + req.GetName())
+	unlock, err := c.locks.Lock("volname/" + req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -298,12 +249,10 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	pool, err := cl.Pool(ctx, params.Pool, params.RadosNamespace)
+	pool, err := c.usePool(ctx, cl, params.Pool, params.RadosNamespace)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
-	c.known.remember(cl, params.Pool, params.RadosNamespace)
-	c.register(ctx, cl, pool)
 
 	source, err := c.resolveSource(ctx, req.GetVolumeContentSource(), req.GetSecrets())
 	if err != nil {
@@ -315,7 +264,8 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		}
 		size = source.size
 	}
-	rec, reserved, err := c.reserveVolume(ctx, pool, req, params, size, source)
+	rec, reserved, err := volume.Reserve(ctx, pool, volume.Request{Name: req.GetName(), Params: params.journalParams(),
+		Source: source.id(), Size: size, Limit: req.GetCapacityRange().GetLimitBytes(), BackingPrefix: params.NamePrefix})
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +278,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			// another may be creating the image of one it found.
 			c.undoReservation(pool, rec)
 		}
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	return &csi.CreateVolumeResponse{Volume: c.volumeOf(cl, pool, rec, params, req.GetVolumeContentSource())}, nil
 }
@@ -338,49 +288,9 @@ func (c *Controller) volumeOf(cl Cluster, pool Pool, rec *journal.Record, params
 	return &csi.Volume{
 		VolumeId:      id.String(),
 		CapacityBytes: rec.SizeBytes,
-		VolumeContext: params.volumeContext(rec.Image),
+		VolumeContext: params.volumeContext(rec.Backing),
 		ContentSource: src,
 	}
-}
-
-// reserveVolume returns the journal record for the request name: the
-// existing one when it matches, a fresh reservation otherwise (reserved).
-func (c *Controller) reserveVolume(ctx context.Context, pool Pool, req *csi.CreateVolumeRequest,
-	params *VolumeParams, size int64, source *contentSource) (rec *journal.Record, reserved bool, err error) {
-	sourceID := source.id()
-	rec, err = pool.LookupName(ctx, journal.Volume, req.GetName())
-	switch {
-	case err == nil:
-		if !maps.Equal(rec.Params, params.journalParams()) || rec.Source != sourceID {
-			return nil, false, status.Errorf(codes.AlreadyExists,
-				"volume %q already exists with other parameters or content source", req.GetName())
-		}
-		lim := req.GetCapacityRange().GetLimitBytes()
-		if rec.SizeBytes < size || (lim > 0 && rec.SizeBytes > lim) {
-			return nil, false, status.Errorf(codes.AlreadyExists,
-				"volume %q already exists with size %d bytes; this request asks for %d", req.GetName(), rec.SizeBytes, size)
-		}
-		// A crash may have lost the directory entry; rewriting it is cheap
-		// next to a retry, and makes the volume resolvable by ID.
-		if _, err := pool.Lookup(ctx, journal.Volume, rec.UUID); errors.Is(err, journal.ErrNotFound) {
-			if err := pool.Repair(ctx, rec); err != nil {
-				return nil, false, statusFor(err)
-			}
-		}
-		return rec, false, nil
-	case errors.Is(err, journal.ErrNotFound):
-	default:
-		return nil, false, statusFor(err)
-	}
-	uuid := newUUID()
-	rec = &journal.Record{
-		Kind: journal.Volume, Name: req.GetName(), UUID: uuid, Image: params.NamePrefix + uuid,
-		SizeBytes: size, Params: params.journalParams(), Source: sourceID, Created: time.Now().UTC(),
-	}
-	if err := pool.Reserve(ctx, rec); err != nil {
-		return nil, false, statusFor(err)
-	}
-	return rec, true, nil
 }
 
 // undoReservation removes a reservation whose image was never created, so
@@ -389,7 +299,7 @@ func (c *Controller) reserveVolume(ctx context.Context, pool Pool, req *csi.Crea
 func (c *Controller) undoReservation(pool Pool, rec *journal.Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := pool.Stat(ctx, rec.Image); !errors.Is(err, ErrImageNotFound) {
+	if _, err := pool.Stat(ctx, rec.Backing); !errors.Is(err, ErrImageNotFound) {
 		return // the image exists or we cannot tell: keep the reservation for the retry
 	}
 	if err := pool.Remove(ctx, rec); err != nil {
@@ -404,12 +314,12 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 	source *contentSource, fresh bool) error {
 	exists := false
 	if !fresh {
-		info, err := pool.Stat(ctx, rec.Image)
+		info, err := pool.Stat(ctx, rec.Backing)
 		switch {
 		case err == nil:
 			exists = true
 			if info.Size < rec.SizeBytes {
-				if err := pool.Resize(ctx, rec.Image, rec.SizeBytes); err != nil {
+				if err := pool.Resize(ctx, rec.Backing, rec.SizeBytes); err != nil {
 					return err
 				}
 			}
@@ -418,7 +328,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 		}
 	}
 	if !exists {
-		spec := ImageSpec{Name: rec.Image, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool,
+		spec := ImageSpec{Name: rec.Backing, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool,
 			ObjectSize: params.ObjectSize, StripeUnit: params.StripeUnit, StripeCount: params.StripeCount}
 		var err error
 		if source == nil {
@@ -433,7 +343,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 			return err
 		}
 	} else if source != nil {
-		if err := c.applyFlattenPolicy(ctx, pool, rec.Image); err != nil {
+		if err := c.applyFlattenPolicy(ctx, pool, rec.Backing); err != nil {
 			return err
 		}
 	}
@@ -444,7 +354,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 	}
 	owner, _ := json.Marshal(Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
 		PV: params.PVName, Params: rec.Params})
-	return pool.SetMetadata(ctx, rec.Image, map[string]string{metaOwnerKey: string(owner)})
+	return pool.SetMetadata(ctx, rec.Backing, map[string]string{metaOwnerKey: string(owner)})
 }
 
 // DeleteVolume removes the image and its journal entry. A volume that
@@ -461,7 +371,7 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 		return nil, err
 	}
 	defer unlock()
-	unlockName, err := c.lock("volname/" + r.rec.Name)
+	unlockName, err := c.locks.Lock("volname/" + r.rec.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -471,13 +381,13 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	}); err != nil {
 		return nil, err
 	}
-	if err := r.pool.Delete(ctx, r.rec.Image); err != nil {
-		return nil, statusFor(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
+	if err := r.pool.Delete(ctx, r.rec.Backing); err != nil {
+		return nil, volume.Status(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
 	}
 	if err := r.pool.Remove(ctx, r.rec); err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
-	c.purgeTrash(ctx, r.pool, r.rec.Image)
+	c.purgeTrash(ctx, r.pool, r.rec.Backing)
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
@@ -499,7 +409,7 @@ func (c *Controller) refuseHolders(ctx context.Context, r *resolved, verb string
 	}
 	if len(in) > 0 {
 		return status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) cannot be %s while in use: %s",
-			r.id, r.pool.Name(), r.rec.Image, verb, describeAll(in))
+			r.id, r.pool.Name(), r.rec.Backing, verb, describeAll(in))
 	}
 	return nil
 }
@@ -524,7 +434,7 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 	if req.GetCapacityRange() == nil {
 		return nil, status.Error(codes.InvalidArgument, "capacity range is missing")
 	}
-	size, err := requestSize(req.GetCapacityRange(), 0)
+	size, err := volume.RequestSize(req.GetCapacityRange(), 0)
 	if err != nil {
 		return nil, err
 	}
@@ -540,16 +450,16 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 	}); err != nil {
 		return nil, err
 	}
-	info, err := r.pool.Stat(ctx, r.rec.Image)
+	info, err := r.pool.Stat(ctx, r.rec.Backing)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	nodeExpansion := req.GetVolumeCapability().GetBlock() == nil
 	if info.Size >= size {
 		return &csi.ControllerExpandVolumeResponse{CapacityBytes: info.Size, NodeExpansionRequired: nodeExpansion}, nil
 	}
-	if err := r.pool.Resize(ctx, r.rec.Image, size); err != nil {
-		return nil, statusFor(err)
+	if err := r.pool.Resize(ctx, r.rec.Backing, size); err != nil {
+		return nil, volume.Status(err)
 	}
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeExpansion}, nil
 }
@@ -568,15 +478,15 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.pool.Stat(ctx, r.rec.Image); err != nil {
-		return nil, statusFor(err)
+	if _, err := r.pool.Stat(ctx, r.rec.Backing); err != nil {
+		return nil, volume.Status(err)
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
 	cc, _ := c.opts.Config.Cluster(r.id.ClusterID)
 	facts := volumeFacts{clusterID: r.id.ClusterID, pool: r.pool.Name(), namespace: cc.RBD.RadosNamespace,
-		image: r.rec.Image, params: r.rec.Params}
+		image: r.rec.Backing, params: r.rec.Params}
 	if why := facts.mismatch(req.GetParameters(), req.GetVolumeContext()); len(why) > 0 {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: strings.Join(why, "; ")}, nil
 	}
@@ -596,9 +506,9 @@ func (c *Controller) ControllerGetVolume(ctx context.Context, req *csi.Controlle
 	if err != nil {
 		return nil, err
 	}
-	info, err := r.pool.Stat(ctx, r.rec.Image)
+	info, err := r.pool.Stat(ctx, r.rec.Backing)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	return &csi.ControllerGetVolumeResponse{
 		Volume: &csi.Volume{VolumeId: req.GetVolumeId(), CapacityBytes: info.Size},
@@ -616,64 +526,37 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	}
 	clusterID, pool := req.GetParameters()[ParamClusterID], req.GetParameters()[ParamPool]
 	var best int64
-	for _, kp := range c.known.all() {
-		if (clusterID != "" && kp.clusterID != clusterID) || (pool != "" && kp.pool != pool) {
+	for _, kp := range c.known.Pools() {
+		if (clusterID != "" && kp.ClusterID != clusterID) || (pool != "" && kp.Pool != pool) {
 			continue
 		}
-		avail, err := kp.cluster.AvailableBytes(ctx, kp.pool)
+		avail, err := kp.Cluster.AvailableBytes(ctx, kp.Pool)
 		if err != nil {
-			return nil, statusFor(err)
+			return nil, volume.Status(err)
 		}
 		best = max(best, avail)
 	}
 	return &csi.GetCapacityResponse{AvailableCapacity: best}, nil
 }
 
-// page applies CSI pagination (a decimal offset token) to n items.
-func page(token string, maxEntries int32, n int) (start, end int, next string, err error) {
-	if maxEntries < 0 {
-		return 0, 0, "", status.Error(codes.InvalidArgument, "max_entries must not be negative")
-	}
-	if token != "" {
-		start, err = strconv.Atoi(token)
-		if err != nil || start < 0 || start > n {
-			return 0, 0, "", status.Errorf(codes.Aborted, "invalid starting token %q", token)
-		}
-	}
-	end = n
-	if maxEntries > 0 && start+int(maxEntries) < n {
-		end = start + int(maxEntries)
-		next = strconv.Itoa(end)
-	}
-	return start, end, next, nil
-}
-
 // listRecords gathers journal records of kind from every known pool.
 func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]*journal.Record, []string, error) {
 	var recs []*journal.Record
 	var ids []string
-	for _, kp := range c.known.all() {
-		pool, err := kp.cluster.Pool(ctx, kp.pool, kp.ns)
-		if errors.Is(err, ErrPoolNotFound) {
+	for _, kp := range c.known.Pools() {
+		pool, err := kp.Cluster.Pool(ctx, kp.Pool, kp.Namespace)
+		if errors.Is(err, ceph.ErrPoolNotFound) {
 			continue // deleted since: nothing of ours is left in it
 		}
 		if err != nil {
-			return nil, nil, statusFor(err)
+			return nil, nil, volume.Status(err)
 		}
-		after := ""
-		for {
-			batch, err := pool.List(ctx, kind, after, 1000)
-			if err != nil {
-				return nil, nil, statusFor(err)
-			}
-			for _, r := range batch {
-				recs = append(recs, r)
-				ids = append(ids, volumeid.ID{ClusterID: kp.clusterID, PoolID: pool.ID(), UUID: r.UUID}.String())
-			}
-			if len(batch) < 1000 {
-				break
-			}
-			after = batch[len(batch)-1].UUID
+		err = journal.ForEach(ctx, pool, kind, 1000, func(r *journal.Record) {
+			recs = append(recs, r)
+			ids = append(ids, volumeid.ID{ClusterID: kp.ClusterID, PoolID: pool.ID(), UUID: r.UUID}.String())
+		})
+		if err != nil {
+			return nil, nil, volume.Status(err)
 		}
 	}
 	return recs, ids, nil
@@ -685,7 +568,7 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	if err != nil {
 		return nil, err
 	}
-	start, end, next, err := page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
+	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
 	if err != nil {
 		return nil, err
 	}
@@ -705,7 +588,7 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	if req.GetSourceVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "source volume ID is missing")
 	}
-	unlock, err := c.lock("snapname/" + req.GetName())
+	unlock, err := c.locks.Lock("snapname/" + req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -721,23 +604,23 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for another volume", req.GetName())
 		}
 	case errors.Is(err, journal.ErrNotFound):
-		info, err := src.pool.Stat(ctx, src.rec.Image)
+		info, err := src.pool.Stat(ctx, src.rec.Backing)
 		if err != nil {
-			return nil, statusFor(err)
+			return nil, volume.Status(err)
 		}
-		uuid := newUUID()
-		rec = &journal.Record{Kind: journal.Snapshot, Name: req.GetName(), UUID: uuid, Image: src.rec.Image,
-			ImageID: info.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
+		uuid := volume.NewUUID()
+		rec = &journal.Record{Kind: journal.Snapshot, Name: req.GetName(), UUID: uuid, Backing: src.rec.Backing,
+			BackingID: info.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
 			SizeBytes: info.Size, Created: time.Now().UTC()}
 		if err := src.pool.Reserve(ctx, rec); err != nil {
-			return nil, statusFor(err)
+			return nil, volume.Status(err)
 		}
 	default:
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
-	snap, err := src.pool.CreateSnap(ctx, rec.ImageID, rec.SnapName)
+	snap, err := src.pool.CreateSnap(ctx, rec.BackingID, rec.SnapName)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	id := volumeid.ID{ClusterID: src.id.ClusterID, PoolID: src.id.PoolID, UUID: rec.UUID}
 	return &csi.CreateSnapshotResponse{Snapshot: snapshotOf(id.String(), rec, snap)}, nil
@@ -763,9 +646,9 @@ func (c *Controller) GetSnapshot(ctx context.Context, req *csi.GetSnapshotReques
 	if err != nil {
 		return nil, err
 	}
-	snap, err := r.pool.Snap(ctx, r.rec.ImageID, r.rec.SnapName)
+	snap, err := r.pool.Snap(ctx, r.rec.BackingID, r.rec.SnapName)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	return &csi.GetSnapshotResponse{Snapshot: snapshotOf(req.GetSnapshotId(), r.rec, snap)}, nil
 }
@@ -783,13 +666,13 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 		return nil, err
 	}
 	defer unlock()
-	if err := r.pool.RemoveSnap(ctx, r.rec.ImageID, r.rec.SnapName); err != nil {
-		return nil, statusFor(err)
+	if err := r.pool.RemoveSnap(ctx, r.rec.BackingID, r.rec.SnapName); err != nil {
+		return nil, volume.Status(err)
 	}
 	if err := r.pool.Remove(ctx, r.rec); err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
-	c.purgeTrash(ctx, r.pool, r.rec.Image)
+	c.purgeTrash(ctx, r.pool, r.rec.Backing)
 	return &csi.DeleteSnapshotResponse{}, nil
 }
 
@@ -820,7 +703,7 @@ func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRe
 			}
 		}
 	}
-	start, end, next, err := page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
+	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
 
@@ -22,6 +23,7 @@ const (
 	testPoolID    = 2
 	testKey       = "QVFELVRPUC1TRUNSRVQtS0VZLWZvci10ZXN0cw==" // base64, as cephx keys are
 	gib           = int64(1 << 30)
+	mib           = int64(volume.MiB)
 )
 
 var testSecrets = map[string]string{"userID": "csi-rbd-provisioner", "userKey": testKey}
@@ -270,7 +272,7 @@ func TestCreateVolumeCompletesReservation(t *testing.T) {
 	}
 	// A crash between Reserve and CreateImage leaves this behind.
 	const uuid = "0c8a6c8e-7c1f-4a3b-9d3e-2b1f0f1e2d3c"
-	rec := &journal.Record{Kind: journal.Volume, Name: "pvc-crash", UUID: uuid, Image: "csi-vol-" + uuid,
+	rec := &journal.Record{Kind: journal.Volume, Name: "pvc-crash", UUID: uuid, Backing: "csi-vol-" + uuid,
 		SizeBytes: gib, Params: params.journalParams()}
 	if err := e.pool.Reserve(context.Background(), rec); err != nil {
 		t.Fatal(err)
@@ -279,8 +281,8 @@ func TestCreateVolumeCompletesReservation(t *testing.T) {
 	if id, _ := volumeid.Parse(vol.GetVolumeId()); id.UUID != uuid {
 		t.Errorf("retry used UUID %s, want the reserved %s", id.UUID, uuid)
 	}
-	if got := e.pool.ImageNames(); len(got) != 1 || got[0] != rec.Image {
-		t.Errorf("images %v, want only %s", got, rec.Image)
+	if got := e.pool.ImageNames(); len(got) != 1 || got[0] != rec.Backing {
+		t.Errorf("images %v, want only %s", got, rec.Backing)
 	}
 	if recs := e.records(t, journal.Volume); len(recs) != 1 {
 		t.Errorf("journal holds %d records, want 1", len(recs))
@@ -596,36 +598,6 @@ func TestDecideFlatten(t *testing.T) {
 		if got := decideFlatten(tc.depth, tc.soft, tc.hard); got != tc.want {
 			t.Errorf("decideFlatten(%d, %d, %d) = %d, want %d", tc.depth, tc.soft, tc.hard, got, tc.want)
 		}
-	}
-}
-
-func TestRequestSize(t *testing.T) {
-	tests := []struct {
-		name     string
-		req, lim int64
-		def      int64
-		want     int64
-		code     codes.Code
-	}{
-		{"default", 0, 0, gib, gib, codes.OK},
-		{"one byte", 1, 0, gib, mib, codes.OK},
-		{"exact MiB", 5 * mib, 0, gib, 5 * mib, codes.OK},
-		{"rounded up", 5*mib + 1, 0, gib, 6 * mib, codes.OK},
-		{"limit caps default", 0, 10 * mib, gib, 10 * mib, codes.OK},
-		{"limit equals rounded size", mib + 1, 2 * mib, gib, 2 * mib, codes.OK},
-		{"limit below rounded size", 1, 1000, gib, 0, codes.OutOfRange},
-		{"limit not a MiB multiple", mib + mib/2, mib + mib/2, gib, 0, codes.OutOfRange},
-		{"required above limit", 2 * mib, mib, gib, 0, codes.InvalidArgument},
-		{"negative required", -1, 0, gib, 0, codes.InvalidArgument},
-		{"negative limit", 0, -1, gib, 0, codes.InvalidArgument},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := requestSize(&csi.CapacityRange{RequiredBytes: tc.req, LimitBytes: tc.lim}, tc.def)
-			if status.Code(err) != tc.code || got != tc.want {
-				t.Errorf("got %d, %v; want %d, %v", got, err, tc.want, tc.code)
-			}
-		})
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 )
 
 // controllersObject, one per pool and namespace, registers the client
@@ -39,7 +41,7 @@ func (c *Controller) registerController(ctx context.Context, cl Cluster, pool Po
 	host, _ := os.Hostname()
 	entry, _ := json.Marshal(controllerEntry{Host: host, Refreshed: time.Now().UTC()})
 	set := map[string]string{}
-	for _, a := range splitAddrs(own) {
+	for _, a := range ceph.AddrVec(own) {
 		set[a] = string(entry)
 	}
 	var prune []string

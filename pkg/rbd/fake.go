@@ -32,7 +32,7 @@ type FakeConnector struct {
 func NewFakeConnector(clusters ...*FakeCluster) *FakeConnector {
 	f := &FakeConnector{Clusters: map[string]*FakeCluster{}}
 	for _, c := range clusters {
-		f.Clusters[c.id] = c
+		f.Clusters[c.ClusterID()] = c
 	}
 	return f
 }
@@ -58,109 +58,29 @@ func (f *FakeConnector) Connect(_ context.Context, clusterID string, creds ceph.
 	return cl, nil
 }
 
-// FakeCluster holds pools by name; namespaces are ignored.
+// FakeCluster is a ceph.FakeCluster whose pools are FakePools; namespaces
+// are ignored.
 type FakeCluster struct {
-	id    string
-	avail int64
+	*ceph.FakeCluster
 	pools map[string]*FakePool
-	// Addr is the client instance ClientAddr reports.
-	Addr string
-	// KeepBlocklistExpiry makes blocklisting a listed instance keep its
-	// expiry, as Ceph Pacific does; otherwise the expiry moves.
-	KeepBlocklistExpiry bool
-
-	mu        sync.Mutex
-	blocklist map[string]time.Time // address -> expiry
 }
 
 // NewFakeCluster returns a cluster holding pools, with 100 GiB available.
 func NewFakeCluster(id string, pools ...*FakePool) *FakeCluster {
-	c := &FakeCluster{id: id, avail: 100 << 30, pools: map[string]*FakePool{}, Addr: "10.0.0.1:0/1",
-		blocklist: map[string]time.Time{}}
+	c := &FakeCluster{FakeCluster: ceph.NewFakeCluster(id), pools: map[string]*FakePool{}}
 	for _, p := range pools {
-		c.pools[p.name] = p
+		c.pools[p.Name()] = p
+		c.AddPool(p.Name(), p.ID())
 	}
 	return c
 }
 
-func (c *FakeCluster) ClusterID() string { return c.id }
-
-func (c *FakeCluster) PoolID(_ context.Context, pool string) (int64, error) {
-	if p, ok := c.pools[pool]; ok {
-		return p.id, nil
-	}
-	return 0, fmt.Errorf("%w: %s", ErrPoolNotFound, pool)
-}
-
-func (c *FakeCluster) PoolName(_ context.Context, id int64) (string, error) {
-	for _, p := range c.pools {
-		if p.id == id {
-			return p.name, nil
-		}
-	}
-	return "", fmt.Errorf("%w: id %d", ErrPoolNotFound, id)
-}
-
+// Pool implements Cluster.
 func (c *FakeCluster) Pool(_ context.Context, pool, _ string) (Pool, error) {
 	if p, ok := c.pools[pool]; ok {
 		return p, nil
 	}
-	return nil, fmt.Errorf("%w: %s", ErrPoolNotFound, pool)
-}
-
-func (c *FakeCluster) AvailableBytes(context.Context, string) (int64, error) { return c.avail, nil }
-func (c *FakeCluster) Blocklist(_ context.Context, addr string, expiry time.Duration) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if exp, ok := c.blocklist[addr]; ok && c.KeepBlocklistExpiry && time.Now().Before(exp) {
-		return nil
-	}
-	c.blocklist[addr] = time.Now().Add(expiry)
-	return nil
-}
-
-func (c *FakeCluster) BlocklistExpiry(_ context.Context, addr string) (time.Time, bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	exp, ok := c.blocklist[addr]
-	if ok && !time.Now().Before(exp) {
-		return time.Time{}, false, nil
-	}
-	return exp, ok, nil
-}
-
-func (c *FakeCluster) Unblocklist(_ context.Context, addr string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.blocklist, addr)
-	return nil
-}
-
-// Blocklisted reports whether addr is blocklisted and unexpired.
-func (c *FakeCluster) Blocklisted(addr string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	exp, ok := c.blocklist[addr]
-	return ok && time.Now().Before(exp)
-}
-
-// AgeBlocklist moves the expiry of addr's entry to until, as time passing
-// would; it adds no entry.
-func (c *FakeCluster) AgeBlocklist(addr string, until time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.blocklist[addr]; ok {
-		c.blocklist[addr] = until
-	}
-}
-
-func (c *FakeCluster) ClientAddr(context.Context) (string, error) { return c.Addr, nil }
-func (c *FakeCluster) JournalPools(context.Context, string) ([]string, error) {
-	var out []string
-	for name := range c.pools {
-		out = append(out, name)
-	}
-	return out, nil
+	return nil, fmt.Errorf("%w: %s", ceph.ErrPoolNotFound, pool)
 }
 
 // FakeImage is one image of a FakePool. Version counts changes of its
@@ -179,16 +99,14 @@ type FakeImage struct {
 
 // FakePool keeps images by ID (trashed ones too) next to an in-memory journal.
 type FakePool struct {
+	*ceph.FakePool
 	*journal.Memory
-	name string
-	id   int64
 
 	mu     sync.Mutex
 	images map[string]*FakeImage
 	seq    int
 	fail   map[string]error // method name -> error to return
 	calls  map[string]int   // method name -> number of calls
-	objs   map[string]map[string]string
 	hang   bool
 	// BeforeUpdate, when set, runs inside UpdateRecords before the version
 	// check (with the pool unlocked): tests use it to change the records
@@ -198,14 +116,9 @@ type FakePool struct {
 
 // NewFakePool returns an empty pool.
 func NewFakePool(name string, id int64) *FakePool {
-	return &FakePool{Memory: journal.NewMemory(), name: name, id: id,
-		images: map[string]*FakeImage{}, fail: map[string]error{}, calls: map[string]int{},
-		objs: map[string]map[string]string{}}
+	return &FakePool{FakePool: ceph.NewFakePool(name, id), Memory: journal.NewMemory(),
+		images: map[string]*FakeImage{}, fail: map[string]error{}, calls: map[string]int{}}
 }
-
-func (p *FakePool) Name() string      { return p.name }
-func (p *FakePool) ID() int64         { return p.id }
-func (p *FakePool) Namespace() string { return "" }
 
 // hook counts a call and returns the injected error; p.mu must be held.
 func (p *FakePool) hook(method string) error {
@@ -233,14 +146,14 @@ func (p *FakePool) byName(name string) (*FakeImage, error) {
 			return img, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.name, name)
+	return nil, fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.Name(), name)
 }
 
 func (p *FakePool) byID(id string) (*FakeImage, error) {
 	if img, ok := p.images[id]; ok {
 		return img, nil
 	}
-	return nil, fmt.Errorf("%w: %s id %s", ErrImageNotFound, p.name, id)
+	return nil, fmt.Errorf("%w: %s id %s", ErrImageNotFound, p.Name(), id)
 }
 
 func (p *FakePool) add(spec ImageSpec, parent *ParentRef) error {
@@ -276,7 +189,7 @@ func (p *FakePool) Clone(_ context.Context, parentImage, snap string, spec Image
 	if _, ok := parent.snaps[snap]; !ok {
 		return fmt.Errorf("%w: %s@%s", ErrSnapNotFound, parentImage, snap)
 	}
-	return p.add(spec, &ParentRef{Pool: p.name, Image: parent.name, ImageID: parent.id, Snap: snap})
+	return p.add(spec, &ParentRef{Pool: p.Name(), Image: parent.name, ImageID: parent.id, Snap: snap})
 }
 
 func (img *FakeImage) info() ImageInfo {
@@ -390,40 +303,13 @@ func (p *FakePool) UpdateRecords(_ context.Context, image string, version uint64
 		return err
 	}
 	if img.version != version {
-		return fmt.Errorf("records of %s/%s at version %d, not %d: %w", p.name, image, img.version, version, ErrConflict)
+		return fmt.Errorf("records of %s/%s at version %d, not %d: %w", p.Name(), image, img.version, version, ErrConflict)
 	}
 	maps.Copy(img.meta, set)
 	for _, k := range remove {
 		delete(img.meta, k)
 	}
 	img.version++
-	return nil
-}
-
-// ReadObjectMap implements Pool.
-func (p *FakePool) ReadObjectMap(_ context.Context, oid string) (map[string]string, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.hook("ReadObjectMap"); err != nil {
-		return nil, err
-	}
-	return maps.Clone(p.objs[oid]), nil
-}
-
-// UpdateObjectMap implements Pool.
-func (p *FakePool) UpdateObjectMap(_ context.Context, oid string, set map[string]string, remove []string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.hook("UpdateObjectMap"); err != nil {
-		return err
-	}
-	if p.objs[oid] == nil {
-		p.objs[oid] = map[string]string{}
-	}
-	maps.Copy(p.objs[oid], set)
-	for _, k := range remove {
-		delete(p.objs[oid], k)
-	}
 	return nil
 }
 
@@ -484,7 +370,7 @@ func (p *FakePool) Delete(_ context.Context, image string) error {
 		return nil
 	}
 	if len(img.watchers) > 0 {
-		return &InUseError{Image: p.name + "/" + image, Watchers: img.watchers}
+		return &InUseError{Image: p.Name() + "/" + image, Watchers: img.watchers}
 	}
 	img.trashed = true
 	p.purgeFree("")

@@ -11,7 +11,9 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // Fencing defaults.
@@ -119,22 +121,22 @@ func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason st
 	f := Fence{Node: h.Node, ClientAddr: addr, ClientID: h.ClientID(), At: now, Expires: now.Add(ttl),
 		Reason: reason, State: FencePending}
 	klog.FromContext(ctx).Info("fencing stale holder", "volume", r.id.String(), "holder", h.Describe(), "reason", reason)
-	recs, err := readRecords(ctx, r.pool, r.rec.Image)
+	recs, err := readRecords(ctx, r.pool, r.rec.Backing)
 	if err != nil {
-		return statusFor(err)
+		return volume.Status(err)
 	}
 	m, mapped := recs.Mappings[h.Node]
 	_, attached := recs.Attachments[h.Node]
 	cur, fenced := recs.Fences[addr]
-	if !mapped || !sameClient(m.ClientAddr, addr) || attached || (fenced && cur.InForce(now)) {
+	if !mapped || !ceph.SameClient(m.ClientAddr, addr) || attached || (fenced && cur.InForce(now)) {
 		return nil // the holder changed since it was judged: the caller judges again
 	}
 	change := (&recordChange{}).put(metaFencePrefix+addr, f)
-	if err := r.pool.UpdateRecords(ctx, r.rec.Image, recs.Version, change.set, nil); err != nil {
+	if err := r.pool.UpdateRecords(ctx, r.rec.Backing, recs.Version, change.set, nil); err != nil {
 		if errors.Is(err, ErrConflict) {
 			return nil
 		}
-		return statusFor(err)
+		return volume.Status(err)
 	}
 	c.hook(FenceStepIntent)
 	return c.completeFence(ctx, r, f)
@@ -143,14 +145,14 @@ func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason st
 // completeFence makes the blocklist call of a recorded fence, marks the
 // record done and waits until the fenced client's watch is gone.
 func (c *Controller) completeFence(ctx context.Context, r *resolved, f Fence) error {
-	if err := c.indexFence(ctx, r.pool, r.rec.Image); err != nil {
-		return statusFor(err)
+	if err := c.indexFence(ctx, r.pool, r.rec.Backing); err != nil {
+		return volume.Status(err)
 	}
 	if err := r.cluster.Blocklist(ctx, f.ClientAddr, time.Until(f.Expires)); err != nil {
 		return status.Errorf(codes.Unavailable, "fencing node %s's client %s at %s: %v", f.Node, f.ClientID, f.ClientAddr, err)
 	}
 	c.hook(FenceStepBlocklisted)
-	_, err := updateRecords(ctx, r.pool, r.rec.Image, func(recs *Records) (*recordChange, error) {
+	_, err := updateRecords(ctx, r.pool, r.rec.Backing, func(recs *Records) (*recordChange, error) {
 		cur, ok := recs.Fences[f.ClientAddr]
 		if !ok || cur.Done() {
 			return nil, nil
@@ -159,7 +161,7 @@ func (c *Controller) completeFence(ctx context.Context, r *resolved, f Fence) er
 		return (&recordChange{}).put(metaFencePrefix+f.ClientAddr, cur), nil
 	})
 	if err != nil {
-		return statusFor(err)
+		return volume.Status(err)
 	}
 	return c.waitWatchGone(ctx, r, f)
 }
@@ -176,7 +178,7 @@ func (c *Controller) waitWatchGone(ctx context.Context, r *resolved, f Fence) er
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
-		ws, err := r.pool.Watchers(wctx, r.rec.Image)
+		ws, err := r.pool.Watchers(wctx, r.rec.Backing)
 		if err == nil && !watchedBy(ws, f.ClientAddr) {
 			klog.FromContext(ctx).Info("fenced client holds no watch", "volume", r.id.String(), "client", f.ClientAddr,
 				"after", time.Since(start).Round(time.Millisecond))
@@ -185,7 +187,7 @@ func (c *Controller) waitWatchGone(ctx context.Context, r *resolved, f Fence) er
 		select {
 		case <-wctx.Done():
 			return status.Errorf(codes.Aborted, "fenced node %s's client %s but its watch on %s/%s is still there after %v; retry",
-				f.Node, f.ClientAddr, r.pool.Name(), r.rec.Image, timeout)
+				f.Node, f.ClientAddr, r.pool.Name(), r.rec.Backing, timeout)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -193,7 +195,7 @@ func (c *Controller) waitWatchGone(ctx context.Context, r *resolved, f Fence) er
 
 func watchedBy(ws []Watcher, addr string) bool {
 	for _, w := range ws {
-		if sameClient(w.Addr, addr) {
+		if ceph.SameClient(w.Addr, addr) {
 			return true
 		}
 	}
@@ -233,22 +235,22 @@ func (c *Controller) RunFenceKeeper(ctx context.Context) {
 // are completed. It also refreshes this controller's registration.
 func (c *Controller) KeepFences(ctx context.Context) {
 	log := klog.FromContext(ctx)
-	for _, kp := range c.known.all() {
-		pool, err := kp.cluster.Pool(ctx, kp.pool, kp.ns)
+	for _, kp := range c.known.Pools() {
+		pool, err := kp.Cluster.Pool(ctx, kp.Pool, kp.Namespace)
 		if err != nil {
 			continue
 		}
-		if err := c.registerController(ctx, kp.cluster, pool, true); err != nil {
-			log.V(2).Info("refreshing controller registration", "pool", kp.pool, "error", err.Error())
+		if err := c.registerController(ctx, kp.Cluster, pool, true); err != nil {
+			log.V(2).Info("refreshing controller registration", "pool", kp.Pool, "error", err.Error())
 		}
 		images, err := pool.ReadObjectMap(ctx, fenceIndexObject)
 		if err != nil {
-			log.Error(err, "reading fence index", "pool", kp.pool)
+			log.Error(err, "reading fence index", "pool", kp.Pool)
 			continue
 		}
 		for image := range images {
-			if err := c.keepImageFences(ctx, kp.cluster, pool, image); err != nil {
-				log.Error(err, "keeping fences", "pool", kp.pool, "image", image)
+			if err := c.keepImageFences(ctx, kp.Cluster, pool, image); err != nil {
+				log.Error(err, "keeping fences", "pool", kp.Pool, "image", image)
 			}
 		}
 	}
@@ -262,7 +264,7 @@ func (c *Controller) keepImageFences(ctx context.Context, cl Cluster, pool Pool,
 	if err != nil {
 		return err
 	}
-	r := &resolved{cluster: cl, pool: pool, rec: &journal.Record{Image: image}}
+	r := &resolved{cluster: cl, pool: pool, rec: &journal.Record{Backing: image}}
 	for addr, f := range u.Fences {
 		if err := c.keepFence(ctx, r, u, addr, f); err != nil {
 			return err
@@ -285,7 +287,7 @@ func (c *Controller) keepFence(ctx context.Context, r *resolved, u *Usage, addr 
 		if err := r.cluster.Unblocklist(ctx, addr); err != nil {
 			return err
 		}
-		log.Info("lifted fence: the client holds nothing", "image", r.rec.Image, "client", addr, "node", f.Node)
+		log.Info("lifted fence: the client holds nothing", "image", r.rec.Backing, "client", addr, "node", f.Node)
 		return c.changeFence(ctx, r, addr, nil)
 	}
 	until, listed, err := r.cluster.BlocklistExpiry(ctx, addr)
@@ -300,7 +302,7 @@ func (c *Controller) keepFence(ctx context.Context, r *resolved, u *Usage, addr 
 	case !listed:
 		// Someone cleared the entry (ceph osd blocklist clear) while the
 		// node may still write: put it back at once.
-		log.Info("restoring a fence whose blocklist entry is gone", "image", r.rec.Image, "client", addr, "node", f.Node)
+		log.Info("restoring a fence whose blocklist entry is gone", "image", r.rec.Backing, "client", addr, "node", f.Node)
 	case time.Until(until) > ttl/2:
 		return nil
 	}
@@ -312,14 +314,14 @@ func (c *Controller) keepFence(ctx context.Context, r *resolved, u *Usage, addr 
 	}
 	now := time.Now().UTC()
 	f.Expires, f.Renewed = until, now
-	log.Info("renewed fence: the client still holds a mapping", "image", r.rec.Image, "client", addr, "node", f.Node,
+	log.Info("renewed fence: the client still holds a mapping", "image", r.rec.Backing, "client", addr, "node", f.Node,
 		"until", until)
 	return c.changeFence(ctx, r, addr, &f)
 }
 
 // changeFence replaces (f != nil) or removes the fence record of addr.
 func (c *Controller) changeFence(ctx context.Context, r *resolved, addr string, f *Fence) error {
-	_, err := updateRecords(ctx, r.pool, r.rec.Image, func(recs *Records) (*recordChange, error) {
+	_, err := updateRecords(ctx, r.pool, r.rec.Backing, func(recs *Records) (*recordChange, error) {
 		if _, ok := recs.Fences[addr]; !ok {
 			return nil, nil
 		}

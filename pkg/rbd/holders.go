@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 )
 
 // Usage is everything the image records and watch list say about who uses
@@ -48,16 +50,9 @@ func (u *Usage) unexplainedWatcher() bool {
 	return false
 }
 
-// sameClient compares client instance addresses, which librbd and sysfs
-// spell with or without a "v1:"/"v2:" prefix.
-func sameClient(a, b string) bool {
-	trim := func(s string) string { return strings.TrimPrefix(strings.TrimPrefix(s, "v1:"), "v2:") }
-	return a != "" && trim(a) == trim(b)
-}
-
 func containsAddr(list []string, addr string) bool {
 	for _, a := range list {
-		if sameClient(a, addr) {
+		if ceph.SameClient(a, addr) {
 			return true
 		}
 	}
@@ -151,7 +146,7 @@ func (u *Usage) Holders(node string) []Holder {
 		m := m
 		h := Holder{Node: n, Mapping: &m}
 		for i := range u.Watchers {
-			if sameClient(m.ClientAddr, u.Watchers[i].Addr) {
+			if ceph.SameClient(m.ClientAddr, u.Watchers[i].Addr) {
 				h.Watcher, matched[i] = &u.Watchers[i], true
 			}
 		}

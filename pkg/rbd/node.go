@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -15,11 +14,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
-	"github.com/pelagic-csi/pelagic/pkg/csiserver"
 	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
-	"github.com/pelagic-csi/pelagic/pkg/util"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
 
@@ -51,26 +50,22 @@ type NodeOptions struct {
 type Node struct {
 	csi.UnimplementedNodeServer
 	opts    NodeOptions
-	locks   *util.KeyLocks
-	known   knownClusters // clusters opened by NodeStage, for unstage
+	locks   volume.Locks
+	known   volume.Known[Cluster] // clusters opened by NodeStage, for unstage
 	forgets *forgetQueue
-	staged  stagedIndex
+	staged  nodefs.StagedIndex
 	secrets stageSecrets
 }
 
 // NewNode returns the node service.
 func NewNode(opts NodeOptions) *Node {
-	n := &Node{opts: opts, locks: util.NewKeyLocks(), staged: stagedIndex{dir: opts.StateDir}}
+	n := &Node{opts: opts, staged: nodefs.StagedIndex{Dir: opts.StateDir}}
 	n.forgets = &forgetQueue{dir: opts.StateDir, remove: n.removeMappingRecord}
 	return n
 }
 
-func (n *Node) lock(volumeID string) (func(), error) {
-	if !n.locks.TryLock(volumeID) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", volumeID)
-	}
-	return func() { n.locks.Unlock(volumeID) }, nil
-}
+// lock takes the volume's lock or fails with Aborted.
+func (n *Node) lock(volumeID string) (func(), error) { return n.locks.Lock(volumeID) }
 
 // begin checks the volume ID and the paths a call names (what, path
 // pairs), then takes the volume's lock. Nothing is touched on bad input.
@@ -87,10 +82,7 @@ func (n *Node) begin(volumeID string, whatPath ...string) (unlock func(), err er
 }
 
 func (n *Node) checkPath(what, path string) error {
-	if err := csiserver.ValidatePath(what, path, n.opts.KubeletDir); err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	return nil
+	return nodefs.CheckPath(what, path, n.opts.KubeletDir)
 }
 
 func readOnlyMode(c *csi.VolumeCapability) bool {
@@ -162,7 +154,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	creds, err := credentialsFrom(req.GetSecrets(), vctx)
+	creds, err := ceph.CredentialsFrom(req.GetSecrets(), vctx)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -179,13 +171,13 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	}
 	cl, err := n.opts.Connector.Connect(ctx, cc.ClusterID, creds)
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	pool, err := cl.Pool(ctx, vctx[ParamPool], cc.RBD.RadosNamespace)
 	if err != nil {
 		return nil, nodeStatus(err, req.GetVolumeId())
 	}
-	n.known.remember(cl, pool.Name(), cc.RBD.RadosNamespace)
+	n.known.Remember(cl, pool.Name(), cc.RBD.RadosNamespace)
 	n.forgets.drain(ctx, cl)
 	image := vctx[CtxImageName]
 	if prev != nil {
@@ -227,9 +219,9 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	// see this node's client.
 	// The index first: an entry whose stage record is missing is dropped
 	// when found, and a stage record must never be missing from it.
-	err = n.staged.put(req.GetVolumeId(), req.GetStagingTargetPath())
+	err = n.staged.Put(req.GetVolumeId(), req.GetStagingTargetPath())
 	if err == nil {
-		err = writeStageRecord(req.GetStagingTargetPath(), rec)
+		err = nodefs.WriteRecord(req.GetStagingTargetPath(), rec)
 	}
 	if err != nil {
 		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
@@ -238,13 +230,13 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	return rec, nil
 }
 
-// nodeStatus is statusFor for the node: a pool that does not exist means
+// nodeStatus is volume.Status for the node: a pool that does not exist means
 // the volume does not either (its pool was deleted).
 func nodeStatus(err error, volumeID string) error {
-	if errors.Is(err, ErrPoolNotFound) {
+	if errors.Is(err, ceph.ErrPoolNotFound) {
 		return status.Errorf(codes.NotFound, "volume %s does not exist: %v", volumeID, err)
 	}
-	return statusFor(err)
+	return volume.Status(err)
 }
 
 // checkHolders refuses to map a single-node volume that another node, or a
@@ -292,7 +284,7 @@ func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID str
 	if rec.ClientAddr == "" {
 		after, err := pool.Watchers(ctx, image)
 		if err != nil {
-			return rec, statusFor(err)
+			return rec, volume.Status(err)
 		}
 		var fresh []Watcher
 		for _, w := range after {
@@ -311,7 +303,7 @@ func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID str
 		return (&recordChange{}).put(metaMapPrefix+n.opts.NodeID, rec), nil
 	})
 	if err != nil {
-		return rec, statusFor(err)
+		return rec, volume.Status(err)
 	}
 	return rec, nil
 }
@@ -421,7 +413,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 		return nil, mapperStatus(err, "unmapping "+rec.Mapping.Device)
 	}
 	n.forgetMapping(ctx, rec)
-	if err := os.Remove(recordPath(staging)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := nodefs.RemoveRecord(staging); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
@@ -430,7 +422,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 // unstaged forgets what the node kept of a volume while it was staged.
 func (n *Node) unstaged(volumeID string) error {
 	n.secrets.forget(volumeID)
-	if err := n.staged.remove(volumeID); err != nil {
+	if err := n.staged.Remove(volumeID); err != nil {
 		return status.Error(codes.Internal, err.Error())
 	}
 	return nil
@@ -478,14 +470,14 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 		if !ok {
 			return nil, status.Errorf(codes.AlreadyExists, "target %s already holds a mount that is not volume %s", target, req.GetVolumeId())
 		}
-		if why := publishConflict(pub, req.GetVolumeCapability(), readOnly); why != "" {
+		if why := pub.Conflict(capabilityKey(req.GetVolumeCapability()), readOnly); why != "" {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published at %s incompatibly: %s",
 				req.GetVolumeId(), target, why)
 		}
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
 	// Targets unpublished since (or before a restart) are no longer mounted.
-	rec.Targets = slices.DeleteFunc(rec.Targets, func(p publication) bool {
+	rec.Targets = slices.DeleteFunc(rec.Targets, func(p nodefs.Publication) bool {
 		mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p.Path)
 		return !mounted
 	})
@@ -497,12 +489,12 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 			}
 		}
 	}
-	pub := publication{Path: target, ReadOnly: readOnly, Capability: capabilityKey(req.GetVolumeCapability())}
+	pub := nodefs.Publication{Path: target, ReadOnly: readOnly, Capability: capabilityKey(req.GetVolumeCapability())}
 	if err := n.bindTarget(ctx, req.GetStagingTargetPath(), rec, pub); err != nil {
 		return nil, err
 	}
 	rec.Targets = append(rec.Targets, pub)
-	if err := writeStageRecord(req.GetStagingTargetPath(), rec); err != nil {
+	if err := nodefs.WriteRecord(req.GetStagingTargetPath(), rec); err != nil {
 		return nil, status.Errorf(codes.Internal, "recording the publication: %v", err)
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
@@ -510,31 +502,12 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 
 // bindTarget binds the staged filesystem, or the device of a block
 // volume, at a publication's target.
-func (n *Node) bindTarget(ctx context.Context, staging string, rec *stageRecord, pub publication) error {
+func (n *Node) bindTarget(ctx context.Context, staging string, rec *stageRecord, pub nodefs.Publication) error {
 	source := staging
 	if rec.Block {
 		source = rec.Mapping.Device
-		if err := makeFile(pub.Path); err != nil {
-			return status.Error(codes.Internal, err.Error())
-		}
-	} else if err := os.MkdirAll(pub.Path, 0o750); err != nil {
-		return status.Error(codes.Internal, err.Error())
 	}
-	if err := n.opts.Mounter.BindMount(ctx, source, pub.Path, pub.ReadOnly); err != nil {
-		return status.Errorf(codes.Internal, "bind-mounting %s at %s: %v", source, pub.Path, err)
-	}
-	return nil
-}
-
-func makeFile(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE, 0o640)
-	if err != nil {
-		return err
-	}
-	return f.Close()
+	return nodefs.Bind(ctx, n.opts.Mounter, source, rec.Block, pub)
 }
 
 // NodeUnpublishVolume unmounts the target and removes it.
@@ -544,11 +517,8 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 		return nil, err
 	}
 	defer unlock()
-	if err := n.opts.Mounter.Unmount(ctx, req.GetTargetPath()); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", req.GetTargetPath(), err)
-	}
-	if err := os.Remove(req.GetTargetPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, status.Error(codes.Internal, err.Error())
+	if err := nodefs.Unpublish(ctx, n.opts.Mounter, req.GetTargetPath()); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
@@ -561,30 +531,7 @@ func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeSta
 	if req.GetVolumePath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is missing")
 	}
-	path := req.GetVolumePath()
-	mounted, err := n.opts.Mounter.IsMountPoint(ctx, path)
-	if err != nil || !mounted {
-		return nil, status.Errorf(codes.NotFound, "volume path %s is not a mounted volume", path)
-	}
-	fi, err := statBounded(ctx, path)
-	if err != nil {
-		return nil, status.Errorf(codes.NotFound, "volume path %s: %v", path, err)
-	}
-	if !fi.IsDir() { // a block volume: the device file bind-mounted here
-		size, err := n.opts.Mounter.DeviceSize(ctx, path)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "sizing %s: %v", path, err)
-		}
-		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
-	}
-	st, err := n.opts.Mounter.Stats(ctx, path)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "statfs %s: %v", path, err)
-	}
-	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
-		{Unit: csi.VolumeUsage_BYTES, Total: st.TotalBytes, Used: st.UsedBytes, Available: st.AvailableBytes},
-		{Unit: csi.VolumeUsage_INODES, Total: st.TotalInodes, Used: st.UsedInodes, Available: st.FreeInodes},
-	}}, nil
+	return nodefs.Stats(ctx, n.opts.Mounter, req.GetVolumePath())
 }
 
 // NodeExpandVolume grows the filesystem to the size of the grown image.
@@ -612,7 +559,7 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 	}
 	defer unlock()
 	path := req.GetVolumePath()
-	if _, err := statBounded(ctx, path); err != nil {
+	if _, err := nodefs.StatBounded(ctx, path); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, status.Errorf(codes.DeadlineExceeded, "volume path %s: %v", path, err)
 		}
@@ -686,7 +633,7 @@ func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 	}
 	staging := req.GetStagingTargetPath()
 	if staging == "" {
-		staging = n.staged.stagingPath(req.GetVolumeId())
+		staging = n.staged.StagingPath(req.GetVolumeId())
 	}
 	var rec *stageRecord
 	if staging != "" {

@@ -20,6 +20,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
 
@@ -339,7 +340,7 @@ func TestNodeStageInvalidArgument(t *testing.T) {
 			if got := e.mutating(); len(got) > 0 {
 				t.Errorf("a refused stage led to %q", got)
 			}
-			if _, err := os.Stat(recordPath(e.staging)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(nodefs.RecordPath(e.staging)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("a refused stage left a record: %v", err)
 			}
 		})
@@ -649,7 +650,7 @@ func TestNodeUnstage(t *testing.T) {
 			if l, _ := fm.List(ctx); len(l) != 0 {
 				t.Errorf("still mapped: %+v", l)
 			}
-			if _, err := os.Stat(recordPath(e.staging)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(nodefs.RecordPath(e.staging)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("stage record left: %v", err)
 			}
 			if raw, ok := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; ok {
@@ -691,7 +692,7 @@ func TestNodeUnstage(t *testing.T) {
 		e.krbd.BusyDevices[nodeTestDev] = true
 		err := unstage(e, e.volID)
 		wantNodeErr(t, err, codes.FailedPrecondition, nodeTestDev, target, e.volID)
-		if _, err := os.Stat(recordPath(e.staging)); err != nil {
+		if _, err := os.Stat(nodefs.RecordPath(e.staging)); err != nil {
 			t.Errorf("stage record lost on a busy device: %v", err)
 		}
 		if _, ok := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; !ok {
@@ -712,7 +713,7 @@ func TestNodeUnstage(t *testing.T) {
 		e.stage(t, e.stageReq(mountCap(rwo)))
 		e.krbd.UnmapErr = errors.New("rbd: unmap failed: (5) EIO")
 		wantNodeErr(t, unstage(e, e.volID), codes.Internal, "EIO")
-		if _, err := os.Stat(recordPath(e.staging)); err != nil {
+		if _, err := os.Stat(nodefs.RecordPath(e.staging)); err != nil {
 			t.Errorf("stage record lost on a failed unmap: %v", err)
 		}
 	})
@@ -735,7 +736,7 @@ func TestNodeUnstage(t *testing.T) {
 		if n := e.unmapCalls(); n != 0 {
 			t.Errorf("unmapped another volume: %d Unmap calls", n)
 		}
-		if _, err := os.Stat(recordPath(e.staging)); err != nil {
+		if _, err := os.Stat(nodefs.RecordPath(e.staging)); err != nil {
 			t.Errorf("another volume's record removed: %v", err)
 		}
 	})
@@ -895,7 +896,7 @@ func TestNodeGetVolumeStats(t *testing.T) {
 		}},
 		{name: "block", setup: func(t *testing.T, e *nodeEnv, p string) string {
 			f := filepath.Join(p, "dev")
-			if err := makeFile(f); err != nil {
+			if err := nodefs.MakeFile(f); err != nil {
 				t.Fatal(err)
 			}
 			e.mnt.Mounts[f] = mount.FakeMount{Device: nodeTestDev, BindOf: nodeTestDev}
@@ -1020,11 +1021,11 @@ func TestNodeGetVolumeHealth(t *testing.T) {
 		{name: "filesystem unmounted", paths: "staging", reasons: []string{"NotMounted"},
 			setup: func(t *testing.T, e *nodeEnv, _ string) { delete(e.mnt.Mounts, e.staging) }},
 		{name: "stage record missing", paths: "staging", code: codes.NotFound,
-			setup: func(_ *testing.T, e *nodeEnv, _ string) { _ = os.Remove(recordPath(e.staging)) }},
+			setup: func(_ *testing.T, e *nodeEnv, _ string) { _ = os.Remove(nodefs.RecordPath(e.staging)) }},
 		{name: "unpublished and unstaged", code: codes.NotFound,
 			setup: func(_ *testing.T, e *nodeEnv, target string) {
 				delete(e.mnt.Mounts, target)
-				_ = os.Remove(recordPath(e.staging))
+				_ = os.Remove(nodefs.RecordPath(e.staging))
 			}},
 		{name: "another volume staged there", volID: other, paths: "staging", code: codes.NotFound},
 		{name: "unknown volume", volID: other, paths: "none", code: codes.NotFound},

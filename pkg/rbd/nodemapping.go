@@ -16,8 +16,10 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
-	"github.com/pelagic-csi/pelagic/pkg/util"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // mapFresh maps img, making sure the mapping it returns is not one whose
@@ -48,19 +50,19 @@ func (n *Node) stagedMappingFenced(ctx context.Context, req *csi.NodeStageVolume
 	if rec.Mapping.ClientAddr == "" {
 		return false, nil
 	}
-	creds, err := credentialsFrom(req.GetSecrets(), req.GetVolumeContext())
+	creds, err := ceph.CredentialsFrom(req.GetSecrets(), req.GetVolumeContext())
 	if err != nil {
 		return false, status.Error(codes.InvalidArgument, err.Error())
 	}
 	cl, err := n.opts.Connector.Connect(ctx, rec.ClusterID, creds)
 	if err != nil {
-		return false, statusFor(err)
+		return false, volume.Status(err)
 	}
 	pool, err := cl.Pool(ctx, rec.Mapping.Pool, rec.Mapping.RadosNamespace)
 	if err != nil {
 		return false, nodeStatus(err, rec.VolumeID)
 	}
-	n.known.remember(cl, pool.Name(), rec.Mapping.RadosNamespace)
+	n.known.Remember(cl, pool.Name(), rec.Mapping.RadosNamespace)
 	recs, err := readRecords(ctx, pool, rec.Mapping.Image)
 	if err != nil {
 		return false, nodeStatus(err, rec.VolumeID)
@@ -182,7 +184,7 @@ func waitForWatchGone(ctx context.Context, pool Pool, image, addr string) error 
 	for {
 		watchers, err := pool.Watchers(ctx, image)
 		if err != nil {
-			return statusFor(err)
+			return volume.Status(err)
 		}
 		if !watchedBy(watchers, addr) {
 			return nil
@@ -197,12 +199,6 @@ func waitForWatchGone(ctx context.Context, pool Pool, image, addr string) error 
 	}
 }
 
-// statBounded stats a path that may lie on a hung FUSE mount: the caller is
-// released at ctx's deadline.
-func statBounded(ctx context.Context, path string) (os.FileInfo, error) {
-	return util.Do(ctx, "stat "+path, func() (os.FileInfo, error) { return os.Stat(path) })
-}
-
 // forgetMapping removes this node's mapping record after a clean unmap,
 // provided it still names the client that was unmapped. The request
 // carries no secrets, so it needs a connection a stage opened; without
@@ -212,7 +208,7 @@ func statBounded(ctx context.Context, path string) (os.FileInfo, error) {
 func (n *Node) forgetMapping(ctx context.Context, rec *stageRecord) {
 	f := pendingForget{ClusterID: rec.ClusterID, Pool: rec.Mapping.Pool, Namespace: rec.Mapping.RadosNamespace,
 		Image: rec.Mapping.Image, ClientAddr: rec.Mapping.ClientAddr}
-	if cl, ok := n.known.cluster(rec.ClusterID); ok {
+	if cl, ok := n.known.Cluster(rec.ClusterID); ok {
 		err := n.removeMappingRecord(ctx, cl, f)
 		if err == nil {
 			return
@@ -229,12 +225,12 @@ func (n *Node) removeMappingRecord(ctx context.Context, cl Cluster, f pendingFor
 	}
 	_, err = updateRecords(ctx, pool, f.Image, func(recs *Records) (*recordChange, error) {
 		m, ok := recs.Mappings[n.opts.NodeID]
-		if !ok || (m.ClientAddr != f.ClientAddr && !sameClient(m.ClientAddr, f.ClientAddr)) {
+		if !ok || (m.ClientAddr != f.ClientAddr && !ceph.SameClient(m.ClientAddr, f.ClientAddr)) {
 			return nil, nil // gone, or a newer mapping's record
 		}
 		return (&recordChange{}).drop(metaMapPrefix + n.opts.NodeID), nil
 	})
-	if errors.Is(err, ErrImageNotFound) || errors.Is(err, ErrPoolNotFound) {
+	if errors.Is(err, ErrImageNotFound) || errors.Is(err, ceph.ErrPoolNotFound) {
 		return nil
 	}
 	return err
@@ -274,7 +270,7 @@ func (q *forgetQueue) save(ctx context.Context, list []pendingForget) {
 			err = nil
 		}
 	} else {
-		err = writeFileAtomic(q.path(), list)
+		err = nodefs.WriteJSON(q.path(), list)
 	}
 	if err != nil {
 		klog.FromContext(ctx).Error(err, "saving pending mapping record removals")
@@ -314,20 +310,4 @@ func (q *forgetQueue) drain(ctx context.Context, cl Cluster) {
 		kept = append(kept, f)
 	}
 	q.save(ctx, kept)
-}
-
-// writeFileAtomic writes v as JSON to path through a temporary file.
-func writeFileAtomic(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

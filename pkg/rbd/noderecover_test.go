@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
 )
 
 // stagedAndPublished stages the volume and publishes it at two targets,
@@ -259,12 +260,12 @@ func TestPublicationReadsOlderRecords(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"volumeID":"v","targets":["/a",{"path":"/b","readOnly":true,"capability":"SINGLE_NODE_WRITER/block"}]}`), &rec); err != nil {
 		t.Fatal(err)
 	}
-	want := []publication{{Path: "/a"}, {Path: "/b", ReadOnly: true, Capability: "SINGLE_NODE_WRITER/block"}}
+	want := []nodefs.Publication{{Path: "/a"}, {Path: "/b", ReadOnly: true, Capability: "SINGLE_NODE_WRITER/block"}}
 	if !slices.Equal(rec.Targets, want) {
 		t.Fatalf("targets %+v, want %+v", rec.Targets, want)
 	}
 	// An older record compares with nothing: republishing it succeeds.
-	if why := publishConflict(publication{Path: "/a"}, blockCap(rwx), true); why != "" {
+	if why := (nodefs.Publication{Path: "/a"}).Conflict(capabilityKey(blockCap(rwx)), true); why != "" {
 		t.Fatalf("conflict with an older record: %s", why)
 	}
 }
@@ -320,7 +321,7 @@ func TestStagedIndex(t *testing.T) {
 	e.stage(t, e.stageReq(mountCap(rwo)))
 	e.n = NewNode(e.n.opts) // restarted
 	e.n.Adopt(ctx)
-	if got := e.n.staged.stagingPath(e.volID); got != e.staging {
+	if got := e.n.staged.StagingPath(e.volID); got != e.staging {
 		t.Fatalf("index gives %q, want %s", got, e.staging)
 	}
 	if _, err := e.n.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: e.volID}); err != nil {
@@ -331,11 +332,11 @@ func TestStagedIndex(t *testing.T) {
 	wantCode(t, err, codes.NotFound)
 
 	e.stage(t, e.stageReq(mountCap(rwo)))
-	if err := os.Remove(recordPath(e.staging)); err != nil {
+	if err := os.Remove(nodefs.RecordPath(e.staging)); err != nil {
 		t.Fatal(err)
 	}
 	e.n.Adopt(ctx)
-	if got := e.n.staged.all(); len(got) != 0 {
+	if got := e.n.staged.All(); len(got) != 0 {
 		t.Fatalf("index after Adopt: %+v; want the entry without a stage record gone", got)
 	}
 }

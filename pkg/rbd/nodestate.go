@@ -2,16 +2,10 @@ package rbd
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"os"
-	"path/filepath"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
 )
 
 // stageRecord is written beside the staging path once the image is mapped,
@@ -32,10 +27,10 @@ type stageRecord struct {
 	FSType    string         `json:"fsType,omitempty"`
 	// Mode and MountFlags are the staged access mode and mount flags; ""
 	// and none in records of older versions.
-	Mode       string        `json:"mode,omitempty"`
-	MountFlags []string      `json:"mountFlags,omitempty"`
-	Staged     time.Time     `json:"staged"`
-	Targets    []publication `json:"targets,omitempty"` // where it is published
+	Mode       string               `json:"mode,omitempty"`
+	MountFlags []string             `json:"mountFlags,omitempty"`
+	Staged     time.Time            `json:"staged"`
+	Targets    []nodefs.Publication `json:"targets,omitempty"` // where it is published
 	// UnmapOptions are the mapper's part of the StorageClass's
 	// unmapOptions, for the unstage.
 	UnmapOptions string `json:"unmapOptions,omitempty"`
@@ -44,45 +39,16 @@ type stageRecord struct {
 	VolumeContext map[string]string `json:"volumeContext,omitempty"`
 }
 
-// publication is one target the volume is published at.
-type publication struct {
-	Path     string `json:"path"`
-	ReadOnly bool   `json:"readOnly,omitempty"`
-	// Capability is capabilityKey of the publish; "" in records of older
-	// versions, which stored the path alone.
-	Capability string `json:"capability,omitempty"`
-}
+// capabilityKey is nodefs.CapabilityKey with RBD's default filesystem.
+func capabilityKey(c *csi.VolumeCapability) string { return nodefs.CapabilityKey(c, fsTypeOf(c)) }
 
-// UnmarshalJSON also reads the bare path older versions stored.
-func (p *publication) UnmarshalJSON(b []byte) error {
-	var path string
-	if json.Unmarshal(b, &path) == nil {
-		*p = publication{Path: path}
-		return nil
-	}
-	type plain publication
-	return json.Unmarshal(b, (*plain)(p))
-}
-
-// capabilityKey is what makes two capabilities the same for a node: access
-// mode and type, and for a filesystem its type and mount flags.
-func capabilityKey(c *csi.VolumeCapability) string {
-	key := c.GetAccessMode().GetMode().String()
-	if c.GetBlock() != nil {
-		return key + "/block"
-	}
-	flags := slices.Clone(c.GetMount().GetMountFlags())
-	slices.Sort(flags)
-	return key + "/" + fsTypeOf(c) + "/" + strings.Join(flags, ",")
-}
-
-func (r *stageRecord) target(path string) (publication, bool) {
+func (r *stageRecord) target(path string) (nodefs.Publication, bool) {
 	for _, p := range r.Targets {
 		if p.Path == path {
 			return p, true
 		}
 	}
-	return publication{}, false
+	return nodefs.Publication{}, false
 }
 
 // capability is the capability the volume was staged with, as far as the
@@ -115,18 +81,6 @@ func stageConflict(r *stageRecord, c *csi.VolumeCapability) string {
 	return ""
 }
 
-// publishConflict says why a publish request does not match what is
-// published at its target; "" when it matches.
-func publishConflict(p publication, c *csi.VolumeCapability, readOnly bool) string {
-	if p.Capability == "" {
-		return "" // recorded by an older version: nothing to compare
-	}
-	if key := capabilityKey(c); key != p.Capability || readOnly != p.ReadOnly {
-		return fmt.Sprintf("published as %s, read-only %v; asked for %s, read-only %v", p.Capability, p.ReadOnly, key, readOnly)
-	}
-	return ""
-}
-
 func accessType(block bool) string {
 	if block {
 		return "block"
@@ -134,83 +88,13 @@ func accessType(block bool) string {
 	return "filesystem"
 }
 
-func recordPath(stagingPath string) string {
-	return filepath.Clean(stagingPath) + ".pelagic.json"
-}
-
+// readStageRecord reads the stage record beside stagingPath.
 func readStageRecord(stagingPath string) (*stageRecord, error) {
-	b, err := os.ReadFile(recordPath(stagingPath))
-	if err != nil {
+	var r stageRecord
+	if err := nodefs.ReadRecord(stagingPath, &r); err != nil {
 		return nil, err
 	}
-	var r stageRecord
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("corrupt stage record %s: %w", recordPath(stagingPath), err)
-	}
 	return &r, nil
-}
-
-func writeStageRecord(stagingPath string, r *stageRecord) error {
-	return writeFileAtomic(recordPath(stagingPath), r)
-}
-
-// stagedIndex maps the volumes staged on this node to their staging paths,
-// in StateDir/staged: what NodeGetVolumeHealth without paths, and a
-// restarted plugin, go by.
-type stagedIndex struct{ dir string }
-
-type stagedEntry struct {
-	VolumeID    string `json:"volumeID"`
-	StagingPath string `json:"stagingPath"`
-}
-
-func (x stagedIndex) path(volumeID string) string {
-	sum := sha256.Sum256([]byte(volumeID))
-	return filepath.Join(x.dir, "staged", hex.EncodeToString(sum[:12])+".json")
-}
-
-func (x stagedIndex) put(volumeID, staging string) error {
-	if x.dir == "" {
-		return nil
-	}
-	return writeFileAtomic(x.path(volumeID), stagedEntry{VolumeID: volumeID, StagingPath: staging})
-}
-
-func (x stagedIndex) remove(volumeID string) error {
-	if x.dir == "" {
-		return nil
-	}
-	if err := os.Remove(x.path(volumeID)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
-// stagingPath returns where volumeID is staged, "" if the index does not know.
-func (x stagedIndex) stagingPath(volumeID string) string {
-	if x.dir == "" {
-		return ""
-	}
-	var e stagedEntry
-	if b, err := os.ReadFile(x.path(volumeID)); err == nil && json.Unmarshal(b, &e) == nil && e.VolumeID == volumeID {
-		return e.StagingPath
-	}
-	return ""
-}
-
-func (x stagedIndex) all() []stagedEntry {
-	if x.dir == "" {
-		return nil
-	}
-	files, _ := filepath.Glob(filepath.Join(x.dir, "staged", "*.json"))
-	var out []stagedEntry
-	for _, f := range files {
-		var e stagedEntry
-		if b, err := os.ReadFile(f); err == nil && json.Unmarshal(b, &e) == nil {
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 // stageSecrets keeps, in memory only, the secrets of each volume's last
@@ -249,10 +133,10 @@ func (s *stageSecrets) forget(volumeID string) {
 // next NodeStage or NodePublish; NodeGetVolumeHealth reports it until then.
 func (n *Node) Adopt(ctx context.Context) {
 	log := klog.FromContext(ctx)
-	for _, e := range n.staged.all() {
+	for _, e := range n.staged.All() {
 		rec, err := readStageRecord(e.StagingPath)
 		if errors.Is(err, os.ErrNotExist) || (err == nil && rec.VolumeID != e.VolumeID) {
-			_ = n.staged.remove(e.VolumeID)
+			_ = n.staged.Remove(e.VolumeID)
 			continue
 		}
 		if err != nil {

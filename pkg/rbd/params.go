@@ -40,8 +40,8 @@ const (
 
 	// In-tree kubernetes.io/rbd names of the cephx users whose keys the
 	// secrets' "key" field holds: adminId provisions, userId maps.
-	ParamAdminID = "adminId"
-	ParamUserID  = "userId"
+	ParamAdminID = ceph.ParamAdminID
+	ParamUserID  = ceph.ParamUserID
 
 	// Keys only the volume context carries.
 	CtxImageName = "imageName"
@@ -332,7 +332,7 @@ func (p *VolumeParams) checkAdminID(secrets map[string]string) error {
 	if p.AdminID == "" {
 		return nil
 	}
-	creds, err := credentialsFrom(secrets, nil)
+	creds, err := ceph.CredentialsFrom(secrets, nil)
 	if err != nil || creds.ID == p.AdminID {
 		return nil // a broken secret is reported by the connection, in its own words
 	}

@@ -3,7 +3,6 @@ package rbd
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // ControllerPublishVolume records that the volume is attached to a node,
@@ -56,13 +56,13 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 		}
 		if !fenced {
 			want.Since = time.Now().UTC()
-			err = r.pool.UpdateRecords(ctx, r.rec.Image, usage.Version,
+			err = r.pool.UpdateRecords(ctx, r.rec.Backing, usage.Version,
 				(&recordChange{}).put(metaAttachPrefix+want.Node, want).set, nil)
 			if err == nil {
 				return &csi.ControllerPublishVolumeResponse{}, nil
 			}
 			if !errors.Is(err, ErrConflict) {
-				return nil, statusFor(err)
+				return nil, volume.Status(err)
 			}
 		}
 		// The records changed (a fence was completed, or another process
@@ -104,7 +104,7 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 		return nil, err
 	}
 	defer unlock()
-	_, err = updateRecords(ctx, r.pool, r.rec.Image, func(recs *Records) (*recordChange, error) {
+	_, err = updateRecords(ctx, r.pool, r.rec.Backing, func(recs *Records) (*recordChange, error) {
 		change := &recordChange{}
 		for n := range recs.Attachments {
 			if req.GetNodeId() == "" || n == req.GetNodeId() { // "": unpublish from every node
@@ -114,7 +114,7 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 		return change, nil
 	})
 	if err != nil && !errors.Is(err, ErrImageNotFound) {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	return &csi.ControllerUnpublishVolumeResponse{}, nil
 }
@@ -122,19 +122,14 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 // usage reads who uses the volume; the watches of Pelagic controllers
 // (this one and its peers) are recognised as their own.
 func (c *Controller) usage(ctx context.Context, r *resolved) (*Usage, error) {
-	u, err := readUsageOf(ctx, r.pool, r.rec.Image)
+	u, err := readUsageOf(ctx, r.pool, r.rec.Backing)
 	if errors.Is(err, ErrImageNotFound) {
 		return nil, status.Errorf(codes.NotFound, "volume %s has no image: %v", r.id, err)
 	}
 	if err != nil {
-		return nil, statusFor(err)
+		return nil, volume.Status(err)
 	}
 	return u, nil
-}
-
-// splitAddrs turns "[v2:a/n,v1:b/n]" into its addresses.
-func splitAddrs(s string) []string {
-	return strings.Split(strings.Trim(s, "[]"), ",")
 }
 
 // clearHolders applies Decide to every holder: it refuses with a message
@@ -161,7 +156,7 @@ func (c *Controller) clearHolders(ctx context.Context, r *resolved, usage *Usage
 	}
 	if len(refuse) > 0 {
 		return false, status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is already in use: %s",
-			r.id, r.pool.Name(), r.rec.Image, describeAll(refuse))
+			r.id, r.pool.Name(), r.rec.Backing, describeAll(refuse))
 	}
 	for _, h := range fence {
 		reason := "node " + h.Node + " still maps the volume after it was unpublished; published to " + node

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 )
 
 // Image metadata keys through which controllers and nodes tell each other
@@ -116,7 +118,7 @@ func readRecords(ctx context.Context, pool Pool, image string) (*Records, error)
 // fenceOf returns the fence recorded for the client instance addr.
 func (r *Records) fenceOf(addr string) (Fence, bool) {
 	for a, f := range r.Fences {
-		if sameClient(a, addr) {
+		if ceph.SameClient(a, addr) {
 			return f, true
 		}
 	}
@@ -126,7 +128,7 @@ func (r *Records) fenceOf(addr string) (Fence, bool) {
 // mappingOf returns the mapping record that names the client instance addr.
 func (r *Records) mappingOf(addr string) (NodeMapping, bool) {
 	for _, m := range r.Mappings {
-		if sameClient(m.ClientAddr, addr) {
+		if ceph.SameClient(m.ClientAddr, addr) {
 			return m, true
 		}
 	}

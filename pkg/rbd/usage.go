@@ -66,7 +66,3 @@ func FenceMetadataKey(addr string) string { return metaFencePrefix + addr }
 
 // MappingOf returns the node mapping record that names the client instance addr.
 func (u *Usage) MappingOf(addr string) (NodeMapping, bool) { return u.mappingOf(addr) }
-
-// SameClient reports whether two client instance addresses name the same
-// client, whether or not they carry a "v1:"/"v2:" prefix.
-func SameClient(a, b string) bool { return sameClient(a, b) }

@@ -1,3 +1,3 @@
 // Package util holds the few helpers every service needs: deadlines around
-// blocking calls, bounded command execution and per-key operation locks.
+// blocking calls and bounded command execution.
 package util

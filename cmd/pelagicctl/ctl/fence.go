@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
 )
@@ -34,16 +35,16 @@ func runFenceList(ctx context.Context, s *session, tgt target, _ []string) (repo
 	}
 	r := &fenceListReport{Pool: pool.Name(), Fences: []fenceLine{}}
 	err = s.forEachVolume(ctx, pool, func(rec *journal.Record, id string) {
-		u, err := rbd.ReadUsage(ctx, pool, rec.Image)
+		u, err := rbd.ReadUsage(ctx, pool, rec.Backing)
 		if errors.Is(err, rbd.ErrImageNotFound) {
 			return // a reservation whose image is not created yet, or gone: nothing fenced
 		}
 		if err != nil {
-			r.Errors = append(r.Errors, fmt.Sprintf("%s: %v", rec.Image, err))
+			r.Errors = append(r.Errors, fmt.Sprintf("%s: %v", rec.Backing, err))
 			return
 		}
 		for _, f := range u.Fences {
-			r.Fences = append(r.Fences, fenceLine{VolumeID: id, Image: rec.Image,
+			r.Fences = append(r.Fences, fenceLine{VolumeID: id, Image: rec.Backing,
 				fenceReport: fenceReport{Fence: f, InForce: f.Expires.After(s.now)}})
 		}
 	})
@@ -104,7 +105,7 @@ func runFenceLift(ctx context.Context, s *session, tgt target, args []string) (r
 	}
 	var fence *rbd.Fence
 	for a, f := range u.Fences {
-		if rbd.SameClient(a, addr) {
+		if ceph.SameClient(a, addr) {
 			fence = &f
 		}
 	}
@@ -117,7 +118,7 @@ func runFenceLift(ctx context.Context, s *session, tgt target, args []string) (r
 		lift = fence.ClientAddr // exactly what the controller blocklisted
 	}
 	for _, w := range u.Watchers {
-		if rbd.SameClient(w.Addr, lift) && !s.force {
+		if ceph.SameClient(w.Addr, lift) && !s.force {
 			return nil, fmt.Errorf("%s still watches %s/%s: lifting its fence lets it write again; "+
 				"wait for its watch to go, or pass --force", w, v.pool.Name(), v.image)
 		}

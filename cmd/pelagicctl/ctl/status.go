@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
 )
 
@@ -109,7 +110,7 @@ func describeUsage(u *rbd.Usage, now time.Time) *statusReport {
 	for _, m := range u.Mappings {
 		live := false
 		for _, w := range u.Watchers {
-			live = live || rbd.SameClient(m.ClientAddr, w.Addr)
+			live = live || ceph.SameClient(m.ClientAddr, w.Addr)
 		}
 		r.Mappings = append(r.Mappings, mappingReport{NodeMapping: m, Live: live})
 	}
@@ -139,7 +140,7 @@ func sortedFences(u *rbd.Usage) []rbd.Fence {
 // fenceOf returns the fence in force on the client at addr, if any.
 func fenceOf(u *rbd.Usage, addr string, now time.Time) *rbd.Fence {
 	for a, f := range u.Fences {
-		if rbd.SameClient(a, addr) && f.InForce(now) {
+		if ceph.SameClient(a, addr) && f.InForce(now) {
 			return &f
 		}
 	}

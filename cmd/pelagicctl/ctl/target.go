@@ -88,7 +88,7 @@ func (s *session) openVolume(ctx context.Context, t target) (*volume, error) {
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", t.arg, err)
 	}
-	return &volume{pool: pool, image: rec.Image, id: t.arg}, nil
+	return &volume{pool: pool, image: rec.Backing, id: t.arg}, nil
 }
 
 // volumeIDOf finds the CSI volume ID of an image given as POOL/IMAGE from
@@ -99,7 +99,7 @@ func (s *session) volumeIDOf(ctx context.Context, pool rbd.Pool, image string, o
 		return ""
 	}
 	rec, err := pool.LookupName(ctx, journal.Volume, owner.Name)
-	if err != nil || rec.Image != image {
+	if err != nil || rec.Backing != image {
 		return ""
 	}
 	return volumeid.ID{ClusterID: s.cluster.ClusterID(), PoolID: pool.ID(), UUID: rec.UUID}.String()
@@ -108,19 +108,11 @@ func (s *session) volumeIDOf(ctx context.Context, pool rbd.Pool, image string, o
 // forEachVolume calls fn for every volume in the pool's journal, in UUID
 // order, a page at a time so a large pool is never read in one call.
 func (s *session) forEachVolume(ctx context.Context, pool rbd.Pool, fn func(rec *journal.Record, id string)) error {
-	const page = 256
-	after := ""
-	for {
-		recs, err := pool.List(ctx, journal.Volume, after, page)
-		if err != nil {
-			return fmt.Errorf("listing the volumes of pool %s: %w", pool.Name(), err)
-		}
-		for _, rec := range recs {
-			fn(rec, volumeid.ID{ClusterID: s.cluster.ClusterID(), PoolID: pool.ID(), UUID: rec.UUID}.String())
-		}
-		if len(recs) < page {
-			return nil
-		}
-		after = recs[len(recs)-1].UUID
+	err := journal.ForEach(ctx, pool, journal.Volume, 256, func(rec *journal.Record) {
+		fn(rec, volumeid.ID{ClusterID: s.cluster.ClusterID(), PoolID: pool.ID(), UUID: rec.UUID}.String())
+	})
+	if err != nil {
+		return fmt.Errorf("listing the volumes of pool %s: %w", pool.Name(), err)
 	}
+	return nil
 }

@@ -49,12 +49,12 @@ func runVolumes(ctx context.Context, s *session, tgt target, _ []string) (report
 // describeVolume reads one volume's records. A volume that cannot be read
 // is listed with the problem, so one bad image does not hide the others.
 func describeVolume(ctx context.Context, pool rbd.Pool, rec *journal.Record, id string, now time.Time) volumeLine {
-	l := volumeLine{VolumeID: id, Image: rec.Image, SizeBytes: rec.SizeBytes, Attached: []string{}}
-	owner, err := rbd.ReadOwner(ctx, pool, rec.Image)
+	l := volumeLine{VolumeID: id, Image: rec.Backing, SizeBytes: rec.SizeBytes, Attached: []string{}}
+	owner, err := rbd.ReadOwner(ctx, pool, rec.Backing)
 	if err == nil {
 		l.Owner = owner
 		var u *rbd.Usage
-		if u, err = rbd.ReadUsage(ctx, pool, rec.Image); err == nil {
+		if u, err = rbd.ReadUsage(ctx, pool, rec.Backing); err == nil {
 			l.Watchers = len(u.Watchers)
 			for n := range u.Attachments {
 				l.Attached = append(l.Attached, n)

@@ -1,12 +1,16 @@
-package util
+package volume
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
-func TestKeyLocks(t *testing.T) {
+func TestLocks(t *testing.T) {
 	tests := []struct {
 		name string
 		held []string
@@ -22,7 +26,7 @@ func TestKeyLocks(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			l := NewKeyLocks()
+			var l Locks
 			if !l.TryLock(tc.held...) {
 				t.Fatal("setup lock failed")
 			}
@@ -55,8 +59,8 @@ func contains(s []string, k string) bool {
 	return false
 }
 
-func TestKeyLocksExclusive(t *testing.T) {
-	l := NewKeyLocks()
+func TestLocksExclusive(t *testing.T) {
+	var l Locks
 	var inside, max atomic.Int32
 	var wg sync.WaitGroup
 	for range 50 {
@@ -79,5 +83,21 @@ func TestKeyLocksExclusive(t *testing.T) {
 	wg.Wait()
 	if max.Load() != 1 {
 		t.Errorf("%d holders at once", max.Load())
+	}
+}
+
+func TestLockIsAborted(t *testing.T) {
+	var l Locks
+	unlock, err := l.Lock("volume/a", "volname/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.Lock("volname/b")
+	if status.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "volname/b") {
+		t.Errorf("second Lock = %v; want Aborted naming the key", err)
+	}
+	unlock()
+	if _, err := l.Lock("volname/b"); err != nil {
+		t.Errorf("Lock after unlock = %v", err)
 	}
 }

@@ -1,0 +1,3 @@
+// Package rbd implements the CSI Controller and Node services for RBD
+// block volumes.
+package rbd
