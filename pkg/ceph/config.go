@@ -30,12 +30,17 @@ type RBDConfig struct {
 // CephFSConfig holds the per-cluster CephFS settings.
 type CephFSConfig struct {
 	SubvolumeGroup     string `json:"subvolumeGroup"`
+	RadosNamespace     string `json:"radosNamespace"`
 	KernelMountOptions string `json:"kernelMountOptions"`
 	FuseMountOptions   string `json:"fuseMountOptions"`
 }
 
 // DefaultSubvolumeGroup is the group ceph-csi uses when none is configured.
 const DefaultSubvolumeGroup = "csi"
+
+// DefaultCephFSRadosNamespace is where in a filesystem's metadata pool
+// ceph-csi keeps its CephFS journal unless the config names another.
+const DefaultCephFSRadosNamespace = "csi"
 
 // MonHost returns the monitors in librados mon_host form.
 func (c *ClusterConfig) MonHost() string { return strings.Join(c.Monitors, ",") }
@@ -46,6 +51,15 @@ func (c *ClusterConfig) SubvolumeGroup() string {
 		return c.CephFS.SubvolumeGroup
 	}
 	return DefaultSubvolumeGroup
+}
+
+// CephFSRadosNamespace returns the namespace of the metadata pool that
+// holds the CephFS journals: the configured one or the default.
+func (c *ClusterConfig) CephFSRadosNamespace() string {
+	if c.CephFS.RadosNamespace != "" {
+		return c.CephFS.RadosNamespace
+	}
+	return DefaultCephFSRadosNamespace
 }
 
 // Config is the set of clusters the driver may serve, by cluster ID.

@@ -19,7 +19,7 @@ const cephCSIConfig = `[
     "nfs": {"netNamespaceFilePath": ""},
     "readAffinity": {"enabled": true, "crushLocationLabels": ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]}
   },
-  {"clusterID": "backup", "monitors": ["mon.backup.example"], "cephFS": {"subvolumeGroup": "backups"}}
+  {"clusterID": "backup", "monitors": ["mon.backup.example"], "cephFS": {"subvolumeGroup": "backups", "radosNamespace": "fsns"}}
 ]`
 
 func TestParseConfig(t *testing.T) {
@@ -39,11 +39,12 @@ func TestParseConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.MonHost() != "10.98.44.171:6789,v2:10.98.44.172:3300/0" || c.RBD.RadosNamespace != "tenant-a" ||
-		c.SubvolumeGroup() != DefaultSubvolumeGroup || c.CephFS.KernelMountOptions != "ms_mode=secure" {
+		c.SubvolumeGroup() != DefaultSubvolumeGroup || c.CephFS.KernelMountOptions != "ms_mode=secure" ||
+		c.CephFSRadosNamespace() != DefaultCephFSRadosNamespace {
 		t.Errorf("parsed %+v", c)
 	}
-	if b, _ := cfg.Cluster("backup"); b.SubvolumeGroup() != "backups" {
-		t.Errorf("subvolume group %q", b.SubvolumeGroup())
+	if b, _ := cfg.Cluster("backup"); b.SubvolumeGroup() != "backups" || b.CephFSRadosNamespace() != "fsns" {
+		t.Errorf("subvolume group %q, namespace %q", b.SubvolumeGroup(), b.CephFSRadosNamespace())
 	}
 }
 
