@@ -195,10 +195,27 @@ func (f *FakeVolumes) FileSystem(_ context.Context, name string) (FSInfo, error)
 	if !ok {
 		return FSInfo{}, fakeErr("fs ls", name, syscall.ENOENT, "filesystem '%s' does not exist", name)
 	}
+	return fsys.copyInfo(), nil
+}
+
+func (fsys *fakeFS) copyInfo() FSInfo {
 	info := fsys.info
 	info.DataPools = slices.Clone(info.DataPools)
 	info.DataPoolIDs = slices.Clone(info.DataPoolIDs)
-	return info, nil
+	return info
+}
+
+func (f *FakeVolumes) FileSystems(context.Context) ([]FSInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("FileSystems"); err != nil {
+		return nil, err
+	}
+	out := make([]FSInfo, 0, len(f.fss))
+	for _, name := range slices.Sorted(maps.Keys(f.fss)) {
+		out = append(out, f.fss[name].copyInfo())
+	}
+	return out, nil
 }
 
 func (f *FakeVolumes) EnsureGroup(_ context.Context, fsName, group string) error {

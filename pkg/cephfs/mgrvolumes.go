@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,15 +114,36 @@ func setIf(cmd map[string]string, key, value string) {
 }
 
 func (m *MgrVolumes) FileSystem(ctx context.Context, name string) (FSInfo, error) {
-	list, err := call(ctx, "fs ls", name, m.fsa.ListFileSystems)
-	if err != nil {
-		return FSInfo{}, err
-	}
-	ids, err := call(ctx, "fs dump", name, m.fsa.EnumerateVolumes)
+	list, ids, err := m.fsMaps(ctx, name)
 	if err != nil {
 		return FSInfo{}, err
 	}
 	return fsInfo(name, list, ids)
+}
+
+func (m *MgrVolumes) FileSystems(ctx context.Context) ([]FSInfo, error) {
+	list, ids, err := m.fsMaps(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	var out []FSInfo
+	for _, fs := range list {
+		if info, err := fsInfo(fs.Name, list, ids); err == nil {
+			out = append(out, info)
+		}
+	}
+	slices.SortFunc(out, func(a, b FSInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// fsMaps reads `fs ls` (pools) and `fs dump` (FSCIDs).
+func (m *MgrVolumes) fsMaps(ctx context.Context, target string) ([]admin.FSPoolInfo, []admin.VolumeIdent, error) {
+	list, err := call(ctx, "fs ls", target, m.fsa.ListFileSystems)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids, err := call(ctx, "fs dump", target, m.fsa.EnumerateVolumes)
+	return list, ids, err
 }
 
 // fsInfo joins `fs ls` (pools) and `fs dump` (FSCIDs) for one filesystem.

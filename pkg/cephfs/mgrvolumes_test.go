@@ -76,6 +76,7 @@ var (
 // everyCall calls each Volumes method once.
 var everyCall = map[string]func(context.Context, Volumes) error{
 	"FileSystem":      func(ctx context.Context, v Volumes) error { _, err := v.FileSystem(ctx, "cephfs"); return err },
+	"FileSystems":     func(ctx context.Context, v Volumes) error { _, err := v.FileSystems(ctx); return err },
 	"EnsureGroup":     func(ctx context.Context, v Volumes) error { return v.EnsureGroup(ctx, "cephfs", "csi") },
 	"CreateSubvolume": func(ctx context.Context, v Volumes) error { return v.CreateSubvolume(ctx, testSV, SubvolumeSpec{}) },
 	"Subvolume":       func(ctx context.Context, v Volumes) error { _, err := v.Subvolume(ctx, testSV); return err },
@@ -246,6 +247,10 @@ func TestMgrVolumesFileSystem(t *testing.T) {
 	}
 	if _, err := v.FileSystem(context.Background(), "missing"); !errors.Is(err, ErrNotFound) || ceph.Errno(err) != syscall.ENOENT {
 		t.Errorf("missing filesystem: %v", err)
+	}
+	all, err := v.FileSystems(context.Background())
+	if err != nil || len(all) != 2 || fmt.Sprint(all[0]) != fmt.Sprint(want) || all[1].Name != "other" || all[1].ID != 4 {
+		t.Errorf("FileSystems = %+v, %v", all, err)
 	}
 }
 

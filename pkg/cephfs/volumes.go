@@ -22,6 +22,9 @@ import (
 type Volumes interface {
 	// FileSystem describes the CephFS named fs.
 	FileSystem(ctx context.Context, fs string) (FSInfo, error)
+	// FileSystems describes every CephFS of the cluster, ordered by name:
+	// what a volume ID's FSCID is looked up in.
+	FileSystems(ctx context.Context) ([]FSInfo, error)
 	// EnsureGroup creates a subvolume group unless it exists. Concurrent
 	// calls for one group all succeed.
 	EnsureGroup(ctx context.Context, fs, group string) error

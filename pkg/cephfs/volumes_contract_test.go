@@ -99,6 +99,11 @@ func (c contract) fileSystem() {
 	}
 	_, err = c.v.FileSystem(c.ctx, "no-such-fs")
 	c.is("FileSystem of a missing filesystem", err, ErrNotFound, syscall.ENOENT)
+	all, err := c.v.FileSystems(c.ctx)
+	c.ok("FileSystems", err)
+	if i := slices.IndexFunc(all, func(f FSInfo) bool { return f.ID == info.ID }); i < 0 || all[i].Name != info.Name {
+		c.t.Errorf("FileSystems = %+v, without %s (FSCID %d)", all, info.Name, info.ID)
+	}
 }
 
 func (c contract) group(sv Subvolume) {
