@@ -38,6 +38,7 @@ type Conn struct {
 type connKey struct {
 	clusterID, monHost, user string
 	keyHash                  [32]byte
+	forMgr                   bool
 }
 
 type connEntry struct {
@@ -72,7 +73,20 @@ func NewConnPool(t Timeouts) *ConnPool {
 // Get returns the cached connection for cluster and creds, connecting if
 // needed. It returns when ctx is done even if the connect is still running.
 func (p *ConnPool) Get(ctx context.Context, cluster *ClusterConfig, creds Credentials) (*Conn, error) {
-	key := connKey{cluster.ClusterID, cluster.MonHost(), creds.ID, sha256.Sum256([]byte(creds.Key))}
+	return p.get(ctx, connKey{cluster.ClusterID, cluster.MonHost(), creds.ID, sha256.Sum256([]byte(creds.Key)), false}, cluster, creds)
+}
+
+// GetForMgr returns a connection for mgr commands, on which librados's
+// rados_mon_op_timeout is off: librados times a mgr command out by
+// returning while the command's reply buffers stay registered, and a reply
+// that comes later writes into freed memory (RadosClient::mgr_command, up
+// to Ceph 19 at least). Callers bound their wait themselves (util.Do); a
+// late reply then lands in buffers still alive.
+func (p *ConnPool) GetForMgr(ctx context.Context, cluster *ClusterConfig, creds Credentials) (*Conn, error) {
+	return p.get(ctx, connKey{cluster.ClusterID, cluster.MonHost(), creds.ID, sha256.Sum256([]byte(creds.Key)), true}, cluster, creds)
+}
+
+func (p *ConnPool) get(ctx context.Context, key connKey, cluster *ClusterConfig, creds Credentials) (*Conn, error) {
 	p.mu.Lock()
 	e, ok := p.conns[key]
 	if !ok {
@@ -91,7 +105,11 @@ func (p *ConnPool) Get(ctx context.Context, cluster *ClusterConfig, creds Creden
 }
 
 func (p *ConnPool) connect(key connKey, e *connEntry, cluster *ClusterConfig, creds Credentials) {
-	e.conn, e.err = p.dial(cluster, creds)
+	t := p.Timeouts
+	if key.forMgr {
+		t.MonOp = 0
+	}
+	e.conn, e.err = dial(cluster, creds, t)
 	if e.err != nil {
 		p.mu.Lock()
 		delete(p.conns, key)
@@ -100,7 +118,7 @@ func (p *ConnPool) connect(key connKey, e *connEntry, cluster *ClusterConfig, cr
 	close(e.ready)
 }
 
-func (p *ConnPool) dial(cluster *ClusterConfig, creds Credentials) (*Conn, error) {
+func dial(cluster *ClusterConfig, creds Credentials, t Timeouts) (*Conn, error) {
 	fail := func(step string, err error) (*Conn, error) {
 		return nil, fmt.Errorf("connecting to cluster %q (monitors %s) as %s: %s: %w",
 			cluster.ClusterID, cluster.MonHost(), creds, step, err)
@@ -112,9 +130,9 @@ func (p *ConnPool) dial(cluster *ClusterConfig, creds Credentials) (*Conn, error
 	opts := [][2]string{
 		{"mon_host", cluster.MonHost()},
 		{"key", creds.Key},
-		{"rados_osd_op_timeout", seconds(p.Timeouts.OSDOp)},
-		{"rados_mon_op_timeout", seconds(p.Timeouts.MonOp)},
-		{"client_mount_timeout", seconds(p.Timeouts.Mount)},
+		{"rados_osd_op_timeout", seconds(t.OSDOp)},
+		{"rados_mon_op_timeout", seconds(t.MonOp)},
+		{"client_mount_timeout", seconds(t.Mount)},
 		// The driver never reads /etc/ceph: everything comes from config and secrets.
 		{"keyring", ""},
 		{"log_to_stderr", "false"},
@@ -136,7 +154,7 @@ func (p *ConnPool) dial(cluster *ClusterConfig, creds Credentials) (*Conn, error
 		case syscall.ETIMEDOUT:
 			// librados retries a rejected key until client_mount_timeout, so
 			// a wrong key and unreachable monitors look the same here.
-			return fail("no monitor accepted the session within "+p.Timeouts.Mount.String()+
+			return fail("no monitor accepted the session within "+t.Mount.String()+
 				" (monitors unreachable, or the user ID or key in the secret is wrong)", err)
 		}
 		return fail("connect", err)
@@ -182,9 +200,10 @@ func (p *ConnPool) Close() {
 	}
 }
 
+// seconds spells a timeout for librados; 0 turns it off.
 func seconds(d time.Duration) string {
 	s := int(d.Round(time.Second) / time.Second)
-	if s < 1 {
+	if s < 1 && d > 0 {
 		s = 1
 	}
 	return strconv.Itoa(s)
