@@ -97,12 +97,7 @@ var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
 
 // ControllerGetCapabilities advertises exactly what is implemented.
 func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	caps := make([]*csi.ControllerServiceCapability, 0, len(controllerCaps))
-	for _, t := range controllerCaps {
-		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
-			Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
-	}
-	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+	return volume.ControllerCapabilities(controllerCaps), nil
 }
 
 // connect opens the cluster with the request's secrets and remembers it.
@@ -149,11 +144,7 @@ func (c *Controller) clusterFor(ctx context.Context, clusterID string, secrets m
 	if len(secrets) > 0 {
 		return c.connect(ctx, clusterID, secrets)
 	}
-	if cl, ok := c.known.Cluster(clusterID); ok {
-		return cl, nil
-	}
-	return nil, status.Errorf(codes.FailedPrecondition,
-		"no credentials for cluster %q yet: this call carries no secrets and no earlier call opened the cluster", clusterID)
+	return c.known.Opened(clusterID)
 }
 
 // resolved is an ID resolved to its pool and journal record.
@@ -203,16 +194,7 @@ func (c *Controller) usePool(ctx context.Context, cl Cluster, pool, namespace st
 // lockResolved takes the per-ID lock, then resolves the ID. On success
 // the caller must call unlock.
 func (c *Controller) lockResolved(ctx context.Context, kind journal.Kind, id string, secrets map[string]string) (*resolved, func(), error) {
-	unlock, err := c.locks.Lock(string(kind) + "/" + id)
-	if err != nil {
-		return nil, nil, err
-	}
-	r, err := c.resolve(ctx, kind, id, secrets)
-	if err != nil {
-		unlock()
-		return nil, nil, err
-	}
-	return r, unlock, nil
+	return volume.LockThen(&c.locks, string(kind)+"/"+id, func() (*resolved, error) { return c.resolve(ctx, kind, id, secrets) })
 }
 
 // CreateVolume creates an image, from nothing, a snapshot or a volume.
@@ -568,16 +550,7 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	if err != nil {
 		return nil, err
 	}
-	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
-	if err != nil {
-		return nil, err
-	}
-	resp := &csi.ListVolumesResponse{NextToken: next}
-	for i := start; i < end; i++ {
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
-			Volume: &csi.Volume{VolumeId: ids[i], CapacityBytes: recs[i].SizeBytes}})
-	}
-	return resp, nil
+	return volume.ListVolumes(recs, ids, req)
 }
 
 // CreateSnapshot takes an RBD snapshot of the source volume's image.

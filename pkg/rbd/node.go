@@ -54,7 +54,7 @@ type Node struct {
 	known   volume.Known[Cluster] // clusters opened by NodeStage, for unstage
 	forgets *forgetQueue
 	staged  nodefs.StagedIndex
-	secrets stageSecrets
+	secrets nodefs.StageSecrets
 }
 
 // NewNode returns the node service.
@@ -70,15 +70,7 @@ func (n *Node) lock(volumeID string) (func(), error) { return n.locks.Lock(volum
 // begin checks the volume ID and the paths a call names (what, path
 // pairs), then takes the volume's lock. Nothing is touched on bad input.
 func (n *Node) begin(volumeID string, whatPath ...string) (unlock func(), err error) {
-	if volumeID == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	for i := 0; i+1 < len(whatPath); i += 2 {
-		if err := n.checkPath(whatPath[i], whatPath[i+1]); err != nil {
-			return nil, err
-		}
-	}
-	return n.lock(volumeID)
+	return nodefs.Begin(&n.locks, n.opts.KubeletDir, volumeID, whatPath...)
 }
 
 func (n *Node) checkPath(what, path string) error {
@@ -111,7 +103,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	defer unlock()
-	n.secrets.remember(req.GetVolumeId(), req.GetSecrets())
+	n.secrets.Remember(req.GetVolumeId(), req.GetSecrets())
 
 	staging := req.GetStagingTargetPath()
 	rec, err := readStageRecord(staging)
@@ -421,7 +413,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 
 // unstaged forgets what the node kept of a volume while it was staged.
 func (n *Node) unstaged(volumeID string) error {
-	n.secrets.forget(volumeID)
+	n.secrets.Forget(volumeID)
 	if err := n.staged.Remove(volumeID); err != nil {
 		return status.Error(codes.Internal, err.Error())
 	}
@@ -512,26 +504,12 @@ func (n *Node) bindTarget(ctx context.Context, staging string, rec *stageRecord,
 
 // NodeUnpublishVolume unmounts the target and removes it.
 func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	unlock, err := n.begin(req.GetVolumeId(), "target path", req.GetTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := nodefs.Unpublish(ctx, n.opts.Mounter, req.GetTargetPath()); err != nil {
-		return nil, err
-	}
-	return &csi.NodeUnpublishVolumeResponse{}, nil
+	return nodefs.UnpublishVolume(ctx, &n.locks, n.opts.KubeletDir, n.opts.Mounter, req)
 }
 
 // NodeGetVolumeStats reports bytes and inodes of a published volume.
 func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume path is missing")
-	}
-	return nodefs.Stats(ctx, n.opts.Mounter, req.GetVolumePath())
+	return nodefs.VolumeStats(ctx, n.opts.Mounter, req)
 }
 
 // NodeExpandVolume grows the filesystem to the size of the grown image.
@@ -621,55 +599,27 @@ func (n *Node) growDevice(ctx context.Context, volumeID, staging string) error {
 // staging path may be left out: the node knows where it staged the volume.
 // A volume not staged on this node is NotFound.
 func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
+	rec := &stageRecord{}
+	staging, err := n.staged.Locate(req, n.opts.KubeletDir, n.opts.NodeID, rec, func() string { return rec.VolumeID })
+	if err != nil {
+		return nil, err
 	}
-	for what, p := range map[string]string{"staging target path": req.GetStagingTargetPath(), "volume publish path": req.GetVolumePublishPath()} {
-		if p != "" {
-			if err := n.checkPath(what, p); err != nil {
-				return nil, err
-			}
-		}
-	}
-	staging := req.GetStagingTargetPath()
-	if staging == "" {
-		staging = n.staged.StagingPath(req.GetVolumeId())
-	}
-	var rec *stageRecord
-	if staging != "" {
-		r, err := readStageRecord(staging)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, status.Error(codes.Internal, err.Error())
-		}
-		rec = r
-	}
-	if rec == nil || rec.VolumeID != req.GetVolumeId() {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not staged on node %s", req.GetVolumeId(), n.opts.NodeID)
-	}
-	health := &csi.VolumeHealth{VolumeId: req.GetVolumeId()}
-	problem := func(reason, format string, args ...any) {
-		health.HealthStatuses = append(health.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
-			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, args...)})
-	}
+	health := nodefs.NewHealth(req.GetVolumeId())
 	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	switch err := m.Alive(ctx, rec.Mapping); {
 	case errors.Is(err, mapper.ErrMappingDead):
-		problem("MappingDead", "%v; the next NodeStage or NodePublish maps the volume again", err)
+		health.Inaccessible("MappingDead", "%v; the next NodeStage or NodePublish maps the volume again", err)
 	case err != nil:
-		problem("MappingUnknown", "cannot tell whether %s still carries I/O: %v", rec.Mapping.Device, err)
+		health.Inaccessible("MappingUnknown", "cannot tell whether %s still carries I/O: %v", rec.Mapping.Device, err)
 	}
 	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, staging); !rec.Block && !mounted {
-		problem("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, staging)
+		health.Inaccessible("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, staging)
 	}
-	if p := req.GetVolumePublishPath(); p != "" {
-		if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p); !mounted {
-			problem("NotPublished", "nothing is mounted at the publish path %s", p)
-		}
-	}
-	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health}, nil
+	health.CheckMounted(ctx, n.opts.Mounter, "NotPublished", req.GetVolumePublishPath())
+	return health.Response(), nil
 }
 
 var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
@@ -682,20 +632,11 @@ var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
 
 // NodeGetCapabilities advertises what the node service implements.
 func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	caps := make([]*csi.NodeServiceCapability, 0, len(nodeCaps))
-	for _, t := range nodeCaps {
-		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
-			Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
-	}
-	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+	return volume.NodeCapabilities(nodeCaps), nil
 }
 
 // NodeGetInfo names the node, its volume limit and, when the plugin
 // advertises VOLUME_ACCESSIBILITY_CONSTRAINTS, its topology.
 func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	resp := &csi.NodeGetInfoResponse{NodeId: n.opts.NodeID, MaxVolumesPerNode: n.opts.MaxVolumes}
-	if n.opts.Topology && len(n.opts.Labels) > 0 {
-		resp.AccessibleTopology = &csi.Topology{Segments: n.opts.Labels}
-	}
-	return resp, nil
+	return volume.NodeInfo(n.opts.NodeID, n.opts.MaxVolumes, n.opts.Topology, n.opts.Labels), nil
 }

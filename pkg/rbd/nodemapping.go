@@ -104,7 +104,7 @@ func (n *Node) keepMappingUsable(ctx context.Context, req *csi.NodeStageVolumeRe
 func (n *Node) replaceDeadForPublish(ctx context.Context, req *csi.NodePublishVolumeRequest, rec *stageRecord, dead error) (*stageRecord, error) {
 	secrets := req.GetSecrets()
 	if len(secrets) == 0 {
-		secrets = n.secrets.get(req.GetVolumeId())
+		secrets = n.secrets.Get(req.GetVolumeId())
 	}
 	if len(secrets) == 0 {
 		return nil, status.Errorf(codes.FailedPrecondition,

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -95,35 +93,6 @@ func readStageRecord(stagingPath string) (*stageRecord, error) {
 		return nil, err
 	}
 	return &r, nil
-}
-
-// stageSecrets keeps, in memory only, the secrets of each volume's last
-// NodeStage: NodePublish carries none, and needs them to map a volume
-// again whose mapping died while this process ran.
-type stageSecrets struct {
-	mu sync.Mutex
-	m  map[string]map[string]string
-}
-
-func (s *stageSecrets) remember(volumeID string, secrets map[string]string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = map[string]map[string]string{}
-	}
-	s.m[volumeID] = maps.Clone(secrets)
-}
-
-func (s *stageSecrets) get(volumeID string) map[string]string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.m[volumeID]
-}
-
-func (s *stageSecrets) forget(volumeID string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.m, volumeID)
 }
 
 // Adopt looks at the volumes this node had staged before it started: their
