@@ -32,7 +32,9 @@ type MgrVolumes struct {
 }
 
 // NewMgrVolumes returns the Volumes of the cluster conn is connected to;
-// conn is a *rados.Conn (ceph.Conn's embedded one).
+// conn is a *rados.Conn (ceph.Conn's embedded one) from
+// ceph.ConnPool.GetForMgr: were librados to time a mgr command out, the
+// late reply would corrupt memory.
 func NewMgrVolumes(conn admin.RadosCommander) *MgrVolumes {
 	return &MgrVolumes{conn: conn, fsa: admin.NewFromConn(conn)}
 }

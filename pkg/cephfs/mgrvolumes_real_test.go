@@ -43,7 +43,7 @@ func newRealEnv(t testing.TB) *realEnv {
 	cluster := &ceph.ClusterConfig{ClusterID: "cephfs-test", Monitors: []string{c.Monitors}}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	user, err := conns.Get(ctx, cluster, ceph.Credentials{ID: c.FSUserID, Key: c.FSUserKey})
+	user, err := conns.GetForMgr(ctx, cluster, ceph.Credentials{ID: c.FSUserID, Key: c.FSUserKey})
 	if err != nil {
 		t.Fatal(err)
 	}
