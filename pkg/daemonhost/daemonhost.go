@@ -1,6 +1,6 @@
-// Package daemonhost runs the node's Ceph client daemons (rbd-fuse, and the
-// daemon rbd-nbd map leaves behind) in a process apart from the node plugin,
-// so that they outlive it.
+// Package daemonhost runs the node's Ceph client daemons (rbd-fuse,
+// ceph-fuse, and the daemon rbd-nbd map leaves behind) in a process apart
+// from the node plugin, so that they outlive it.
 //
 // A daemon started by the plugin itself dies with the plugin's container:
 // restarting a container kills every process in it (its cgroup, or its PID
@@ -41,7 +41,7 @@ import (
 )
 
 // DefaultDaemons are the commands a host runs unless told otherwise.
-var DefaultDaemons = []string{"rbd-fuse", "rbd-nbd"}
+var DefaultDaemons = []string{"rbd-fuse", "rbd-nbd", "ceph-fuse"}
 
 // ErrUnreachable is wrapped by Client.Run when no daemon host answers.
 var ErrUnreachable = errors.New("daemon host unreachable")
