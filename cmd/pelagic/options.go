@@ -64,9 +64,9 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 		"kubeconfig the controller reads CSINodes with, to answer NotFound for unknown nodes (default: the in-cluster config when in a pod)")
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/pelagic", "node state: mapping records, fuse mounts")
 	fs.StringVar(&o.DaemonSocket, "daemon-socket", "",
-		"the daemon host's unix socket: the node starts rbd-fuse and rbd-nbd through it, so they outlive the plugin (empty: the plugin starts them)")
+		"the daemon host's unix socket: the node starts rbd-fuse, rbd-nbd and ceph-fuse through it, so they outlive the plugin (empty: the plugin starts them)")
 	fs.BoolVar(&o.DaemonHost, "daemon-host", false,
-		"run as the daemon host on --daemon-socket: start the node's rbd-fuse and rbd-nbd daemons for the plugin, nothing else")
+		"run as the daemon host on --daemon-socket: start the node's rbd-fuse, rbd-nbd and ceph-fuse daemons for the plugin, nothing else")
 	fs.StringVar(&o.NodeLabels, "node-labels", "", "topology labels of this node, key=value,...")
 	fs.Int64Var(&o.MaxVolumes, "max-volumes", 0, "maximum volumes per node (0: no limit)")
 	fs.DurationVar(&o.CallTimeout, "call-timeout", 2*time.Minute, "deadline of a CSI call when the caller sets none")

@@ -5,9 +5,11 @@ package driver
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
+	"github.com/pelagic-csi/pelagic/pkg/cephfs"
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
 	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
 	"github.com/pelagic-csi/pelagic/pkg/kube"
@@ -68,7 +70,7 @@ func New(o Options) (*Driver, error) {
 		Name:         o.DriverName,
 		Version:      o.Version,
 		Controller:   o.Controller,
-		Expansion:    o.Type == "rbd",
+		Expansion:    true, // both grow volumes online
 		Topology:     advertisesTopology(o),
 		Prober:       &ceph.Prober{Config: o.Config, Pool: conns},
 		ProbeTimeout: o.ProbeTimeout,
@@ -100,7 +102,18 @@ func New(o Options) (*Driver, error) {
 			d.Services.Node = node
 		}
 	case "cephfs":
-		// CephFS services arrive with their own issue; Identity works now.
+		connector := &cephfs.CephConnector{Config: o.Config, Conns: conns}
+		if o.Controller {
+			d.Services.Controller = cephfs.NewController(cephfs.ControllerOptions{Connector: connector, Config: o.Config})
+		}
+		if o.Node {
+			node, err := newCephFSNode(o, connector)
+			if err != nil {
+				stop()
+				return nil, err
+			}
+			d.Services.Node = node
+		}
 	default:
 		return nil, fmt.Errorf("unknown driver type %q", o.Type)
 	}
@@ -139,6 +152,36 @@ func newRBDNode(o Options, connector rbd.Connector) (*rbd.Node, error) {
 	defer cancel()
 	node.Adopt(ctx)
 	return node, nil
+}
+
+// newCephFSNode builds the CephFS node service. Its state lives apart from
+// RBD's (in STATE/cephfs), so that both plugins may share --state-dir; key
+// files a crash left there are removed first.
+func newCephFSNode(o Options, connector cephfs.Connector) (*cephfs.Node, error) {
+	if o.StateDir == "" {
+		return nil, fmt.Errorf("the CephFS node needs a state directory for its mounts")
+	}
+	state := filepath.Join(o.StateDir, "cephfs")
+	keys := ceph.KeyFileDir(state)
+	if err := ceph.RemoveKeyFiles(keys); err != nil {
+		return nil, fmt.Errorf("removing keyfiles left behind: %w", err)
+	}
+	runner := util.ExecRunner{DefaultTimeout: 2 * time.Minute}
+	mounter := mount.NewHostMounter(mount.Config{Runner: runner})
+	var daemons util.Runner = runner
+	if o.DaemonSocket != "" {
+		daemons = daemonhost.NewClient(o.DaemonSocket)
+	}
+	return cephfs.NewNode(cephfs.NodeOptions{
+		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mounter: mounter,
+		Mounters: map[string]cephfs.Mounter{
+			cephfs.MounterFuse: &cephfs.FuseMounter{Daemons: daemons, Runner: runner, Mounts: mounter, KeyDir: keys,
+				ProcRoot: "/proc", DevFuse: "/dev/fuse"},
+			cephfs.MounterKernel: &cephfs.KernelMounter{Mounts: mounter, Runner: runner, KeyDir: keys, ProcRoot: "/proc"},
+		},
+		KubeletDir: o.KubeletDir, StateDir: state, Topology: advertisesTopology(o), Labels: o.NodeLabels,
+		MaxVolumes: o.MaxVolumes,
+	}), nil
 }
 
 // Close stops background work and releases shared connections.
