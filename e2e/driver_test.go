@@ -36,11 +36,17 @@ const testClusterID = "e2e"
 
 // clusterConfig writes the config.json a ceph-csi ConfigMap would hold.
 func clusterConfig(t testing.TB, c *cephtest.Cluster) (*ceph.Config, string) {
+	return writeClusterConfig(t, c, map[string]any{"subvolumeGroup": "csi"})
+}
+
+// writeClusterConfig writes the config.json of the test cluster with the
+// cephFS section given.
+func writeClusterConfig(t testing.TB, c *cephtest.Cluster, cephFS map[string]any) (*ceph.Config, string) {
 	t.Helper()
 	data, err := json.Marshal([]map[string]any{{
 		"clusterID": testClusterID,
 		"monitors":  []string{c.Monitors},
-		"cephFS":    map[string]any{"subvolumeGroup": "csi"},
+		"cephFS":    cephFS,
 		"rbd":       map[string]any{},
 	}})
 	if err != nil {
