@@ -21,6 +21,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/cmd/pelagicctl/ctl"
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
+	"github.com/pelagic-csi/pelagic/pkg/cephfs"
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
 )
@@ -140,6 +141,7 @@ const (
 	controllerProcessEnv = "PELAGIC_E2E_CONTROLLER_PROCESS" // the unix socket to serve on
 	controllerConfigEnv  = "PELAGIC_E2E_CONTROLLER_CONFIG"
 	controllerKillEnv    = "PELAGIC_E2E_CONTROLLER_KILL_AT"
+	controllerTypeEnv    = "PELAGIC_E2E_CONTROLLER_TYPE" // "rbd" (the default) or "cephfs"
 )
 
 func runControllerProcess() int {
@@ -149,14 +151,19 @@ func runControllerProcess() int {
 		return 2
 	}
 	killAt := os.Getenv(controllerKillEnv)
+	hook := func(step string) {
+		if step == killAt {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // SIGKILL is on its way
+		}
+	}
 	conns := ceph.NewConnPool(ceph.Timeouts{})
-	ctrl := rbd.NewController(rbd.ControllerOptions{Config: cfg, Connector: &rbd.CephConnector{Config: cfg, Conns: conns},
-		FenceHook: func(step string) {
-			if step == killAt {
-				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-				select {} // SIGKILL is on its way
-			}
-		}})
+	var ctrl csi.ControllerServer = rbd.NewController(rbd.ControllerOptions{Config: cfg,
+		Connector: &rbd.CephConnector{Config: cfg, Conns: conns}, FenceHook: hook})
+	if os.Getenv(controllerTypeEnv) == "cephfs" {
+		ctrl = cephfs.NewController(cephfs.ControllerOptions{Config: cfg, Connector: &cephfs.CephConnector{Config: cfg, Conns: conns},
+			AfterReserve: func(string) { hook(killAfterReserve) }})
+	}
 	lis, err := csiserver.Listen("unix://" + os.Getenv(controllerProcessEnv))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -168,13 +175,18 @@ func runControllerProcess() int {
 	return 1
 }
 
-// startControllerProcess runs the test binary as a controller that kills
-// itself at killAt, and returns its client and a wait for its death.
-func startControllerProcess(t *testing.T, cfgPath, killAt string) (csi.ControllerClient, func() error) {
+// killAfterReserve is the kill point of a CephFS controller process: right
+// after CreateVolume reserved the name, before it made the subvolume.
+const killAfterReserve = "after-reserve"
+
+// startControllerProcess runs the test binary as a controller of driver
+// type typ that kills itself at killAt, and returns its client and process.
+func startControllerProcess(t *testing.T, typ, cfgPath, killAt string) (csi.ControllerClient, *exec.Cmd) {
 	t.Helper()
 	sock := filepath.Join(shortTempDir(t), "ctrl.sock")
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), controllerProcessEnv+"="+sock, controllerConfigEnv+"="+cfgPath, controllerKillEnv+"="+killAt)
+	cmd.Env = append(os.Environ(), controllerProcessEnv+"="+sock, controllerConfigEnv+"="+cfgPath, controllerKillEnv+"="+killAt,
+		controllerTypeEnv+"="+typ)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -190,7 +202,7 @@ func startControllerProcess(t *testing.T, cfgPath, killAt string) (csi.Controlle
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return csi.NewControllerClient(dial(t, "unix://"+sock)), cmd.Wait
+	return csi.NewControllerClient(dial(t, "unix://"+sock)), cmd
 }
 
 // TestFenceSurvivesControllerKill kills a controller with SIGKILL after it
@@ -220,14 +232,14 @@ func TestFenceSurvivesControllerKill(t *testing.T) {
 			if err := e.unpublish(ctx, vol, a.id); err != nil {
 				t.Fatal(err)
 			}
-			dying, died := startControllerProcess(t, e.cfgPath, step)
+			dying, proc := startControllerProcess(t, "rbd", e.cfgPath, step)
 			_, err := dying.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: vol.GetVolumeId(),
 				NodeId: b.id, VolumeCapability: rwo, Secrets: e.secrets})
 			if err == nil {
 				t.Fatal("the controller that was to die at " + step + " published")
 			}
 			var exit *exec.ExitError
-			if werr := died(); !errors.As(werr, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			if werr := proc.Wait(); !errors.As(werr, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 				t.Fatalf("the controller process ended with %v; want killed by SIGKILL", werr)
 			}
 			listed := slicesContains(e.blocklisted(t, ctx), instanceA)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -38,6 +39,7 @@ type nodeProcess struct {
 	Config       string `json:"config"`
 	StateDir     string `json:"stateDir"`
 	DaemonSocket string `json:"daemonSocket,omitempty"`
+	Type         string `json:"type,omitempty"` // "rbd" (the default) or "cephfs"
 }
 
 // runNodeProcess serves a fuse node plugin until SIGTERM, as the pelagic
@@ -55,7 +57,7 @@ func runNodeProcess() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	d, err := driver.New(driver.Options{Type: "rbd", DriverName: "rbd.csi.pelagic.dev", Node: true, NodeID: "restart-node",
+	d, err := driver.New(driver.Options{Type: cmp.Or(p.Type, "rbd"), DriverName: "csi.pelagic.dev", Node: true, NodeID: "restart-node",
 		Config: cfg, Mounter: "fuse", StateDir: p.StateDir, DaemonSocket: p.DaemonSocket})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

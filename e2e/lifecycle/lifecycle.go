@@ -1,6 +1,7 @@
-// Package lifecycle walks one RBD volume through its whole life over CSI
-// against a running Pelagic driver (controller and node), printing each
-// step and its time: the main job's demo, and a test of the same path.
+// Package lifecycle walks volumes through their whole life over CSI
+// against running Pelagic drivers, printing each step and its time: an RBD
+// volume (Run) and a CephFS volume shared by two nodes (RunCephFS). They
+// are the main job's demo, and tests of the same paths.
 package lifecycle
 
 import (
@@ -81,16 +82,7 @@ func (d *demo) run() error {
 		name string
 		fn   func(ctx context.Context) (string, error)
 	}{
-		{"probe", func(ctx context.Context) (string, error) {
-			r, err := d.id.Probe(ctx, &csi.ProbeRequest{})
-			if err != nil {
-				return "", err
-			}
-			if !r.GetReady().GetValue() {
-				return "", fmt.Errorf("driver is not ready")
-			}
-			return "ready", nil
-		}},
+		{"probe", d.probe},
 		{"create volume (1 GiB)", func(ctx context.Context) (s string, err error) {
 			vol, err = d.create(ctx, "demo-vol", 1<<30, nil)
 			return vol.GetVolumeId(), err
