@@ -1,9 +1,10 @@
-// Package kernel holds integration tests of the kernel clients (krbd, and
-// rbd-nbd behind the kernel nbd module) with the real node plugin and the
-// real tools. They need a kernel with the rbd and nbd modules, which this
-// machine's kernel lacks: e2e/vm builds this test binary on the host, boots
-// a guest kernel and runs the binary inside it, against a test cluster on
-// the guest's bridge. Run directly on the host, the binary runs nothing.
+// Package kernel holds integration tests of the kernel clients (krbd,
+// rbd-nbd behind the kernel nbd module, and the CephFS kernel client) with
+// the real node plugins and the real tools. They need a kernel with the
+// rbd, nbd and ceph modules, which this machine's kernel lacks: e2e/vm
+// builds this test binary on the host, boots a guest kernel and runs the
+// binary inside it, against a test cluster on the guest's bridge. Run
+// directly on the host, the binary runs nothing.
 package kernel
 
 import (
