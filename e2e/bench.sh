@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# bench.sh [ARGS]: the benchmark. Starts a local Ceph cluster and the Pelagic
-# RBD driver (controller and node in one process, fuse mapper, -v=2), runs
-# e2e/bench against the driver and the floor, prints its table, and stops
-# both. ARGS go to the program (-json, -strict, -volumes N, -skip node, ...).
+# bench.sh [ARGS]: the benchmark. Starts a local Ceph cluster, the Pelagic
+# RBD driver (controller and node in one process, fuse mapper, -v=2) and its
+# CephFS controller, runs e2e/bench against the drivers and the floor,
+# prints its table, and stops them. ARGS go to the program (-json, -strict,
+# -volumes N, -skip node, -cephfs-clones N, ...).
 # BENCH_DIR=DIR keeps the cluster directory and the driver's log there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${BENCH_DIR:-$(mktemp -d /tmp/pelagic-bench.XXXXXX)}
 mkdir -p "$DIR"
 cleanup() {
+	[[ -n ${FS_DRIVER_PID:-} ]] && kill "$FS_DRIVER_PID" 2>/dev/null && wait "$FS_DRIVER_PID" 2>/dev/null
 	[[ -n ${DRIVER_PID:-} ]] && kill "$DRIVER_PID" 2>/dev/null && wait "$DRIVER_PID" 2>/dev/null
 	bash "$ROOT/e2e/ceph/down.sh" "$DIR/cluster" >/dev/null 2>&1 || true
 	[[ -n ${BENCH_DIR:-} ]] || rm -rf "$DIR"
@@ -30,6 +32,11 @@ JSON
 	>"$DIR/driver.log" 2>&1 &
 DRIVER_PID=$!
 echo "driver started (pid $DRIVER_PID, log $DIR/driver.log)" >&2
+"$ROOT/bin/pelagic" --type=cephfs --controller --endpoint="unix://$DIR/cephfs.sock" --config="$DIR/config.json" -v=2 \
+	>"$DIR/cephfs-driver.log" 2>&1 &
+FS_DRIVER_PID=$!
+echo "CephFS driver started (pid $FS_DRIVER_PID, log $DIR/cephfs-driver.log)" >&2
 "$DIR/bench" -endpoint="unix://$DIR/csi.sock" -driver-pid="$DRIVER_PID" -config="$DIR/config.json" \
 	-cluster-id=bench -pool="$CEPH_POOL" -user="$CEPH_RBD_USER_ID" -key-file=<(printf %s "$CEPH_RBD_USER_KEY") \
-	-work-dir="$DIR/cluster/bench/work" "$@"
+	-work-dir="$DIR/cluster/bench/work" -cephfs-endpoint="unix://$DIR/cephfs.sock" -fs-name="$CEPH_FS_NAME" \
+	-fs-user="$CEPH_FS_USER_ID" -fs-key-file=<(printf %s "$CEPH_FS_USER_KEY") "$@"

@@ -24,6 +24,7 @@ type bench struct {
 	drv   *driverClient
 	floor *floor
 	node  *fuseFloor
+	fs    *fsBench  // nil when no CephFS driver runs
 	log   io.Writer // progress
 	tag   string    // in every name this run makes, so that runs never meet
 

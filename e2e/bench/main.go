@@ -54,6 +54,11 @@ type options struct {
 	trashKept       int // images kept in the trash by their snapshots throughout
 	skip            string
 
+	// The CephFS driver's, when one runs (-cephfs-endpoint).
+	fsEndpoint, fsName, fsUser, fsKeyFile string
+	fsVolumes, fsClones                   int
+	fsConcurrency                         []int
+
 	json   bool
 	strict bool
 }
@@ -80,17 +85,27 @@ func parseOptions(args []string, out io.Writer) (options, error) {
 	fs.IntVar(&o.rounds, "rounds", 5, "rounds each workload is interleaved in")
 	fs.IntVar(&o.trashKept, "trash-kept", 0, "images left in the trash, kept by a snapshot each, throughout the run")
 	fs.StringVar(&o.skip, "skip", "", "workloads to leave out: controller, copies, node (comma-separated)")
+	fs.StringVar(&o.fsEndpoint, "cephfs-endpoint", "", "the CephFS driver's CSI endpoint (controller); empty: CephFS is not measured")
+	fs.StringVar(&o.fsName, "fs-name", "cephfs", "CephFS filesystem of the CephFS class")
+	fs.StringVar(&o.fsUser, "fs-user", "", "cephx user of the CephFS secrets, used by the CephFS floor too")
+	fs.StringVar(&o.fsKeyFile, "fs-key-file", "", "file holding the CephFS user's cephx key")
+	fs.IntVar(&o.fsVolumes, "cephfs-volumes", 50, "CephFS volumes created and deleted at each CephFS concurrency")
+	fsConc := fs.String("cephfs-concurrency", "4,8", "concurrencies of CephFS CreateVolume and DeleteVolume")
+	fs.IntVar(&o.fsClones, "cephfs-clones", 5, "CephFS volumes restored from a snapshot, and clones of a volume, one at a time")
 	fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
 	fs.BoolVar(&o.strict, "strict", false, "exit 1 when a driver call failed at the highest concurrency")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	for _, c := range strings.Split(*conc, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(c))
-		if err != nil || n < 1 {
-			return o, fmt.Errorf("-concurrency: %q is not a positive number", c)
-		}
-		o.concurrency = append(o.concurrency, n)
+	var err error
+	if o.concurrency, err = parseConcurrency("concurrency", *conc); err != nil {
+		return o, err
+	}
+	if o.fsConcurrency, err = parseConcurrency("cephfs-concurrency", *fsConc); err != nil {
+		return o, err
+	}
+	if o.fsEndpoint != "" && (o.fsUser == "" || o.fsKeyFile == "") {
+		return o, errors.New("-cephfs-endpoint needs -fs-user and -fs-key-file")
 	}
 	var missing []string
 	for flag, v := range map[string]string{"endpoint": o.endpoint, "config": o.configPath, "cluster-id": o.clusterID,
@@ -104,6 +119,19 @@ func parseOptions(args []string, out io.Writer) (options, error) {
 		return o, fmt.Errorf("missing %s", strings.Join(missing, ", "))
 	}
 	return o, nil
+}
+
+// parseConcurrency reads a list of concurrencies, "1,16".
+func parseConcurrency(flag, list string) ([]int, error) {
+	var out []int
+	for _, c := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-%s: %q is not a positive number", flag, c)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func (o options) skipped(workload string) bool {
@@ -227,7 +255,17 @@ func connect(ctx context.Context, o options) (*bench, func(), error) {
 		return nil, nil, err
 	}
 	b := &bench{opts: o, drv: drv, floor: fl, node: node, log: os.Stderr, tag: "bench-" + strings.ToLower(rand.Text()[:6])}
-	return b, func() { node.close(); fl.close(); conns.Close(); conn.Close() }, nil
+	closeFS := func() {}
+	if o.fsEndpoint != "" {
+		if b.fs, closeFS, err = connectCephFS(ctx, o, conns, cluster, b.tag); err != nil {
+			node.close()
+			fl.close()
+			conns.Close()
+			conn.Close()
+			return nil, nil, err
+		}
+	}
+	return b, func() { closeFS(); node.close(); fl.close(); conns.Close(); conn.Close() }, nil
 }
 
 // warmUp makes both sides' first calls, which open connections and
