@@ -44,10 +44,11 @@ func connectCephFS(ctx context.Context, o options, conns *ceph.ConnPool, cluster
 	if err != nil {
 		return nil, nil, err
 	}
-	drv := &driverClient{ident: csi.NewIdentityClient(conn), node: csi.NewNodeClient(conn)}
-	if err := drv.waitReady(ctx, time.Minute); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := waitProbe(wctx, csi.NewIdentityClient(conn)); err != nil {
 		conn.Close()
-		return nil, nil, fmt.Errorf("the CephFS driver: %w", err)
+		return nil, nil, fmt.Errorf("the CephFS driver not ready within a minute: %w", err)
 	}
 	mgr, err := conns.GetForMgr(ctx, cluster, creds)
 	if err != nil {

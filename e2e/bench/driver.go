@@ -44,16 +44,8 @@ var mountCap = &csi.VolumeCapability{
 func (d *driverClient) waitReady(ctx context.Context, within time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
-	for {
-		r, err := d.ident.Probe(ctx, &csi.ProbeRequest{})
-		if err == nil && r.GetReady().GetValue() {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("driver not ready within %v (last Probe: %v)", within, err)
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := waitProbe(ctx, d.ident); err != nil {
+		return fmt.Errorf("driver not ready within %v: %w", within, err)
 	}
 	info, err := d.node.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
 	if err != nil {
@@ -61,6 +53,21 @@ func (d *driverClient) waitReady(ctx context.Context, within time.Duration) erro
 	}
 	d.nodeID = info.GetNodeId()
 	return nil
+}
+
+// waitProbe polls Probe until the driver answers ready, or ctx ends.
+func waitProbe(ctx context.Context, ident csi.IdentityClient) error {
+	for {
+		r, err := ident.Probe(ctx, &csi.ProbeRequest{})
+		if err == nil && r.GetReady().GetValue() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("last Probe: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func (d *driverClient) createVolume(ctx context.Context, name string, size int64, src *csi.VolumeContentSource) (*csi.Volume, error) {
