@@ -162,6 +162,9 @@ func statImage(img *librbd.Image) (ImageInfo, error) {
 	if info.Features, err = img.GetFeatures(); err != nil {
 		return info, err
 	}
+	if err := statLayout(img, &info); err != nil {
+		return info, err
+	}
 	parent, err := img.GetParent()
 	switch {
 	case err == nil:
