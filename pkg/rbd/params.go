@@ -428,6 +428,9 @@ func (p *VolumeParams) volumeContext(image string) map[string]string {
 type volumeFacts struct {
 	clusterID, pool, namespace, image string
 	params                            map[string]string // journalParams as recorded at creation
+	// cephCSI: the volume ceph-csi provisioned, whose context holds every
+	// class parameter (params are then read from its image).
+	cephCSI bool
 }
 
 // contextKeys are the volume context keys CreateVolume may return besides
@@ -485,7 +488,12 @@ func (v volumeFacts) contextMismatch(vctx map[string]string) []string {
 		switch {
 		case isDefining && got != want:
 			why = append(why, fmt.Sprintf("volume context %q is %q, but the volume's is %q", k, vctx[k], want))
-		case !isDefining && !contextKeys[k]:
+		case isDefining, contextKeys[k]:
+		case v.cephCSI && k == ParamNamePrefix && got != v.params[ParamNamePrefix]:
+			why = append(why, fmt.Sprintf("volume context %q is %q, but the volume's image is named %s", k, got, v.image))
+		case v.cephCSI && !cephCSIContextKey(k, got):
+			why = append(why, fmt.Sprintf("volume context key %q=%q is not a parameter Pelagic accepts", k, got))
+		case !v.cephCSI:
 			why = append(why, fmt.Sprintf("volume context key %q is not one Pelagic returns", k))
 		}
 	}
