@@ -91,6 +91,7 @@ func run(ctx context.Context, o *Options) error {
 		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
 		FenceCheckInterval: o.FenceCheck,
 		SoftCloneDepth:     o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,
+		CephCSIInstanceID: o.InstanceID,
 	})
 	if err != nil {
 		return err

@@ -38,6 +38,8 @@ type Options struct {
 	// Clone chain limits, named as ceph-csi names them.
 	SoftCloneDepth int
 	HardCloneDepth int
+	// InstanceID is ceph-csi's --instanceid: whose journal to serve.
+	InstanceID string
 }
 
 // Default driver names per type.
@@ -73,6 +75,8 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 	fs.DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "deadline of the backend check behind Probe")
 	fs.IntVar(&o.SoftCloneDepth, "rbdsoftmaxclonedepth", 4, "clones deeper than this are flattened in the background")
 	fs.IntVar(&o.HardCloneDepth, "rbdhardmaxclonedepth", 8, "clones deeper than this are flattened before CreateVolume returns")
+	fs.StringVar(&o.InstanceID, "instanceid", "default",
+		"the --instanceid of the ceph-csi this driver replaces: its volumes' names are in csi.volumes.<instanceid>")
 	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour,
 		"how long one blocklisting of a stale holder's client lasts; renewed while its node still holds the mapping")
 	fs.DurationVar(&o.FenceCheck, "fence-check-interval", 0,
@@ -131,6 +135,9 @@ func (o *Options) Validate() error {
 	}
 	if o.SoftCloneDepth < 1 || o.HardCloneDepth < o.SoftCloneDepth {
 		errs = append(errs, errors.New("clone depths must satisfy 1 <= --rbdsoftmaxclonedepth <= --rbdhardmaxclonedepth"))
+	}
+	if strings.TrimSpace(o.InstanceID) == "" {
+		errs = append(errs, errors.New("--instanceid must not be empty (ceph-csi's default is \"default\")"))
 	}
 	if o.MaxVolumes < 0 {
 		errs = append(errs, errors.New("--max-volumes must not be negative"))

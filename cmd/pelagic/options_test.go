@@ -30,6 +30,8 @@ func TestParseOptions(t *testing.T) {
 		{name: "stray argument", args: []string{"--type=rbd", "--controller", "extra"}, wantErr: "unexpected arguments"},
 		{name: "ceph-csi clone depth flags", args: []string{"--type=rbd", "--controller", "--rbdsoftmaxclonedepth=2", "--rbdhardmaxclonedepth=3"}, wantDriver: DefaultRBDDriverName},
 		{name: "soft depth above hard", args: []string{"--type=rbd", "--controller", "--rbdsoftmaxclonedepth=9", "--rbdhardmaxclonedepth=3"}, wantErr: "clone depths"},
+		{name: "ceph-csi instance ID", args: []string{"--type=rbd", "--controller", "--instanceid=rook"}, wantDriver: DefaultRBDDriverName},
+		{name: "empty instance ID", args: []string{"--type=rbd", "--controller", "--instanceid="}, wantErr: "--instanceid"},
 		{name: "unknown flag", args: []string{"--type=rbd", "--bogus"}, wantErr: "bogus"},
 		{name: "node through a daemon host", args: []string{"--type=rbd", "--node", "--nodeid=n", "--daemon-socket=/var/lib/pelagic/daemons.sock"},
 			wantDriver: DefaultRBDDriverName},
