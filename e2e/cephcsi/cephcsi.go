@@ -202,7 +202,7 @@ func (d *Driver) prepare(bin string, clusters []Cluster) error {
 			return err
 		}
 	}
-	cfg, err := configJSON(clusters)
+	cfg, err := ConfigJSON(clusters)
 	if err != nil {
 		return err
 	}
@@ -212,7 +212,8 @@ func (d *Driver) prepare(bin string, clusters []Cluster) error {
 	return unpack(bin, filepath.Join(d.work, "cephcsi"))
 }
 
-func configJSON(clusters []Cluster) ([]byte, error) {
+// ConfigJSON is the config.json ceph-csi is given for clusters, which Pelagic reads too.
+func ConfigJSON(clusters []Cluster) ([]byte, error) {
 	type rbdConf struct {
 		RadosNamespace string `json:"radosNamespace,omitempty"`
 	}
