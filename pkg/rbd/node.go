@@ -129,9 +129,19 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		if rec, err = n.keepMappingUsable(ctx, req, rec); err != nil {
 			return nil, err
 		}
+		if rec.CephCSIStash && rec.MountPath != "" {
+			if err := n.recordAdopted(ctx, req, rec); err != nil {
+				return nil, err
+			}
+		}
 	case errors.Is(err, os.ErrNotExist):
-		if rec, err = n.mapImage(ctx, req, nil); err != nil {
+		if rec, err = n.adoptCephCSIStage(ctx, req); err != nil {
 			return nil, err
+		}
+		if rec == nil {
+			if rec, err = n.mapImage(ctx, req, nil); err != nil {
+				return nil, err
+			}
 		}
 	default:
 		return nil, status.Error(codes.Internal, err.Error())
@@ -173,7 +183,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	if err != nil {
 		return nil, volume.Status(err)
 	}
-	pool, err := cl.Pool(ctx, vctx[ParamPool], cc.RBD.RadosNamespace)
+	pool, err := cl.Pool(ctx, imagePool(ctx, cl, req.GetVolumeId(), vctx), cc.RBD.RadosNamespace)
 	if err != nil {
 		return nil, nodeStatus(err, req.GetVolumeId())
 	}
@@ -213,6 +223,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	}
 	if prev != nil {
 		rec.Targets = prev.Targets // bound again by the caller
+		rec.CephCSIStash = prev.CephCSIStash
 	}
 	// The stage record only after the image's mapping record: it makes a
 	// retry skip mapping, so it must only exist once the controller can
@@ -331,9 +342,10 @@ func fsTypeOf(c *csi.VolumeCapability) string {
 	return DefaultFSType
 }
 
-// mountFilesystem formats a blank device and mounts it at the staging path.
+// mountFilesystem formats a blank device and mounts it at the staging path
+// (or where ceph-csi mounted a volume Pelagic adopted).
 func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequest, rec *stageRecord) error {
-	staging := req.GetStagingTargetPath()
+	staging := rec.fsPath(req.GetStagingTargetPath())
 	mounted, err := n.opts.Mounter.IsMountPoint(ctx, staging)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return status.Error(codes.Internal, err.Error())
@@ -386,16 +398,25 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 	defer unlock()
 	staging := req.GetStagingTargetPath()
 	rec, err := readStageRecord(staging)
+	fromStash := false // staged by ceph-csi's node plugin, never seen by this one
+	if errors.Is(err, os.ErrNotExist) {
+		rec, err = n.cephCSIStaged(ctx, req.GetVolumeId(), staging)
+		fromStash = err == nil
+	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, status.Convert(err).Err()
 	}
 	// Check whose staging path this is before touching its mount.
 	if rec != nil && rec.VolumeID != req.GetVolumeId() {
 		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s",
 			staging, rec.VolumeID, req.GetVolumeId())
 	}
-	if err := n.opts.Mounter.Unmount(ctx, staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
+	mounted := staging
+	if rec != nil {
+		mounted = rec.fsPath(staging)
+	}
+	if err := n.opts.Mounter.Unmount(ctx, mounted); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", mounted, err)
 	}
 	if rec == nil {
 		return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
@@ -412,9 +433,14 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 		}
 		return nil, mapperStatus(err, "unmapping "+rec.Mapping.Device)
 	}
-	n.forgetMapping(ctx, rec)
+	if !fromStash {
+		n.forgetMapping(ctx, rec)
+	}
 	if err := nodefs.RemoveRecord(staging); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if err := unstageCephCSILeftovers(rec, staging); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
 }
@@ -452,6 +478,12 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	defer unlock()
 	target := req.GetTargetPath()
 	rec, err := readStageRecord(req.GetStagingTargetPath())
+	if errors.Is(err, os.ErrNotExist) {
+		rec, err = n.adoptCephCSIPublish(ctx, req)
+	}
+	if status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.Internal {
+		return nil, err
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
 	}
@@ -503,7 +535,7 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 // bindTarget binds the staged filesystem, or the device of a block
 // volume, at a publication's target.
 func (n *Node) bindTarget(ctx context.Context, staging string, rec *stageRecord, pub nodefs.Publication) error {
-	source := staging
+	source := rec.fsPath(staging)
 	if rec.Block {
 		source = rec.Mapping.Device
 	}
@@ -661,8 +693,8 @@ func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 	case err != nil:
 		problem("MappingUnknown", "cannot tell whether %s still carries I/O: %v", rec.Mapping.Device, err)
 	}
-	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, staging); !rec.Block && !mounted {
-		problem("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, staging)
+	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, rec.fsPath(staging)); !rec.Block && !mounted {
+		problem("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, rec.fsPath(staging))
 	}
 	if p := req.GetVolumePublishPath(); p != "" {
 		if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p); !mounted {
