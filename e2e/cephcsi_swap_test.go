@@ -3,10 +3,13 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pelagic-csi/pelagic/e2e/cephcsi"
+	"github.com/pelagic-csi/pelagic/e2e/cephtest"
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 	"github.com/pelagic-csi/pelagic/pkg/kube"
@@ -497,5 +501,52 @@ func setOmap(t *testing.T, io *rados.IOContext, oid string, kv map[string]string
 	}
 	if err := io.SetOmap(oid, pairs); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCephCSISharedMounts: with SharedMounts, a mount made in ceph-csi's namespace under its
+// directory shows in this one (as its node plugin's mounts reach the host), nothing else of its
+// namespace does, Kill leaves the mount, and Stop takes it away with the directory.
+func TestCephCSISharedMounts(t *testing.T) {
+	c := cephtest.Get(t)
+	d := cephcsi.Start(t, cephcsi.Options{Type: "rbd", Clusters: []cephcsi.Cluster{cephcsi.ClusterOf(c, "e2e")},
+		Node: true, SharedMounts: true})
+	probe := filepath.Join(d.Dir, "staging", "probe")
+	if err := os.MkdirAll(probe, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("nsenter", "-t", strconv.Itoa(d.PID()), "-m", "--",
+		"mount", "-t", "tmpfs", "cephcsi-probe", probe).CombinedOutput(); err != nil {
+		t.Fatalf("mounting in ceph-csi's namespace: %v: %s", err, out)
+	}
+	mounts := func() string {
+		b, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if m := mounts(); !strings.Contains(m, " "+probe+" ") {
+		t.Fatalf("the mount at %s did not reach this namespace", probe)
+	}
+	for _, private := range []string{"cephcsi-ns", "cephcsi-etc", "cephcsi-etc-ceph"} {
+		if strings.Contains(mounts(), " "+private+" ") {
+			t.Errorf("ceph-csi's private mount %s reached this namespace", private)
+		}
+	}
+	if err := d.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(mounts(), " "+probe+" ") {
+		t.Error("Kill took the mount away")
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(mounts(), " "+probe+" ") {
+		t.Error("Stop left the mount")
+	}
+	if _, err := os.Stat(d.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Stop left %s: %v", d.Dir, err)
 	}
 }
