@@ -307,7 +307,7 @@ func (c *Controller) deleteUnknown(ctx context.Context, u *unknownID) (*csi.Dele
 			return nil, volume.Status(err)
 		}
 	}
-	for _, j := range []journal.Journal{u.pool, c.cephCSIJournal(u.pool)} {
+	for _, j := range Journals(u.pool, c.opts.CephCSIInstanceID) {
 		if _, err := j.Lookup(ctx, journal.Snapshot, u.id.UUID); err == nil {
 			return &csi.DeleteVolumeResponse{}, nil
 		}
@@ -398,4 +398,33 @@ func cephCSIHolderHint(rec *journal.Record, holders []Holder) string {
 		}
 	}
 	return ""
+}
+
+// What pelagicctl needs to show ceph-csi's volumes beside Pelagic's; the
+// controller goes by the same journals.
+
+// Journals are the journals of pool that hold volumes and snapshots:
+// Pelagic's, then ceph-csi's under instanceID (journal.DefaultCephCSIInstance
+// unless ceph-csi ran with another --instanceid), whose records report
+// FromCephCSI. Their UUIDs make volume IDs the same way.
+func Journals(pool Pool, instanceID string) []journal.Journal {
+	return []journal.Journal{pool, pool.CephCSI(instanceID)}
+}
+
+// LookupVolume reads the record of the volume with uuid in pool, from
+// Pelagic's journal or else ceph-csi's (see Journals); journal.ErrNotFound
+// when neither holds it whole.
+func LookupVolume(ctx context.Context, pool Pool, instanceID, uuid string) (*journal.Record, error) {
+	rec, err := pool.Lookup(ctx, journal.Volume, uuid)
+	if !errors.Is(err, journal.ErrNotFound) {
+		return rec, err
+	}
+	rec, err = pool.CephCSI(instanceID).Lookup(ctx, journal.Volume, uuid)
+	if err == nil && rec.Backing == "" {
+		err = journal.ErrDangling
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rec, nil
 }

@@ -388,3 +388,32 @@ func TestListVolumesBothJournals(t *testing.T) {
 		t.Errorf("ListVolumes: %v, want %v", got, want)
 	}
 }
+
+// TestPelagicctlSeesCephCSIVolumes: what pelagicctl reads tells ceph-csi's
+// volumes from Pelagic's, and who they are for.
+func TestPelagicctlSeesCephCSIVolumes(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	image := e.ccVolume(t, "pvc-a", ccVolUUID, gib)
+	own := e.create(t, createReq("pvc-own", gib))
+	from := map[string]bool{}
+	for _, j := range Journals(e.pool, journal.DefaultCephCSIInstance) {
+		if err := journal.ForEach(ctx, j, journal.Volume, 10, func(r *journal.Record) { from[r.UUID] = r.FromCephCSI() }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := map[string]bool{ccVolUUID: true, own.GetVolumeId()[len(own.GetVolumeId())-36:]: false}; !maps.Equal(from, want) {
+		t.Errorf("volumes %v, want %v", from, want)
+	}
+	rec, err := LookupVolume(ctx, e.pool, journal.DefaultCephCSIInstance, ccVolUUID)
+	if err != nil || rec.Backing != image || !rec.FromCephCSI() || rec.Owner != "shop" {
+		t.Errorf("LookupVolume: %+v, %v", rec, err)
+	}
+	if err := e.pool.SetMetadata(ctx, image, map[string]string{ParamPVCName: "data-db-0", ParamPVCNamespace: "shop",
+		ParamPVName: "pv-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := ReadOwner(ctx, e.pool, image); err != nil || o == nil || o.PVC != "data-db-0" || o.Namespace != "shop" || o.PV != "pv-1" {
+		t.Errorf("owner of a volume ceph-csi recorded with --setmetadata: %+v, %v", o, err)
+	}
+}

@@ -590,7 +590,7 @@ func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]list
 		if err != nil {
 			return nil, volume.Status(err)
 		}
-		for _, j := range []journal.Journal{pool, c.cephCSIJournal(pool)} {
+		for _, j := range Journals(pool, c.opts.CephCSIInstanceID) {
 			err = journal.ForEach(ctx, j, kind, 1000, func(r *journal.Record) {
 				if r.FromCephCSI() && kind == journal.Snapshot {
 					r.Source = cephCSIVolumeID(kp.ClusterID, pool.ID(), r.SourceBacking)

@@ -42,8 +42,9 @@ func RemoveFenceRecord(ctx context.Context, pool Pool, image, addr string) error
 	return err
 }
 
-// ReadOwner returns the owner record of image, or nil when it has none (an
-// image Pelagic did not create, or one whose creation has not finished).
+// ReadOwner returns the owner record of image: Pelagic's, else the PVC and
+// PV ceph-csi recorded when it ran with --setmetadata; nil when neither is
+// there (another tool's image, or one whose creation has not finished).
 func ReadOwner(ctx context.Context, pool Pool, image string) (*Owner, error) {
 	meta, err := pool.Metadata(ctx, image)
 	if err != nil {
@@ -51,6 +52,9 @@ func ReadOwner(ctx context.Context, pool Pool, image string) (*Owner, error) {
 	}
 	raw, ok := meta[metaOwnerKey]
 	if !ok {
+		if pvc := meta[ParamPVCName]; pvc != "" {
+			return &Owner{PVC: pvc, Namespace: meta[ParamPVCNamespace], PV: meta[ParamPVName]}, nil
+		}
 		return nil, nil
 	}
 	var o Owner
