@@ -22,7 +22,6 @@ import (
 
 	"github.com/pelagic-csi/pelagic/e2e/cephcsi"
 	"github.com/pelagic-csi/pelagic/e2e/cephtest"
-	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 	"github.com/pelagic-csi/pelagic/pkg/kube"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
@@ -79,14 +78,7 @@ func startPelagicFor(t *testing.T, e *cephcsiRBD) csi.ControllerClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "config.json")
-	if err := os.WriteFile(path, cfgJSON, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := ceph.LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, _ := loadConfig(t, cfgJSON)
 	endpoint, _ := startDriver(t, driver.Options{Type: "rbd", DriverName: "rbd.csi.ceph.com", Controller: true,
 		Config: cfg, Nodes: kube.NewFakeNodes("node-a", "node-b")})
 	return csi.NewControllerClient(dial(t, endpoint))

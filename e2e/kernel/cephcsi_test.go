@@ -17,7 +17,7 @@ import (
 type cephCSIVolume struct {
 	*csi.Volume
 	staging, target string // ceph-csi's
-	data            []byte  // written through ceph-csi's mount
+	data            []byte // written through ceph-csi's mount
 }
 
 func (v *cephCSIVolume) at(target string) *volume {
