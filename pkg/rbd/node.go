@@ -280,7 +280,8 @@ func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, 
 func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode,
 	m mapper.Mapping, before []Watcher) (NodeMapping, error) {
 	rec := NodeMapping{Node: n.opts.NodeID, ClientAddr: m.ClientAddr, ClientID: m.ClientID, Mapper: m.Mapper,
-		Since: time.Now().UTC()}
+		ReadOnly: readOnlyMode(&csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}),
+		Since:    time.Now().UTC()}
 	if rec.ClientAddr == "" {
 		after, err := pool.Watchers(ctx, image)
 		if err != nil {
