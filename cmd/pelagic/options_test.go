@@ -30,6 +30,10 @@ func TestParseOptions(t *testing.T) {
 		{name: "stray argument", args: []string{"--type=rbd", "--controller", "extra"}, wantErr: "unexpected arguments"},
 		{name: "ceph-csi clone depth flags", args: []string{"--type=rbd", "--controller", "--rbdsoftmaxclonedepth=2", "--rbdhardmaxclonedepth=3"}, wantDriver: DefaultRBDDriverName},
 		{name: "soft depth above hard", args: []string{"--type=rbd", "--controller", "--rbdsoftmaxclonedepth=9", "--rbdhardmaxclonedepth=3"}, wantErr: "clone depths"},
+		{name: "registration", args: []string{"--type=rbd", "--node", "--nodeid=n", "--endpoint=unix:///var/lib/kubelet/plugins/d/csi.sock", "--registration-dir=/var/lib/kubelet/plugins_registry", "--healthz-address=127.0.0.1:9808"}, wantDriver: DefaultRBDDriverName},
+		{name: "registration without node", args: []string{"--type=rbd", "--controller", "--registration-dir=/var/lib/kubelet/plugins_registry"}, wantErr: "--registration-dir needs --node"},
+		{name: "relative registration dir", args: []string{"--type=rbd", "--node", "--nodeid=n", "--registration-dir=plugins_registry"}, wantErr: "must be an absolute path"},
+		{name: "registration of a tcp endpoint", args: []string{"--type=rbd", "--node", "--nodeid=n", "--endpoint=tcp://127.0.0.1:10000", "--registration-dir=/r"}, wantErr: "unix socket"},
 		{name: "unknown flag", args: []string{"--type=rbd", "--bogus"}, wantErr: "bogus"},
 	}
 	for _, tc := range tests {
