@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# deps.sh: install the Debian packages that building against librados/librbd
-# and running the local cluster need, when any is missing.
+# deps.sh [PKG...]: install the Debian packages that building against librados/librbd
+# and running the local cluster need, and any named, when any is missing.
 set -euo pipefail
 PKGS=(ceph-mon ceph-osd ceph-mgr ceph-mds ceph-common rbd-fuse ceph-fuse rbd-nbd
 	librados-dev librbd-dev libcephfs-dev python3-rados python3-rbd
-	xfsprogs e2fsprogs iproute2 util-linux fuse3 gcc)
+	xfsprogs e2fsprogs iproute2 util-linux fuse3 gcc "$@")
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
