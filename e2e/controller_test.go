@@ -73,12 +73,7 @@ func mountCap(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
 // images lists the pool's images with the admin user, outside the driver.
 func (e *controllerEnv) images(t *testing.T) []string {
 	t.Helper()
-	ioctx := e.adminIOContext(t)
-	names, err := librbd.GetImageNames(ioctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return names
+	return imageNames(t, e.adminIOContext(t))
 }
 
 func (e *controllerEnv) trash(t *testing.T) []librbd.TrashInfo {

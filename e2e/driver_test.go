@@ -19,7 +19,12 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 )
 
-func TestMain(m *testing.M) { os.Exit(cephtest.Main(m)) }
+func TestMain(m *testing.M) {
+	if os.Getenv(controllerProcessEnv) != "" {
+		os.Exit(runControllerProcess())
+	}
+	os.Exit(cephtest.Main(m))
+}
 
 const testClusterID = "e2e"
 

@@ -84,7 +84,8 @@ func run(ctx context.Context, o *Options) error {
 		Controller: o.Controller, Node: o.Node, NodeID: o.NodeID, Config: cfg,
 		KubeletDir: o.KubeletDir, Mounter: o.Mounter, StateDir: o.StateDir,
 		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
-		SoftCloneDepth: o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,
+		FenceCheckInterval: o.FenceCheck,
+		SoftCloneDepth:     o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,
 	})
 	if err != nil {
 		return err

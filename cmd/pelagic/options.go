@@ -29,6 +29,7 @@ type Options struct {
 	CallTimeout  time.Duration
 	ProbeTimeout time.Duration
 	FenceExpiry  time.Duration
+	FenceCheck   time.Duration
 	// RegistrationDir is the kubelet's plugins_registry: when set, the node
 	// plugin registers itself there (no node-driver-registrar needed).
 	RegistrationDir string
@@ -68,7 +69,10 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 	fs.IntVar(&o.HardCloneDepth, "rbdhardmaxclonedepth", 8, "clones deeper than this are flattened before CreateVolume returns")
 	fs.StringVar(&o.RegistrationDir, "registration-dir", "", "kubelet plugin registration directory (<kubelet root>/plugins_registry): register the node plugin there")
 	fs.StringVar(&o.HealthzAddress, "healthz-address", "", "host:port to serve /healthz on for liveness probes (empty: off)")
-	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour, "how long the blocklisting of a stale holder's client lasts")
+	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour,
+		"how long one blocklisting of a stale holder's client lasts; renewed while its node still holds the mapping")
+	fs.DurationVar(&o.FenceCheck, "fence-check-interval", 0,
+		"how often fences are renewed or lifted (default a quarter of --fence-expiry, at most 5m)")
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
 	}
@@ -125,6 +129,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxVolumes < 0 {
 		errs = append(errs, errors.New("--max-volumes must not be negative"))
+	}
+	if o.FenceCheck < 0 {
+		errs = append(errs, errors.New("--fence-check-interval must not be negative"))
 	}
 	if o.CallTimeout <= 0 || o.ProbeTimeout <= 0 || o.FenceExpiry <= 0 {
 		errs = append(errs, errors.New("--call-timeout, --probe-timeout and --fence-expiry must be positive"))

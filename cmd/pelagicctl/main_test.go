@@ -33,9 +33,9 @@ var testNow = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 // env is pelagicctl against one fake cluster with one pool "rbd".
 type env struct {
 	t          *testing.T
-	cluster    *fakeCluster
-	pool       *fakePool
-	connector  *fakeConnector
+	cluster    *rbd.FakeCluster
+	pool       *rbd.FakePool
+	connector  *rbd.FakeConnector
 	dir        string
 	configPath string
 	keyPath    string
@@ -45,9 +45,9 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	pool := newFakePool("rbd", testPoolID)
-	cluster := newFakeCluster(testClusterID, pool)
-	e := &env{t: t, cluster: cluster, pool: pool, connector: &fakeConnector{cluster: cluster},
+	pool := rbd.NewFakePool("rbd", testPoolID)
+	cluster := rbd.NewFakeCluster(testClusterID, pool)
+	e := &env{t: t, cluster: cluster, pool: pool, connector: rbd.NewFakeConnector(cluster),
 		dir: t.TempDir(), environ: map[string]string{}}
 	e.configPath = e.writeFile("config.json", fmt.Sprintf(`[{"clusterID": %q, "monitors": ["10.0.0.1:6789"]}]`, testClusterID))
 	e.keyPath = e.writeFile("key", testKey+"\n")
@@ -97,8 +97,18 @@ func (e *env) addVolume(meta map[string]string, watchers ...rbd.Watcher) (image,
 	for k, v := range meta {
 		all[k] = v
 	}
-	e.pool.images[image] = &fakeImage{size: 1 << 30, meta: all, watchers: watchers}
+	e.pool.AddImage(image, 1<<30, all, watchers...)
 	return image, volumeid.ID{ClusterID: testClusterID, PoolID: testPoolID, UUID: uuid}.String()
+}
+
+// metadata returns the image's metadata as it is now.
+func (e *env) metadata(image string) map[string]string {
+	e.t.Helper()
+	m, err := e.pool.Metadata(context.Background(), image)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m
 }
 
 // Metadata records as the controller and nodes write them.
@@ -309,6 +319,9 @@ func TestFenceLift(t *testing.T) {
 		{name: "no record forced", addr: addrA, force: true, wantCode: ctl.ExitOK, wantLifted: true},
 		{name: "fenced client still watching refused", meta: fenceRec("node-a", addrA, 4124, testNow.Add(time.Hour)),
 			watchers: []rbd.Watcher{watcher(addrA, 4124)}, addr: addrA, wantCode: ctl.ExitFailed, wantErr: "still watches"},
+		{name: "fenced client whose node still maps it refused",
+			meta: merge(fenceRec("node-a", addrA, 4124, testNow.Add(time.Hour)), mapRec("node-a", addrA, 4124)),
+			addr: addrA, wantCode: ctl.ExitFailed, wantErr: "node node-a still holds a mapping"},
 		{name: "fenced client still watching forced", meta: fenceRec("node-a", addrA, 4124, testNow.Add(time.Hour)),
 			watchers: []rbd.Watcher{watcher(addrA, 4124)}, addr: addrA, force: true,
 			wantCode: ctl.ExitOK, wantLifted: true, wantRecGone: true},
@@ -329,10 +342,10 @@ func TestFenceLift(t *testing.T) {
 			if tc.wantErr != "" && !strings.Contains(errOut, tc.wantErr) {
 				t.Errorf("stderr %q lacks %q", errOut, tc.wantErr)
 			}
-			if lifted := !e.cluster.blocklisted(addrA); lifted != tc.wantLifted {
+			if lifted := !e.cluster.Blocklisted(addrA); lifted != tc.wantLifted {
 				t.Errorf("blocklist entry lifted = %t, want %t", lifted, tc.wantLifted)
 			}
-			_, recorded := e.pool.metadata(image)[rbd.FenceMetadataKey(addrA)]
+			_, recorded := e.metadata(image)[rbd.FenceMetadataKey(addrA)]
 			if tc.meta != nil && recorded == tc.wantRecGone {
 				t.Errorf("fence record still there = %t, want %t", recorded, !tc.wantRecGone)
 			}
@@ -416,7 +429,7 @@ func TestKeyNeverPrinted(t *testing.T) {
 			image, _ := e.addVolume(attachRec("node-a"))
 			if tc.connErr {
 				// What ceph.ConnPool returns: it names the user, never the key.
-				e.connector.err = errors.New("connecting to cluster \"c1\" as client.admin: authentication failed")
+				e.connector.Err = errors.New("connecting to cluster \"c1\" as client.admin: authentication failed")
 			}
 			e.environ[ctl.KeyEnv] = tc.env
 			args := []string{"--config", e.configPath}
@@ -433,7 +446,7 @@ func TestKeyNeverPrinted(t *testing.T) {
 			if strings.Contains(out+errOut, testKey[:20]) {
 				t.Errorf("the key appears in the output:\nstdout %s\nstderr %s", out, errOut)
 			}
-			got := len(e.connector.creds) == 1 && e.connector.creds[0].Key == testKey && e.connector.creds[0].ID == "admin"
+			got := len(e.connector.Creds()) == 1 && e.connector.Creds()[0].Key == testKey && e.connector.Creds()[0].ID == "admin"
 			if got != tc.wantCreds {
 				t.Errorf("connector got admin with the key = %t, want %t", got, tc.wantCreds)
 			}
@@ -490,7 +503,7 @@ func TestCommandLineErrors(t *testing.T) {
 func TestEveryCallIsBounded(t *testing.T) {
 	e := newEnv(t)
 	image, _ := e.addVolume(nil)
-	e.pool.hang = true
+	e.pool.SetHang(true)
 	start := time.Now()
 	code, _, errOut := e.run("status", "rbd/"+image, "--timeout", "100ms")
 	if code != ctl.ExitFailed || !strings.Contains(errOut, "deadline exceeded") {

@@ -3,6 +3,7 @@
 package driver
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -31,6 +32,9 @@ type Options struct {
 	MaxVolumes   int64
 	ProbeTimeout time.Duration
 	FenceExpiry  time.Duration
+	// FenceCheckInterval is how often the controller renews or lifts fences
+	// (0: a quarter of FenceExpiry, at most 5 minutes).
+	FenceCheckInterval time.Duration
 	// SoftCloneDepth and HardCloneDepth bound clone chains (0: defaults).
 	SoftCloneDepth int
 	HardCloneDepth int
@@ -41,12 +45,14 @@ type Options struct {
 type Driver struct {
 	Services csiserver.Services
 	Conns    *ceph.ConnPool
+	stop     context.CancelFunc
 }
 
 // New builds the services o asks for.
 func New(o Options) (*Driver, error) {
 	conns := ceph.NewConnPool(o.Timeouts)
-	d := &Driver{Conns: conns}
+	ctx, stop := context.WithCancel(context.Background())
+	d := &Driver{Conns: conns, stop: stop}
 	d.Services.Identity = csiserver.NewIdentity(csiserver.IdentityOptions{
 		Name:         o.DriverName,
 		Version:      o.Version,
@@ -59,9 +65,12 @@ func New(o Options) (*Driver, error) {
 	case "rbd":
 		connector := &rbd.CephConnector{Config: o.Config, Conns: conns}
 		if o.Controller {
-			d.Services.Controller = rbd.NewController(rbd.ControllerOptions{
+			ctrl := rbd.NewController(rbd.ControllerOptions{
 				Connector: connector, Config: o.Config, FenceExpiry: o.FenceExpiry,
-				SoftCloneDepth: o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth})
+				FenceKeeperInterval: o.FenceCheckInterval,
+				SoftCloneDepth:      o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth})
+			go ctrl.RunFenceKeeper(ctx)
+			d.Services.Controller = ctrl
 		}
 		if o.Node {
 			node, err := newRBDNode(o, connector)
@@ -89,9 +98,12 @@ func newRBDNode(o Options, connector rbd.Connector) (*rbd.Node, error) {
 	}
 	return rbd.NewNode(rbd.NodeOptions{
 		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mappers: mappers, Mounter: mounter,
-		KubeletDir: o.KubeletDir, Labels: o.NodeLabels, MaxVolumes: o.MaxVolumes,
+		KubeletDir: o.KubeletDir, StateDir: o.StateDir, Labels: o.NodeLabels, MaxVolumes: o.MaxVolumes,
 	}), nil
 }
 
-// Close releases shared connections.
-func (d *Driver) Close() { d.Conns.Close() }
+// Close stops background work and releases shared connections.
+func (d *Driver) Close() {
+	d.stop()
+	d.Conns.Close()
+}

@@ -10,6 +10,11 @@ import (
 // error fields to make calls fail and BusyDevices to make Unmap report
 // ErrBusy; read MapCalls and UnmapCalls through their accessors. It is safe
 // for concurrent use.
+//
+// Like every real mapper it gives each mapping a Ceph client instance of
+// its own (krbd maps with noshare; rbd-nbd and rbd-fuse run one process
+// per mapping), spelled as the mappers return it: "IP:0/NONCE" and
+// "client.N". Mapping an image already mapped returns that mapping.
 type FakeMapper struct {
 	MapperName string
 

@@ -69,6 +69,10 @@ func (k *krbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, er
 		img.Spec(), k.devicesDir())
 }
 
+// mapArgs always asks for noshare: without it the kernel shares one Ceph
+// client instance among every image mapped from the same cluster with the
+// same user and options, and a fence of one mapping's instance would cut
+// every other volume of the node, current ones included.
 func (k *krbd) mapArgs(img Image, opts MapOptions, keyfile string) []string {
 	args := []string{"device", "map", "--device-type", "krbd",
 		"--id", img.Creds.ID, "--keyfile", keyfile, "-m", img.monHost(),
@@ -80,7 +84,16 @@ func (k *krbd) mapArgs(img Image, opts MapOptions, keyfile string) []string {
 	if opts.ReadOnly {
 		args = append(args, "--read-only")
 	}
-	return withOptions(args, opts.Options, opts.Exclusive, "exclusive")
+	options := []string{"noshare"}
+	if opts.Exclusive {
+		options = append(options, "exclusive")
+	}
+	for _, o := range splitOptions(opts.Options) {
+		if o != "noshare" && o != "share" {
+			options = append(options, o)
+		}
+	}
+	return append(args, "-o", strings.Join(options, ","))
 }
 
 // withOptions appends "-o" with the user's options, plus flagName when flag is set.
@@ -212,6 +225,15 @@ func (k *krbd) readDevice(id string) (krbdDevice, error) {
 		Image:          image,
 		Device:         filepath.Join(k.cfg.DevRoot, "rbd"+id),
 		ClientAddr:     optional("client_addr"),
-		ClientID:       optional("client_id"),
+		ClientID:       clientName(optional("client_id")),
 	}}, nil
+}
+
+// clientName spells the kernel's client_id ("client4126") as Ceph's
+// tools and watch lists do ("client.4126").
+func clientName(id string) string {
+	if n, ok := strings.CutPrefix(id, "client"); ok && n != "" && !strings.HasPrefix(n, ".") {
+		return "client." + n
+	}
+	return id
 }

@@ -3,9 +3,11 @@ package mapper
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -21,14 +23,16 @@ func TestKRBDMap(t *testing.T) {
 		opts      MapOptions
 		wantTail  []string
 	}{
-		{"plain", "", MapOptions{}, []string{"--image", "csi-vol-1"}},
-		{"namespace", "ns1", MapOptions{}, []string{"--namespace", "ns1", "--image", "csi-vol-1"}},
-		{"read-only", "", MapOptions{ReadOnly: true}, []string{"--image", "csi-vol-1", "--read-only"}},
-		{"exclusive", "", MapOptions{Exclusive: true}, []string{"--image", "csi-vol-1", "-o", "exclusive"}},
+		{"plain", "", MapOptions{}, []string{"--image", "csi-vol-1", "-o", "noshare"}},
+		{"namespace", "ns1", MapOptions{}, []string{"--namespace", "ns1", "--image", "csi-vol-1", "-o", "noshare"}},
+		{"read-only", "", MapOptions{ReadOnly: true}, []string{"--image", "csi-vol-1", "--read-only", "-o", "noshare"}},
+		{"exclusive", "", MapOptions{Exclusive: true}, []string{"--image", "csi-vol-1", "-o", "noshare,exclusive"}},
 		{"user options", "", MapOptions{Options: "lock_on_read, queue_depth=1024"},
-			[]string{"--image", "csi-vol-1", "-o", "lock_on_read,queue_depth=1024"}},
+			[]string{"--image", "csi-vol-1", "-o", "noshare,lock_on_read,queue_depth=1024"}},
+		{"a class asking to share gets noshare anyway", "", MapOptions{Options: "share,noshare"},
+			[]string{"--image", "csi-vol-1", "-o", "noshare"}},
 		{"all", "", MapOptions{ReadOnly: true, Exclusive: true, Options: "alloc_size=65536"},
-			[]string{"--image", "csi-vol-1", "--read-only", "-o", "exclusive,alloc_size=65536"}},
+			[]string{"--image", "csi-vol-1", "--read-only", "-o", "noshare,exclusive,alloc_size=65536"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -40,7 +44,7 @@ func TestKRBDMap(t *testing.T) {
 				checkKeyfile(t, argv)
 				keyfile = argAfter(argv, "--keyfile")
 				host.addRBDDevice(t, "1", map[string]string{"pool": "rbd", "pool_ns": tt.namespace, "name": "csi-vol-1",
-					"current_snap": "-", "client_addr": "10.0.0.9:0/3264511387", "client_id": "client.4123"})
+					"current_snap": "-", "client_addr": "10.0.0.9:0/3264511387", "client_id": "client4123"})
 				return []byte("/dev/rbd1\n"), nil
 			}
 			img := testImage()
@@ -256,5 +260,75 @@ func TestKRBDList(t *testing.T) {
 	empty := newFakeHost(t) // no rbd module: nothing mapped, no error
 	if got, err := newKRBD(empty.config(&fakeRunner{}, nil)).List(context.Background()); err != nil || len(got) != 0 {
 		t.Fatalf("List without the module = %v, %v", got, err)
+	}
+}
+
+// fakeKernel answers `rbd device map` as the kernel's rbd module does
+// (seen in a guest running Debian's 6.1 kernel): every mapping of the same
+// cluster, user and options shares one Ceph client instance, unless the
+// options carry noshare; sysfs spells client_id without a dot ("client4126")
+// and client_addr as IP:PORT/NONCE.
+type fakeKernel struct {
+	host    fakeHost
+	t       *testing.T
+	next    int
+	shared  map[string]int // cluster+user+options -> client number
+	clients int
+}
+
+func (k *fakeKernel) handle(argv []string) ([]byte, error) {
+	if len(argv) < 3 || argv[1] != "device" || argv[2] != "map" {
+		return nil, execError(1, "unexpected command")
+	}
+	var options []string
+	noshare := false
+	for _, o := range strings.Split(argAfter(argv, "-o"), ",") {
+		if o == "noshare" {
+			noshare = true
+		} else if o != "" {
+			options = append(options, o)
+		}
+	}
+	key := strings.Join([]string{argAfter(argv, "-m"), argAfter(argv, "--id"), strings.Join(options, ",")}, "|")
+	client, ok := k.shared[key]
+	if noshare || !ok {
+		k.clients++
+		client = 4125 + k.clients
+		if !noshare {
+			k.shared[key] = client
+		}
+	}
+	id := strconv.Itoa(k.next)
+	k.next++
+	k.host.addRBDDevice(k.t, id, map[string]string{"pool": argAfter(argv, "--pool"), "name": argAfter(argv, "--image"),
+		"current_snap": "-", "client_addr": fmt.Sprintf("10.252.0.2:0/%d", 3590571000+client), "client_id": fmt.Sprintf("client%d", client)})
+	return []byte("/dev/rbd" + id + "\n"), nil
+}
+
+// TestKRBDMappingsNeverShareAClient maps two images on one node, as two
+// volumes of one StorageClass are: each must get a client instance of its
+// own, so that fencing one can never cut the other.
+func TestKRBDMappingsNeverShareAClient(t *testing.T) {
+	host := newFakeHost(t, "rbd")
+	kernel := &fakeKernel{host: host, t: t, shared: map[string]int{}}
+	r := &fakeRunner{handle: kernel.handle}
+	k := newKRBD(host.config(r, nil))
+	var got []Mapping
+	for _, name := range []string{"csi-vol-1", "csi-vol-2"} {
+		img := testImage()
+		img.Name = name
+		m, err := k.Map(context.Background(), img, MapOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m)
+	}
+	if got[0].ClientAddr == "" || got[0].ClientAddr == got[1].ClientAddr || got[0].ClientID == got[1].ClientID {
+		t.Fatalf("two mappings share a client instance: %+v and %+v", got[0], got[1])
+	}
+	for _, m := range got {
+		if !strings.HasPrefix(m.ClientID, "client.") {
+			t.Errorf("client ID %q is not spelled as the watch list spells it (client.N)", m.ClientID)
+		}
 	}
 }

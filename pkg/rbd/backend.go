@@ -27,7 +27,11 @@ type Cluster interface {
 	// AvailableBytes is what the pool can still store.
 	AvailableBytes(ctx context.Context, pool string) (int64, error)
 	// Blocklist fences one client instance ("IP:PORT/NONCE") until expiry.
+	// Whether blocklisting an instance already listed moves its expiry
+	// depends on the Ceph release (Pacific keeps the old one).
 	Blocklist(ctx context.Context, addr string, expiry time.Duration) error
+	// BlocklistExpiry tells whether addr is blocklisted, and until when.
+	BlocklistExpiry(ctx context.Context, addr string) (time.Time, bool, error)
 	// Unblocklist lifts a fence.
 	Unblocklist(ctx context.Context, addr string) error
 	// ClientAddr is this connection's own client instance address.
@@ -82,6 +86,7 @@ type Pool interface {
 	journal.Journal
 	Name() string
 	ID() int64
+	Namespace() string
 	CreateImage(ctx context.Context, spec ImageSpec) error
 	// Clone makes spec.Name a copy-on-write child of parentImage@snap (clone v2).
 	Clone(ctx context.Context, parentImage, snap string, spec ImageSpec) error
@@ -94,6 +99,18 @@ type Pool interface {
 	Metadata(ctx context.Context, image string) (map[string]string, error)
 	SetMetadata(ctx context.Context, image string, kv map[string]string) error
 	RemoveMetadata(ctx context.Context, image, key string) error
+	// Records reads the image metadata together with the version of the
+	// image header it was read at.
+	Records(ctx context.Context, image string) (map[string]string, uint64, error)
+	// UpdateRecords sets and removes metadata keys in one operation that
+	// applies only while the header is still at version: ErrConflict
+	// otherwise, and then nothing changed.
+	UpdateRecords(ctx context.Context, image string, version uint64, set map[string]string, remove []string) error
+	// ReadObjectMap reads the omap of a small pool-level object; a missing
+	// object reads as empty.
+	ReadObjectMap(ctx context.Context, oid string) (map[string]string, error)
+	// UpdateObjectMap sets and removes keys of such an object in one operation.
+	UpdateObjectMap(ctx context.Context, oid string, set map[string]string, remove []string) error
 	// Delete moves the image to the trash and purges it when nothing
 	// (snapshots, clone children) still needs it.
 	Delete(ctx context.Context, image string) error
@@ -112,6 +129,8 @@ var (
 	ErrSnapNotFound  = errors.New("snapshot not found")
 	ErrPoolNotFound  = errors.New("pool not found")
 	ErrImageInUse    = errors.New("image in use")
+	// ErrConflict: a conditional update found the object changed since it was read.
+	ErrConflict = errors.New("changed since read")
 )
 
 // InUseError names the watchers that hold an image.

@@ -1,6 +1,7 @@
 package rbd
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
@@ -121,7 +123,7 @@ func (c *cephCluster) Pool(ctx context.Context, pool, namespace string) (Pool, e
 		return nil, fmt.Errorf("opening pool %q: %w", pool, err)
 	}
 	ioctx.SetNamespace(namespace)
-	p = &cephPool{Rados: journal.NewRados(ioctx), ioctx: ioctx, name: pool, id: id}
+	p = &cephPool{Rados: journal.NewRados(ioctx), ioctx: ioctx, conn: c.conn, name: pool, namespace: namespace, id: id}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if existing, ok := c.pools[key]; ok {
@@ -166,6 +168,28 @@ func (c *cephCluster) Blocklist(ctx context.Context, addr string, expiry time.Du
 	return err
 }
 
+func (c *cephCluster) BlocklistExpiry(ctx context.Context, addr string) (time.Time, bool, error) {
+	out, err := c.conn.MonCommand(ctx, map[string]any{"prefix": "osd blocklist ls", "format": "json"})
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	var entries []struct {
+		Addr  string `json:"addr"`
+		Until string `json:"until"`
+	}
+	// The mon answers with the instance list, then the range list.
+	if err := json.NewDecoder(bytes.NewReader(out)).Decode(&entries); err != nil {
+		return time.Time{}, false, fmt.Errorf("decoding the blocklist: %w", err)
+	}
+	for _, e := range entries {
+		if sameClient(e.Addr, addr) {
+			until, err := time.Parse("2006-01-02T15:04:05.999999-0700", e.Until)
+			return until, true, err
+		}
+	}
+	return time.Time{}, false, nil
+}
+
 func (c *cephCluster) Unblocklist(ctx context.Context, addr string) error {
 	_, err := c.conn.MonCommand(ctx, map[string]any{"prefix": "osd blocklist", "blocklistop": "rm", "addr": addr})
 	return err
@@ -195,16 +219,19 @@ func (c *cephCluster) JournalPools(ctx context.Context, namespace string) ([]str
 
 type cephPool struct {
 	*journal.Rados
-	ioctx *rados.IOContext
-	name  string
-	id    int64
+	ioctx     *rados.IOContext
+	conn      *ceph.Conn
+	name      string
+	namespace string
+	id        int64
 }
 
-func (p *cephPool) Name() string { return p.name }
-func (p *cephPool) ID() int64    { return p.id }
+func (p *cephPool) Name() string      { return p.name }
+func (p *cephPool) ID() int64         { return p.id }
+func (p *cephPool) Namespace() string { return p.namespace }
 
 func (p *cephPool) imageErr(image string, err error) error {
-	if errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == 2 {
+	if errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == syscall.ENOENT {
 		return fmt.Errorf("%w: %s/%s", ErrImageNotFound, p.name, image)
 	}
 	return fmt.Errorf("image %s/%s: %w", p.name, image, err)
@@ -251,7 +278,7 @@ func (p *cephPool) Clone(ctx context.Context, parentImage, snap string, spec Ima
 			return err
 		}
 		if err := librbd.CloneImage(p.ioctx, parentImage, snap, p.ioctx, spec.Name, opts); err != nil {
-			if ceph.Errno(err) == 95 { // EOPNOTSUPP: clone v2 needs mimic clients
+			if ceph.Errno(err) == syscall.EOPNOTSUPP { // clone v2 needs mimic clients
 				return fmt.Errorf("cloning %s@%s: clone v2 is not enabled; run 'ceph osd set-require-min-compat-client mimic': %w",
 					parentImage, snap, err)
 			}
@@ -342,7 +369,7 @@ func (p *cephPool) Resize(ctx context.Context, image string, size int64) error {
 func (p *cephPool) Flatten(ctx context.Context, image string) error {
 	return p.withWritableImage(ctx, "flattening", image, false, func(img *librbd.Image) error {
 		err := img.Flatten()
-		if errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == 22 { // not a clone
+		if errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == syscall.EINVAL { // not a clone
 			return nil
 		}
 		return err
@@ -432,6 +459,128 @@ func (p *cephPool) RemoveMetadata(ctx context.Context, image, key string) error 
 	})
 }
 
+// Records reads the metadata through an I/O context of its own, whose
+// last object version is then the header's as read: the shared context's
+// would be overwritten by concurrent calls.
+func (p *cephPool) Records(ctx context.Context, image string) (map[string]string, uint64, error) {
+	header, err := p.headerObject(ctx, image)
+	if err != nil {
+		return nil, 0, err
+	}
+	var version uint64
+	vals, err := util.Do(ctx, "reading records of "+image, func() (map[string][]byte, error) {
+		ioctx, err := p.privateIOContext()
+		if err != nil {
+			return nil, err
+		}
+		defer ioctx.Destroy()
+		vals, err := ioctx.GetAllOmapValues(header, "", metadataPrefix, 256)
+		if err != nil {
+			return nil, err
+		}
+		version, err = ioctx.GetLastVersion()
+		return vals, err
+	})
+	if err != nil {
+		return nil, 0, p.imageErr(image, err)
+	}
+	out := make(map[string]string, len(vals))
+	for k, v := range vals {
+		out[strings.TrimPrefix(k, metadataPrefix)] = string(v)
+	}
+	return out, version, nil
+}
+
+func (p *cephPool) privateIOContext() (*rados.IOContext, error) {
+	ioctx, err := p.conn.OpenIOContext(p.name)
+	if err != nil {
+		return nil, err
+	}
+	ioctx.SetNamespace(p.namespace)
+	return ioctx, nil
+}
+
+// UpdateRecords asserts the header version inside the write operation, so
+// the check and the change are one atomic step on the OSD.
+func (p *cephPool) UpdateRecords(ctx context.Context, image string, version uint64, set map[string]string, remove []string) error {
+	header, err := p.headerObject(ctx, image)
+	if err != nil {
+		return err
+	}
+	pairs := make(map[string][]byte, len(set))
+	for k, v := range set {
+		pairs[metadataPrefix+k] = []byte(v)
+	}
+	keys := make([]string, len(remove))
+	for i, k := range remove {
+		keys[i] = metadataPrefix + k
+	}
+	err = util.Run(ctx, "updating records of "+image, func() error {
+		op := rados.CreateWriteOp()
+		defer op.Release()
+		op.AssertVersion(version)
+		if len(pairs) > 0 {
+			op.SetOmap(pairs)
+		}
+		if len(keys) > 0 {
+			op.RmOmapKeys(keys)
+		}
+		return op.Operate(p.ioctx, header, rados.OperationNoFlag)
+	})
+	// The OSD answers ERANGE when the object is newer than asserted,
+	// EOVERFLOW when older (it was recreated).
+	if errno := ceph.Errno(err); errno == syscall.ERANGE || errno == syscall.EOVERFLOW {
+		return fmt.Errorf("records of %s/%s: %w", p.name, image, ErrConflict)
+	}
+	if err != nil {
+		return p.imageErr(image, err)
+	}
+	return nil
+}
+
+func (p *cephPool) ReadObjectMap(ctx context.Context, oid string) (map[string]string, error) {
+	vals, err := util.Do(ctx, "reading "+oid, func() (map[string][]byte, error) {
+		return p.ioctx.GetAllOmapValues(oid, "", "", 256)
+	})
+	if errors.Is(err, rados.ErrNotFound) {
+		return map[string]string{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s in pool %s: %w", oid, p.name, err)
+	}
+	out := make(map[string]string, len(vals))
+	for k, v := range vals {
+		out[k] = string(v)
+	}
+	return out, nil
+}
+
+func (p *cephPool) UpdateObjectMap(ctx context.Context, oid string, set map[string]string, remove []string) error {
+	if len(set) == 0 && len(remove) == 0 {
+		return nil
+	}
+	err := util.Run(ctx, "updating "+oid, func() error {
+		op := rados.CreateWriteOp()
+		defer op.Release()
+		op.Create(rados.CreateIdempotent)
+		if len(set) > 0 {
+			pairs := make(map[string][]byte, len(set))
+			for k, v := range set {
+				pairs[k] = []byte(v)
+			}
+			op.SetOmap(pairs)
+		}
+		if len(remove) > 0 {
+			op.RmOmapKeys(remove)
+		}
+		return op.Operate(p.ioctx, oid, rados.OperationNoFlag)
+	})
+	if err != nil {
+		return fmt.Errorf("updating %s in pool %s: %w", oid, p.name, err)
+	}
+	return nil
+}
+
 func (p *cephPool) Delete(ctx context.Context, image string) error {
 	watchers, err := p.Watchers(ctx, image)
 	if errors.Is(err, ErrImageNotFound) {
@@ -462,9 +611,9 @@ func (p *cephPool) Delete(ctx context.Context, image string) error {
 func (p *cephPool) purge(ctx context.Context, id string) error {
 	err := util.Run(ctx, "purging image "+id, func() error { return librbd.TrashRemove(p.ioctx, id, false) })
 	switch ceph.Errno(err) {
-	case 0, 2: // gone
+	case 0, syscall.ENOENT: // gone
 		return nil
-	case 16, 39: // EBUSY, ENOTEMPTY: snapshots or children remain
+	case syscall.EBUSY, syscall.ENOTEMPTY: // snapshots or children remain
 		return nil
 	}
 	return fmt.Errorf("purging trashed image %s: %w", id, err)
@@ -490,7 +639,7 @@ func (p *cephPool) CreateSnap(ctx context.Context, imageID, snap string) (SnapIn
 		_, err := img.CreateSnapshot(snap)
 		return err
 	})
-	if err != nil && ceph.Errno(err) != 17 { // EEXIST: a retry after a crash
+	if err != nil && ceph.Errno(err) != syscall.EEXIST { // a retry after a crash
 		return SnapInfo{}, err
 	}
 	return p.Snap(ctx, imageID, snap)
@@ -500,7 +649,7 @@ func (p *cephPool) RemoveSnap(ctx context.Context, imageID, snap string) error {
 	err := p.withWritableImage(ctx, "removing snapshot of", imageID, true, func(img *librbd.Image) error {
 		return img.GetSnapshot(snap).Remove()
 	})
-	if errors.Is(err, ErrImageNotFound) || errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == 2 {
+	if errors.Is(err, ErrImageNotFound) || errors.Is(err, librbd.ErrNotFound) || ceph.Errno(err) == syscall.ENOENT {
 		return nil
 	}
 	return err

@@ -34,10 +34,16 @@ type ControllerOptions struct {
 	HardCloneDepth int
 	// DefaultSize is used when a request sets no capacity.
 	DefaultSize int64
-	// FenceExpiry is how long a fence of a stale holder lasts;
-	// FenceTimeout how long publish waits for the fenced watch to go.
-	FenceExpiry  time.Duration
-	FenceTimeout time.Duration
+	// FenceExpiry is how long a fence of a stale holder lasts before the
+	// fence keeper must renew it; FenceTimeout how long publish waits for
+	// the fenced watch to go; FenceKeeperInterval how often RunFenceKeeper
+	// checks fences (default a quarter of FenceExpiry, at most 5 minutes).
+	FenceExpiry         time.Duration
+	FenceTimeout        time.Duration
+	FenceKeeperInterval time.Duration
+	// FenceHook, when set, runs after each step of a fence (FenceStep*):
+	// tests use it to kill a controller between the steps.
+	FenceHook func(step string)
 	// AfterReserve, when set, runs between the journal reservation and the
 	// image creation: tests use it to stop a controller at its worst moment.
 	AfterReserve func(name string)
@@ -50,6 +56,8 @@ type Controller struct {
 	locks      *util.KeyLocks
 	known      knownClusters
 	discovered sync.Map // cluster ID -> true once its journal pools are known
+	registered sync.Map // "cluster/pool/namespace" -> true once this instance is in its controller registry
+	renewable  sync.Map // cluster ID -> whether a blocklist entry's expiry can be extended in place
 }
 
 // NewController returns the controller service.
@@ -191,6 +199,7 @@ func (c *Controller) resolve(ctx context.Context, kind journal.Kind, id string, 
 		return nil, statusFor(err)
 	}
 	c.known.remember(cl, poolName, cc.RBD.RadosNamespace)
+	c.register(ctx, cl, pool)
 	rec, err := pool.Lookup(ctx, kind, vid.UUID)
 	if errors.Is(err, journal.ErrNotFound) {
 		return nil, status.Errorf(codes.NotFound, "%s %q does not exist", kind, id)
@@ -283,6 +292,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		return nil, statusFor(err)
 	}
 	c.known.remember(cl, params.Pool, params.RadosNamespace)
+	c.register(ctx, cl, pool)
 
 	source, err := c.resolveSource(ctx, req.GetVolumeContentSource(), req.GetSecrets())
 	if err != nil {
@@ -444,7 +454,9 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 		return nil, err
 	}
 	defer unlockName()
-	if err := c.refuseHolders(ctx, r, "deleted", func(h Holder) bool { return h.Watcher != nil }); err != nil {
+	if err := c.refuseHolders(ctx, r, "deleted", func(h Holder) bool {
+		return h.Watcher != nil && h.State != HolderFenced && h.State != HolderController
+	}); err != nil {
 		return nil, err
 	}
 	if err := r.pool.Delete(ctx, r.rec.Image); err != nil {

@@ -35,9 +35,9 @@ func (e errnoErr) ErrorCode() int { return int(e) }
 
 type env struct {
 	c     *Controller
-	conn  *fakeConnector
-	pool  *fakePool
-	other *fakePool
+	conn  *FakeConnector
+	pool  *FakePool
+	other *FakePool
 }
 
 func newEnv(t *testing.T, opts ...func(*ControllerOptions)) *env {
@@ -48,8 +48,8 @@ func newEnv(t *testing.T, opts ...func(*ControllerOptions)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{pool: newFakePool(testPool, testPoolID), other: newFakePool("other", 3)}
-	e.conn = &fakeConnector{clusters: map[string]*fakeCluster{testClusterID: newFakeCluster(testClusterID, e.pool, e.other)}}
+	e := &env{pool: NewFakePool(testPool, testPoolID), other: NewFakePool("other", 3)}
+	e.conn = &FakeConnector{Clusters: map[string]*FakeCluster{testClusterID: NewFakeCluster(testClusterID, e.pool, e.other)}}
 	o := ControllerOptions{Connector: e.conn, Config: cfg}
 	for _, f := range opts {
 		f(&o)
@@ -71,11 +71,6 @@ func blockCap(m csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
 	return &csi.VolumeCapability{AccessMode: accessMode(m),
 		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}}
 }
-
-const (
-	rwo = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
-	rwx = csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
-)
 
 func createReq(name string, size int64) *csi.CreateVolumeRequest {
 	return &csi.CreateVolumeRequest{
@@ -172,7 +167,7 @@ func TestCreateVolumeInvalidArgument(t *testing.T) {
 					t.Errorf("error leaks the key: %v", err)
 				}
 			}
-			if n := e.pool.count("CreateImage"); n != 0 {
+			if n := e.pool.Calls("CreateImage"); n != 0 {
 				t.Errorf("CreateImage called %d times", n)
 			}
 			if recs := e.records(t, journal.Volume); len(recs) != 0 {
@@ -188,7 +183,7 @@ func TestCreateVolumeInTreeKeySecret(t *testing.T) {
 	req.Secrets = map[string]string{"key": testKey}
 	req.Parameters["adminId"] = "admin"
 	e.create(t, req)
-	if got := e.conn.creds[len(e.conn.creds)-1]; got.ID != "admin" || got.Key != testKey {
+	if got := e.conn.Creds()[len(e.conn.Creds())-1]; got.ID != "admin" || got.Key != testKey {
 		t.Errorf("connected as %v", got)
 	}
 }
@@ -216,7 +211,7 @@ func TestCreateVolumeSize(t *testing.T) {
 			if err != nil {
 				return
 			}
-			img := e.pool.image(resp.GetVolume().GetVolumeContext()[CtxImageName])
+			img := e.pool.Image(resp.GetVolume().GetVolumeContext()[CtxImageName])
 			if resp.GetVolume().GetCapacityBytes() != tc.want || img == nil || img.size != tc.want {
 				t.Errorf("capacity %d, image %+v; want %d", resp.GetVolume().GetCapacityBytes(), img, tc.want)
 			}
@@ -231,7 +226,7 @@ func TestCreateVolumeIdempotent(t *testing.T) {
 	if first.GetVolumeId() != again.GetVolumeId() {
 		t.Errorf("retry returned %s, first call %s", again.GetVolumeId(), first.GetVolumeId())
 	}
-	if n := e.pool.count("CreateImage"); n != 1 {
+	if n := e.pool.Calls("CreateImage"); n != 1 {
 		t.Errorf("CreateImage called %d times, want 1", n)
 	}
 	id, err := volumeid.Parse(first.GetVolumeId())
@@ -242,8 +237,8 @@ func TestCreateVolumeIdempotent(t *testing.T) {
 	if image != "csi-vol-"+id.UUID || first.GetVolumeContext()[ParamPool] != testPool {
 		t.Errorf("volume context %v", first.GetVolumeContext())
 	}
-	if !strings.Contains(e.pool.image(image).meta[metaOwnerKey], `"name":"pvc-1"`) {
-		t.Errorf("owner metadata %v", e.pool.image(image).meta)
+	if !strings.Contains(e.pool.Image(image).meta[metaOwnerKey], `"name":"pvc-1"`) {
+		t.Errorf("owner metadata %v", e.pool.Image(image).meta)
 	}
 
 	for name, req := range map[string]*csi.CreateVolumeRequest{
@@ -264,7 +259,7 @@ func TestCreateVolumeIdempotent(t *testing.T) {
 			t.Errorf("%s: got %v, want AlreadyExists", name, err)
 		}
 	}
-	if got := e.pool.imageNames(); len(got) != 1 {
+	if got := e.pool.ImageNames(); len(got) != 1 {
 		t.Errorf("images %v, want one", got)
 	}
 }
@@ -287,7 +282,7 @@ func TestCreateVolumeCompletesReservation(t *testing.T) {
 	if id, _ := volumeid.Parse(vol.GetVolumeId()); id.UUID != uuid {
 		t.Errorf("retry used UUID %s, want the reserved %s", id.UUID, uuid)
 	}
-	if got := e.pool.imageNames(); len(got) != 1 || got[0] != rec.Image {
+	if got := e.pool.ImageNames(); len(got) != 1 || got[0] != rec.Image {
 		t.Errorf("images %v, want only %s", got, rec.Image)
 	}
 	if recs := e.records(t, journal.Volume); len(recs) != 1 {
@@ -308,7 +303,7 @@ func TestCreateVolumeFailureRemovesReservation(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			e.pool.setFail("CreateImage", tc.err)
+			e.pool.SetFail("CreateImage", tc.err)
 			_, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
 			wantCode(t, err, tc.code)
 			if recs := e.records(t, journal.Volume); len(recs) != 0 {
@@ -317,7 +312,7 @@ func TestCreateVolumeFailureRemovesReservation(t *testing.T) {
 			if _, err := e.pool.LookupName(context.Background(), journal.Volume, "pvc-1"); !errors.Is(err, journal.ErrNotFound) {
 				t.Errorf("name still reserved: %v", err)
 			}
-			e.pool.setFail("CreateImage", nil)
+			e.pool.SetFail("CreateImage", nil)
 			e.create(t, createReq("pvc-1", gib))
 		})
 	}
@@ -330,7 +325,7 @@ func TestCreateVolumeAbortedWhileNameLocked(t *testing.T) {
 	}
 	_, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
 	wantCode(t, err, codes.Aborted)
-	if n := e.pool.count("CreateImage"); n != 0 {
+	if n := e.pool.Calls("CreateImage"); n != 0 {
 		t.Errorf("CreateImage called %d times under a held lock", n)
 	}
 	e.c.locks.Unlock("volname/pvc-1")
@@ -353,7 +348,7 @@ func TestDeleteVolume(t *testing.T) {
 		{"unknown cluster", func(*testing.T, *env) string { m := missing; m.ClusterID = "nope"; return m.String() }, codes.OK, ""},
 		{"image in use", func(t *testing.T, e *env) string {
 			v := e.create(t, createReq("pvc-1", gib))
-			e.pool.setWatchers(v.GetVolumeContext()[CtxImageName], Watcher{Addr: watcherAddr, ID: 4123})
+			e.pool.SetWatchers(v.GetVolumeContext()[CtxImageName], Watcher{Addr: watcherAddr, ID: 4123})
 			return v.GetVolumeId()
 		}, codes.FailedPrecondition, watcherAddr},
 		{"existing volume", func(t *testing.T, e *env) string { return e.create(t, createReq("pvc-1", gib)).GetVolumeId() }, codes.OK, ""},
@@ -376,10 +371,10 @@ func TestDeleteVolume(t *testing.T) {
 			}
 			recs := e.records(t, journal.Volume)
 			switch {
-			case tc.code == codes.OK && (len(recs) != 0 || len(e.pool.imageNames()) != 0):
-				t.Errorf("after delete: journal %d records, images %v", len(recs), e.pool.imageNames())
-			case tc.code == codes.FailedPrecondition && (len(recs) != 1 || len(e.pool.imageNames()) != 1):
-				t.Errorf("refused delete changed state: journal %d records, images %v", len(recs), e.pool.imageNames())
+			case tc.code == codes.OK && (len(recs) != 0 || len(e.pool.ImageNames()) != 0):
+				t.Errorf("after delete: journal %d records, images %v", len(recs), e.pool.ImageNames())
+			case tc.code == codes.FailedPrecondition && (len(recs) != 1 || len(e.pool.ImageNames()) != 1):
+				t.Errorf("refused delete changed state: journal %d records, images %v", len(recs), e.pool.ImageNames())
 			}
 		})
 	}
@@ -445,7 +440,7 @@ func TestSnapshots(t *testing.T) {
 		t.Fatal(err)
 	}
 	image := vol.GetVolumeContext()[CtxImageName]
-	if img := e.pool.image(image); img == nil || !img.trashed {
+	if img := e.pool.Image(image); img == nil || !img.trashed {
 		t.Fatalf("source image %s: %+v, want trashed", image, img)
 	}
 	for range 2 { // the second call finds nothing to delete
@@ -456,7 +451,7 @@ func TestSnapshots(t *testing.T) {
 	if got := list(&csi.ListSnapshotsRequest{SourceVolumeId: vol.GetVolumeId()}); len(got) != 0 {
 		t.Errorf("deleted snapshot still listed: %v", got)
 	}
-	if img := e.pool.image(image); img != nil {
+	if img := e.pool.Image(image); img != nil {
 		t.Errorf("trashed image %s not purged after its last snapshot went", image)
 	}
 }
@@ -530,13 +525,13 @@ func TestCreateVolumeFromSource(t *testing.T) {
 			resp, err := e.c.CreateVolume(ctx, req)
 			wantCode(t, err, tc.code)
 			if err != nil {
-				if got := e.pool.imageNames(); len(got) != 1 {
+				if got := e.pool.ImageNames(); len(got) != 1 {
 					t.Errorf("failed clone left images %v", got)
 				}
 				return
 			}
 			vol := resp.GetVolume()
-			img := e.pool.image(vol.GetVolumeContext()[CtxImageName])
+			img := e.pool.Image(vol.GetVolumeContext()[CtxImageName])
 			if img == nil || img.size != tc.wantSize || vol.GetCapacityBytes() != tc.wantSize {
 				t.Fatalf("clone image %+v, capacity %d; want size %d", img, vol.GetCapacityBytes(), tc.wantSize)
 			}
@@ -546,11 +541,11 @@ func TestCreateVolumeFromSource(t *testing.T) {
 			if vol.GetContentSource().String() != source.String() {
 				t.Errorf("content source %v, want %v", vol.GetContentSource(), source)
 			}
-			if tc.volume && len(e.pool.image(srcImage).snaps) != 0 {
-				t.Errorf("temporary clone snapshot left on the source: %v", e.pool.image(srcImage).snaps)
+			if tc.volume && len(e.pool.Image(srcImage).snaps) != 0 {
+				t.Errorf("temporary clone snapshot left on the source: %v", e.pool.Image(srcImage).snaps)
 			}
-			if again := e.create(t, req); again.GetVolumeId() != vol.GetVolumeId() || e.pool.count("Clone") != 1 {
-				t.Errorf("retry: %s vs %s, %d clones", again.GetVolumeId(), vol.GetVolumeId(), e.pool.count("Clone"))
+			if again := e.create(t, req); again.GetVolumeId() != vol.GetVolumeId() || e.pool.Calls("Clone") != 1 {
+				t.Errorf("retry: %s vs %s, %d clones", again.GetVolumeId(), vol.GetVolumeId(), e.pool.Calls("Clone"))
 			}
 		})
 	}
@@ -573,18 +568,18 @@ func TestCreateVolumeFromMissingSource(t *testing.T) {
 func TestCloneChainFlattenedBeyondHardDepth(t *testing.T) {
 	e := newEnv(t, func(o *ControllerOptions) { o.SoftCloneDepth, o.HardCloneDepth = 5, 1 })
 	prev := e.create(t, createReq("pvc-0", gib))
-	var images []*fakeImage
+	var images []*FakeImage
 	for _, name := range []string{"pvc-1", "pvc-2"} {
 		req := createReq(name, gib)
 		req.VolumeContentSource = fromVolume(prev.GetVolumeId())
 		prev = e.create(t, req)
-		images = append(images, e.pool.image(prev.GetVolumeContext()[CtxImageName]))
+		images = append(images, e.pool.Image(prev.GetVolumeContext()[CtxImageName]))
 	}
 	if images[0].parent == nil {
 		t.Errorf("depth-1 clone was flattened")
 	}
-	if images[1].parent != nil || e.pool.count("Flatten") != 1 {
-		t.Errorf("depth-2 clone parent %+v after %d flattens, want flattened once", images[1].parent, e.pool.count("Flatten"))
+	if images[1].parent != nil || e.pool.Calls("Flatten") != 1 {
+		t.Errorf("depth-2 clone parent %+v after %d flattens, want flattened once", images[1].parent, e.pool.Calls("Flatten"))
 	}
 }
 
@@ -739,7 +734,7 @@ func TestControllerExpandVolume(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			img := e.pool.image(vol.GetVolumeContext()[CtxImageName])
+			img := e.pool.Image(vol.GetVolumeContext()[CtxImageName])
 			if resp.GetCapacityBytes() != tc.wantSize || img.size != tc.wantSize || resp.GetNodeExpansionRequired() != tc.nodeExpansion {
 				t.Errorf("response %v, image size %d; want %d, node expansion %v", resp, img.size, tc.wantSize, tc.nodeExpansion)
 			}

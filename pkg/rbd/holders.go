@@ -2,7 +2,6 @@ package rbd
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -11,55 +10,22 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 )
 
-// Image metadata keys through which controller and nodes tell each other
-// who uses an image. pelagicctl reads the same keys.
-const (
-	metaAttachPrefix = "pelagic.csi/attach." // + node ID: the CO published the volume there
-	metaMapPrefix    = "pelagic.csi/map."    // + node ID: that node mapped it, as this client
-	metaFencePrefix  = "pelagic.csi/fence."  // + client address: fenced, and why
-)
-
-// Attachment is a ControllerPublishVolume the CO has not undone.
-type Attachment struct {
-	Node     string    `json:"node"`
-	Mode     string    `json:"mode"`
-	ReadOnly bool      `json:"readOnly,omitempty"`
-	Since    time.Time `json:"since"`
-}
-
-// NodeMapping is a node's mapping of the image: which Ceph client instance
-// watches it, so a watcher can be matched to a node exactly.
-type NodeMapping struct {
-	Node       string    `json:"node"`
-	ClientAddr string    `json:"clientAddr"`
-	ClientID   string    `json:"clientID,omitempty"`
-	Mapper     string    `json:"mapper,omitempty"`
-	Since      time.Time `json:"since"`
-}
-
-// Fence records a blocklisted client instance.
-type Fence struct {
-	Node       string    `json:"node"`
-	ClientAddr string    `json:"clientAddr"`
-	ClientID   string    `json:"clientID,omitempty"`
-	At         time.Time `json:"at"`
-	Expires    time.Time `json:"expires"`
-	Reason     string    `json:"reason"`
-}
-
-// Usage is everything the image metadata and watch list say about who
-// uses an image.
+// Usage is everything the image records and watch list say about who uses
+// an image.
 type Usage struct {
-	Attachments map[string]Attachment // by node
-	Mappings    map[string]NodeMapping
-	Fences      map[string]Fence // by client address
-	Watchers    []Watcher
+	*Records
+	Watchers []Watcher
+	// Controllers are the client instances of Pelagic controllers: their
+	// watches are short opens (resize, snapshot, flatten), never a writer.
+	Controllers []string
+	// Now is when the usage was read; fences are judged at this time.
+	Now time.Time
 }
 
-// readUsage loads the metadata and watchers of image. Watchers whose
-// address is in ignore (the controller's own transient opens) are dropped.
-func readUsage(ctx context.Context, pool Pool, image string, ignore ...string) (*Usage, error) {
-	meta, err := pool.Metadata(ctx, image)
+// readUsage loads the records and watchers of image. controllers are the
+// client instances of Pelagic controllers, whose watches are their own.
+func readUsage(ctx context.Context, pool Pool, image string, controllers ...string) (*Usage, error) {
+	recs, err := readRecords(ctx, pool, image)
 	if err != nil {
 		return nil, err
 	}
@@ -67,32 +33,19 @@ func readUsage(ctx context.Context, pool Pool, image string, ignore ...string) (
 	if err != nil {
 		return nil, err
 	}
-	u := &Usage{Attachments: map[string]Attachment{}, Mappings: map[string]NodeMapping{}, Fences: map[string]Fence{}}
-	for k, v := range meta {
-		switch {
-		case strings.HasPrefix(k, metaAttachPrefix):
-			var a Attachment
-			if json.Unmarshal([]byte(v), &a) == nil {
-				u.Attachments[a.Node] = a
-			}
-		case strings.HasPrefix(k, metaMapPrefix):
-			var m NodeMapping
-			if json.Unmarshal([]byte(v), &m) == nil {
-				u.Mappings[m.Node] = m
-			}
-		case strings.HasPrefix(k, metaFencePrefix):
-			var f Fence
-			if json.Unmarshal([]byte(v), &f) == nil {
-				u.Fences[f.ClientAddr] = f
-			}
+	return &Usage{Records: recs, Watchers: watchers, Controllers: controllers, Now: time.Now()}, nil
+}
+
+// unexplainedWatcher reports a watcher that no mapping or fence record names.
+func (u *Usage) unexplainedWatcher() bool {
+	for _, w := range u.Watchers {
+		_, mapped := u.mappingOf(w.Addr)
+		_, fenced := u.fenceOf(w.Addr)
+		if !mapped && !fenced {
+			return true
 		}
 	}
-	for _, w := range watchers {
-		if !containsAddr(ignore, w.Addr) {
-			u.Watchers = append(u.Watchers, w)
-		}
-	}
-	return u, nil
+	return false
 }
 
 // sameClient compares client instance addresses, which librbd and sysfs
@@ -116,23 +69,50 @@ type HolderState int
 
 // Holder states.
 const (
-	HolderSameNode HolderState = iota // the node asking holds it itself
-	HolderAttached                    // another node, with a current attachment
-	HolderStale                       // another node whose attachment the CO has removed
-	HolderUnknown                     // a watcher no node recorded: someone mapped it by hand
+	HolderSameNode   HolderState = iota // the node asking holds it itself
+	HolderAttached                      // another node, with a current attachment
+	HolderStale                         // another node's mapping, whose attachment the CO has removed
+	HolderUnknown                       // a watcher no record explains: someone mapped it by hand
+	HolderFenced                        // a client instance whose fence is in force: it cannot write
+	HolderController                    // a Pelagic controller's own short open
 )
 
 func (s HolderState) String() string {
-	return [...]string{"same node", "attached", "stale", "unknown"}[s]
+	return [...]string{"same node", "attached", "stale", "unknown", "fenced", "controller"}[s]
 }
 
-// Holder is one user of an image: an attachment, a watcher, or both.
+// Holder is one user of an image: an attachment, a mapping record, a
+// watcher, or several of them.
 type Holder struct {
 	State      HolderState
 	Node       string
 	Attachment *Attachment
 	Mapping    *NodeMapping
 	Watcher    *Watcher
+	Fence      *Fence // the fence of the holder's client instance, if one is recorded
+}
+
+// ClientAddr is the client instance through which the holder can write:
+// the one its node recorded, else the watcher's.
+func (h Holder) ClientAddr() string {
+	if h.Mapping != nil && h.Mapping.ClientAddr != "" {
+		return h.Mapping.ClientAddr
+	}
+	if h.Watcher != nil {
+		return h.Watcher.Addr
+	}
+	return ""
+}
+
+// ClientID is the holder's client name, "client.4123", when known.
+func (h Holder) ClientID() string {
+	if h.Watcher != nil {
+		return fmt.Sprintf("client.%d", h.Watcher.ID)
+	}
+	if h.Mapping != nil {
+		return h.Mapping.ClientID
+	}
+	return ""
 }
 
 // Describe names the holder the way an operator needs it: node, client,
@@ -144,10 +124,8 @@ func (h Holder) Describe() string {
 	} else {
 		parts = append(parts, "a client no node recorded")
 	}
-	if h.Watcher != nil {
-		parts = append(parts, fmt.Sprintf("client.%d at %s", h.Watcher.ID, h.Watcher.Addr))
-	} else if h.Mapping != nil {
-		parts = append(parts, fmt.Sprintf("%s at %s", h.Mapping.ClientID, h.Mapping.ClientAddr))
+	if addr := h.ClientAddr(); addr != "" {
+		parts = append(parts, strings.TrimSpace(h.ClientID()+" at "+addr))
 	}
 	switch {
 	case h.Attachment != nil:
@@ -155,55 +133,82 @@ func (h Holder) Describe() string {
 	case h.Mapping != nil:
 		parts = append(parts, "mapped since "+h.Mapping.Since.Format(time.RFC3339))
 	}
+	if h.Mapping != nil && h.Watcher == nil {
+		parts = append(parts, "its watch is gone but its mapping was never released")
+	}
 	return strings.Join(parts, ", ")
 }
 
 // Holders lists who uses the image other than through node (which may be
-// ""), sorted by node for stable messages.
+// ""), sorted by node for stable messages. A node's mapping record counts
+// whether or not its watch is still visible: a partitioned node loses its
+// watch after the OSD's watch timeout, long before it stops being able to
+// write once it is back.
 func (u *Usage) Holders(node string) []Holder {
 	var out []Holder
-	seen := map[string]bool{}
-	for i := range u.Watchers {
-		w := &u.Watchers[i]
-		h := Holder{State: HolderUnknown, Watcher: w}
-		for _, m := range u.Mappings {
-			if sameClient(m.ClientAddr, w.Addr) {
-				m := m
-				h.Node, h.Mapping = m.Node, &m
+	matched := make([]bool, len(u.Watchers))
+	for n, m := range u.Mappings {
+		m := m
+		h := Holder{Node: n, Mapping: &m}
+		for i := range u.Watchers {
+			if sameClient(m.ClientAddr, u.Watchers[i].Addr) {
+				h.Watcher, matched[i] = &u.Watchers[i], true
 			}
 		}
-		if h.Node != "" {
-			seen[h.Node] = true
-			if a, ok := u.Attachments[h.Node]; ok {
-				h.Attachment = &a
-			}
-			switch {
-			case h.Node == node:
-				h.State = HolderSameNode
-			case h.Attachment != nil:
-				h.State = HolderAttached
-			default:
-				h.State = HolderStale
-			}
+		if a, ok := u.Attachments[n]; ok {
+			h.Attachment = &a
 		}
+		if f, ok := u.fenceOf(m.ClientAddr); ok {
+			h.Fence = &f
+		}
+		h.State = u.nodeState(h, node)
 		out = append(out, h)
 	}
 	for n, a := range u.Attachments {
-		if seen[n] {
+		if _, mapped := u.Mappings[n]; mapped {
 			continue
 		}
 		a := a
-		h := Holder{State: HolderAttached, Node: n, Attachment: &a}
-		if n == node {
-			h.State = HolderSameNode
-		}
-		if m, ok := u.Mappings[n]; ok {
-			h.Mapping = &m
-		}
+		h := Holder{Node: n, Attachment: &a}
+		h.State = u.nodeState(h, node)
 		out = append(out, h)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	for i := range u.Watchers {
+		if !matched[i] {
+			out = append(out, u.watcherHolder(&u.Watchers[i]))
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out
+}
+
+// nodeState classifies a holder that is a node: its attachment decides
+// before its fence, because the CO still counts a node it has attached.
+func (u *Usage) nodeState(h Holder, asking string) HolderState {
+	switch {
+	case h.Node == asking:
+		return HolderSameNode
+	case h.Attachment != nil:
+		return HolderAttached
+	case h.Fence != nil && h.Fence.InForce(u.Now):
+		return HolderFenced
+	}
+	return HolderStale
+}
+
+// watcherHolder classifies a watcher no mapping record names.
+func (u *Usage) watcherHolder(w *Watcher) Holder {
+	h := Holder{State: HolderUnknown, Watcher: w}
+	if f, ok := u.fenceOf(w.Addr); ok {
+		h.Fence = &f
+		if f.InForce(u.Now) {
+			h.State, h.Node = HolderFenced, f.Node
+		}
+	}
+	if h.State == HolderUnknown && containsAddr(u.Controllers, w.Addr) {
+		h.State = HolderController
+	}
+	return h
 }
 
 // Action is what to do about one holder before attaching.
@@ -231,17 +236,22 @@ func singleNode(mode csi.VolumeCapability_AccessMode_Mode) bool {
 
 // Decide is the whole attach policy for one holder of the image, when a
 // node asks for it in a single-node (requestSingle) or multi-node mode:
-//   - a holder on the asking node never conflicts;
-//   - a stale holder (a node still mapping the image after the CO removed
-//     its attachment) is fenced: the CO has decided that node is gone;
+//   - a holder on the asking node, a fenced client and a controller's own
+//     open never conflict;
+//   - a stale holder (a node whose mapping record outlived its attachment)
+//     is fenced, watch or no watch: the CO has decided that node is gone;
+//     one whose record names no client instance cannot be, and is refused;
 //   - a client no node recorded is refused for single-node modes;
 //   - a current attachment is refused when either side is single-node, and
 //     is never fenced.
 func Decide(requestSingle bool, h Holder) Action {
 	switch h.State {
-	case HolderSameNode:
+	case HolderSameNode, HolderFenced, HolderController:
 		return Allow
 	case HolderStale:
+		if h.ClientAddr() == "" {
+			return Refuse
+		}
 		return FenceIt
 	case HolderUnknown:
 		if requestSingle {
@@ -255,4 +265,27 @@ func Decide(requestSingle bool, h Holder) Action {
 		return Refuse
 	}
 	return Allow
+}
+
+// StageConflict is the node's side of the policy, for a single-node
+// volume: a node maps it only when no other node can still write it. A node
+// never fences; a stale holder is the controller's to fence at publish, so
+// until then it blocks. Another node's attachment without a mapping has not
+// written yet and is the controller's to judge.
+func StageConflict(h Holder) bool {
+	switch h.State {
+	case HolderStale, HolderUnknown:
+		return true
+	case HolderAttached:
+		return h.Mapping != nil
+	}
+	return false
+}
+
+func describeAll(hs []Holder) string {
+	parts := make([]string, len(hs))
+	for i, h := range hs {
+		parts[i] = h.Describe()
+	}
+	return strings.Join(parts, "; ")
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
@@ -36,7 +35,10 @@ type NodeOptions struct {
 	Config     *ceph.Config
 	Mappers    Mappers
 	Mounter    mount.Mounter
-	KubeletDir string            // when set, paths must lie inside it
+	KubeletDir string // when set, paths must lie inside it
+	// StateDir keeps what must outlive a restart of the plugin: mapping
+	// records whose removal waits for a connection to the cluster.
+	StateDir   string
 	Labels     map[string]string // topology
 	MaxVolumes int64
 }
@@ -44,14 +46,17 @@ type NodeOptions struct {
 // Node implements csi.NodeServer for RBD.
 type Node struct {
 	csi.UnimplementedNodeServer
-	opts  NodeOptions
-	locks *util.KeyLocks
-	known knownClusters // clusters opened by NodeStage, for unstage
+	opts    NodeOptions
+	locks   *util.KeyLocks
+	known   knownClusters // clusters opened by NodeStage, for unstage
+	forgets *forgetQueue
 }
 
 // NewNode returns the node service.
 func NewNode(opts NodeOptions) *Node {
-	return &Node{opts: opts, locks: util.NewKeyLocks()}
+	n := &Node{opts: opts, locks: util.NewKeyLocks()}
+	n.forgets = &forgetQueue{dir: opts.StateDir, remove: n.removeMappingRecord}
+	return n
 }
 
 // stageRecord is written beside the staging path once the image is mapped,
@@ -85,15 +90,7 @@ func readStageRecord(stagingPath string) (*stageRecord, error) {
 }
 
 func writeStageRecord(stagingPath string, r *stageRecord) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	tmp := recordPath(stagingPath) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, recordPath(stagingPath))
+	return writeFileAtomic(recordPath(stagingPath), r)
 }
 
 func (n *Node) lock(volumeID string) (func(), error) {
@@ -155,7 +152,20 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s already holds volume %s (device %s)",
 			staging, rec.VolumeID, rec.Mapping.Device)
 	case err == nil:
-		// Staged before, perhaps half way: finish whatever is missing.
+		// Staged before, perhaps half way: finish whatever is missing,
+		// unless this node's client was fenced since.
+		fenced, ferr := n.stagedMappingFenced(ctx, req, rec)
+		if ferr != nil {
+			return nil, ferr
+		}
+		if fenced {
+			if err := n.dropFencedStage(ctx, staging, rec); err != nil {
+				return nil, err
+			}
+			if rec, err = n.mapImage(ctx, req); err != nil {
+				return nil, err
+			}
+		}
 	case errors.Is(err, os.ErrNotExist):
 		if rec, err = n.mapImage(ctx, req); err != nil {
 			return nil, err
@@ -198,33 +208,37 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*
 		return nil, statusFor(err)
 	}
 	n.known.remember(cl, pool.Name(), cc.RBD.RadosNamespace)
+	n.forgets.drain(ctx, cl)
 	image := vctx[CtxImageName]
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
-	usage, err := n.checkHolders(ctx, cl, pool, image, req.GetVolumeId(), mode)
+	usage, err := n.checkHolders(ctx, pool, image, req.GetVolumeId(), mode)
 	if err != nil {
 		return nil, err
 	}
 	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: pool.Name(),
 		RadosNamespace: cc.RBD.RadosNamespace, Name: image, Creds: creds}
-	mapping, err := m.Map(ctx, img, mapper.MapOptions{
+	mapping, err := n.mapFresh(ctx, m, img, usage.Records, mapper.MapOptions{
 		ReadOnly:  readOnlyMode(req.GetVolumeCapability()),
 		Exclusive: m.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
 		Options:   vctx[ParamMapOptions]})
 	if err != nil {
-		return nil, mapperStatus(err, "mapping "+img.Spec())
+		return nil, err
 	}
+	recorded, err := n.recordMapping(ctx, pool, image, req.GetVolumeId(), mode, mapping, usage.Watchers)
+	if err != nil {
+		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true})
+		return nil, err
+	}
+	mapping.ClientAddr, mapping.ClientID = recorded.ClientAddr, recorded.ClientID
 	rec := &stageRecord{VolumeID: req.GetVolumeId(), ClusterID: cc.ClusterID, Mapping: mapping,
 		Block: req.GetVolumeCapability().GetBlock() != nil, Staged: time.Now().UTC(),
 		UnmapOptions: vctx[ParamUnmapOptions]}
 	if !rec.Block {
 		rec.FSType = fsTypeOf(req.GetVolumeCapability())
 	}
-	// The image's mapping record first: a stage record makes a retry skip
-	// mapping, so it must only exist once the controller can see this node.
-	if err := n.recordMapping(ctx, pool, image, mapping, usage.Watchers); err != nil {
-		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
-		return nil, err
-	}
+	// The stage record only after the image's mapping record: it makes a
+	// retry skip mapping, so it must only exist once the controller can
+	// see this node's client.
 	if err := writeStageRecord(req.GetStagingTargetPath(), rec); err != nil {
 		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
 		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
@@ -233,47 +247,51 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*
 }
 
 // checkHolders refuses to map a single-node volume that another node, or a
-// client no node recorded, still holds. Fencing is the controller's call,
-// made at publish; a node only refuses, and names the holder.
-func (n *Node) checkHolders(ctx context.Context, cl Cluster, pool Pool, image, volumeID string,
+// client no node recorded, may still write. Fencing is the controller's
+// call, made at publish; a node only refuses, and names the holder.
+func (n *Node) checkHolders(ctx context.Context, pool Pool, image, volumeID string,
 	mode csi.VolumeCapability_AccessMode_Mode) (*Usage, error) {
-	own, err := cl.ClientAddr(ctx)
+	usage, err := readUsageOf(ctx, pool, image)
 	if err != nil {
 		return nil, statusFor(err)
 	}
-	usage, err := readUsage(ctx, pool, image, splitAddrs(own)...)
-	if err != nil {
-		return nil, statusFor(err)
-	}
-	if !singleNode(mode) {
-		return usage, nil
-	}
-	var conflicts []Holder
-	for _, h := range usage.Holders(n.opts.NodeID) {
-		// Other nodes' attachments without a watch are the controller's to
-		// judge (it may have just fenced them); here only live watches count.
-		if h.Watcher != nil && Decide(true, h) != Allow {
-			conflicts = append(conflicts, h)
-		}
-	}
-	if len(conflicts) > 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is held elsewhere; not mapping it on node %s: %s",
-			volumeID, pool.Name(), image, n.opts.NodeID, describeAll(conflicts))
+	if err := n.refuseConflicts(usage, pool, image, volumeID, mode); err != nil {
+		return nil, err
 	}
 	return usage, nil
 }
 
+func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode) error {
+	if !singleNode(mode) {
+		return nil
+	}
+	var conflicts []Holder
+	for _, h := range usage.Holders(n.opts.NodeID) {
+		if StageConflict(h) {
+			conflicts = append(conflicts, h)
+		}
+	}
+	if len(conflicts) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is held elsewhere; not mapping it on node %s: %s",
+			volumeID, pool.Name(), image, n.opts.NodeID, describeAll(conflicts))
+	}
+	return nil
+}
+
 // recordMapping writes which client instance maps the image on this node,
-// so the controller can match the watcher to this node exactly. A mapper
-// that cannot tell its client address is covered by the watcher that
-// appeared with the mapping.
-func (n *Node) recordMapping(ctx context.Context, pool Pool, image string, m mapper.Mapping, before []Watcher) error {
+// before anything writes the device, so that the controller can fence
+// exactly it should this node be cut off. A mapper that cannot tell its
+// client address is covered by the watcher that appeared with the mapping.
+// The record is written only if, on the records as they are now, no other
+// node has taken the volume meanwhile.
+func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode,
+	m mapper.Mapping, before []Watcher) (NodeMapping, error) {
 	rec := NodeMapping{Node: n.opts.NodeID, ClientAddr: m.ClientAddr, ClientID: m.ClientID, Mapper: m.Mapper,
 		Since: time.Now().UTC()}
 	if rec.ClientAddr == "" {
 		after, err := pool.Watchers(ctx, image)
 		if err != nil {
-			return statusFor(err)
+			return rec, statusFor(err)
 		}
 		var fresh []Watcher
 		for _, w := range after {
@@ -285,29 +303,16 @@ func (n *Node) recordMapping(ctx context.Context, pool Pool, image string, m map
 			rec.ClientAddr, rec.ClientID = fresh[0].Addr, fmt.Sprintf("client.%d", fresh[0].ID)
 		}
 	}
-	b, _ := json.Marshal(rec)
-	if err := pool.SetMetadata(ctx, image, map[string]string{metaMapPrefix + n.opts.NodeID: string(b)}); err != nil {
-		return statusFor(err)
-	}
-	return nil
-}
-
-// forgetMapping removes this node's mapping record after an unmap. The
-// request carries no secrets, so it uses the connection the stage opened;
-// after a restart the record stays, harmless: it names a client that no
-// longer watches.
-func (n *Node) forgetMapping(ctx context.Context, rec *stageRecord, clusterID string) {
-	cl, ok := n.known.cluster(clusterID)
-	if !ok {
-		return
-	}
-	pool, err := cl.Pool(ctx, rec.Mapping.Pool, rec.Mapping.RadosNamespace)
-	if err == nil {
-		err = pool.RemoveMetadata(ctx, rec.Mapping.Image, metaMapPrefix+n.opts.NodeID)
-	}
+	_, err := updateRecords(ctx, pool, image, func(recs *Records) (*recordChange, error) {
+		if err := n.refuseConflicts(&Usage{Records: recs, Now: time.Now()}, pool, image, volumeID, mode); err != nil {
+			return nil, err
+		}
+		return (&recordChange{}).put(metaMapPrefix+n.opts.NodeID, rec), nil
+	})
 	if err != nil {
-		klog.FromContext(ctx).V(2).Info("mapping record stays", "image", rec.Mapping.Image, "error", err.Error())
+		return rec, statusFor(err)
 	}
+	return rec, nil
 }
 
 func mapperStatus(err error, what string) error {
@@ -412,7 +417,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 		}
 		return nil, mapperStatus(err, "unmapping "+rec.Mapping.Device)
 	}
-	n.forgetMapping(ctx, rec, rec.ClusterID)
+	n.forgetMapping(ctx, rec)
 	if err := os.Remove(recordPath(staging)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, status.Error(codes.Internal, err.Error())
 	}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -40,7 +41,7 @@ const (
 // with a temporary kubelet directory.
 type nodeEnv struct {
 	n         *Node
-	pool      *fakePool
+	pool      *FakePool
 	krbd, nbd *mapper.FakeMapper
 	mnt       *mount.FakeMounter
 	root      string // the kubelet directory
@@ -58,7 +59,7 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &nodeEnv{pool: newFakePool(testPool, testPoolID), krbd: mapper.NewFakeMapper(mapper.KRBD),
+	e := &nodeEnv{pool: NewFakePool(testPool, testPoolID), krbd: mapper.NewFakeMapper(mapper.KRBD),
 		nbd: mapper.NewFakeMapper(mapper.NBD), mnt: mount.NewFakeMounter(), root: t.TempDir(),
 		volID: nodeVolID("0a1b2c3d-0000-4000-8000-000000000001")}
 	if err := e.pool.CreateImage(context.Background(), ImageSpec{Name: nodeTestImage, Size: gib}); err != nil {
@@ -73,7 +74,7 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 		t.Fatal(err)
 	}
 	e.n = NewNode(NodeOptions{NodeID: nodeTestNode, Config: cfg, Mappers: reg, Mounter: e.mnt, KubeletDir: e.root,
-		Connector:  &fakeConnector{clusters: map[string]*fakeCluster{testClusterID: newFakeCluster(testClusterID, e.pool)}},
+		Connector:  &FakeConnector{Clusters: map[string]*FakeCluster{testClusterID: NewFakeCluster(testClusterID, e.pool)}},
 		Labels:     map[string]string{"topology.pelagic.csi/zone": "a"},
 		MaxVolumes: 16})
 	return e
@@ -163,7 +164,7 @@ func (e *nodeEnv) setMeta(t *testing.T, key string, v any) {
 // otherNodeMaps records node-b as mapping the image and watching it.
 func (e *nodeEnv) otherNodeMaps(t *testing.T) {
 	e.setMeta(t, metaMapPrefix+"node-b", NodeMapping{Node: "node-b", ClientAddr: otherNodeAddr, ClientID: "client.77"})
-	e.pool.setWatchers(nodeTestImage, Watcher{Addr: otherNodeAddr, ID: 77})
+	e.pool.SetWatchers(nodeTestImage, Watcher{Addr: otherNodeAddr, ID: 77})
 }
 
 func wantNodeErr(t *testing.T, err error, code codes.Code, substrings ...string) {
@@ -439,7 +440,7 @@ func TestNodeStage(t *testing.T) {
 			}
 
 			// This node's mapping is in the image metadata, as the mapper's client.
-			raw := e.pool.image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]
+			raw := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]
 			var nm NodeMapping
 			if err := json.Unmarshal([]byte(raw), &nm); err != nil {
 				t.Fatalf("mapping record %q: %v", raw, err)
@@ -501,19 +502,19 @@ func TestNodeStageRefused(t *testing.T) {
 			want: []string{"node-b", otherNodeAddr, "attached since"}},
 		{name: "single writer, an unknown client watches", cap: mountCap(rwo), code: codes.FailedPrecondition,
 			setup: func(_ *testing.T, e *nodeEnv) {
-				e.pool.setWatchers(nodeTestImage, Watcher{Addr: strangerAddr, ID: 5})
+				e.pool.SetWatchers(nodeTestImage, Watcher{Addr: strangerAddr, ID: 5})
 			},
 			want: []string{"no node recorded", strangerAddr, "client.5"}},
 		{name: "unknown watcher with a v2 prefix", cap: mountCap(rwo), code: codes.FailedPrecondition,
 			setup: func(_ *testing.T, e *nodeEnv) {
-				e.pool.setWatchers(nodeTestImage, Watcher{Addr: "v2:" + strangerAddr, ID: 5})
+				e.pool.SetWatchers(nodeTestImage, Watcher{Addr: "v2:" + strangerAddr, ID: 5})
 			},
 			want: []string{strangerAddr}},
 		{name: "multi-node reader, another node watches", cap: mountCap(multiReader), code: codes.OK, wantMap: true,
 			setup: func(t *testing.T, e *nodeEnv) { e.otherNodeMaps(t); e.mnt.Formats[nodeTestDev] = "ext4" }},
 		{name: "multi-node reader, an unknown client watches", cap: mountCap(multiReader), code: codes.OK, wantMap: true,
 			setup: func(_ *testing.T, e *nodeEnv) {
-				e.pool.setWatchers(nodeTestImage, Watcher{Addr: strangerAddr, ID: 5})
+				e.pool.SetWatchers(nodeTestImage, Watcher{Addr: strangerAddr, ID: 5})
 				e.mnt.Formats[nodeTestDev] = "ext4"
 			}},
 		{name: "multi-node writer block, another node watches", cap: blockCap(rwx), code: codes.OK, wantMap: true,
@@ -521,11 +522,29 @@ func TestNodeStageRefused(t *testing.T) {
 		{name: "own node's earlier mapping", cap: mountCap(rwo), code: codes.OK, wantMap: true,
 			setup: func(t *testing.T, e *nodeEnv) {
 				e.setMeta(t, metaMapPrefix+nodeTestNode, NodeMapping{Node: nodeTestNode, ClientAddr: otherNodeAddr})
-				e.pool.setWatchers(nodeTestImage, Watcher{Addr: otherNodeAddr, ID: 77})
+				e.pool.SetWatchers(nodeTestImage, Watcher{Addr: otherNodeAddr, ID: 77})
 			}},
-		{name: "the node's own connection watching is ignored", cap: mountCap(rwo), code: codes.OK, wantMap: true,
+		{name: "a controller's short open is not a holder", cap: mountCap(rwo), code: codes.OK, wantMap: true,
 			setup: func(_ *testing.T, e *nodeEnv) {
-				e.pool.setWatchers(nodeTestImage, Watcher{Addr: "10.0.0.1:0/1", ID: 1}) // fakeCluster.ClientAddr
+				_ = e.pool.UpdateObjectMap(ctx, controllersObject, map[string]string{"v1:10.0.0.1:0/1": "{}"}, nil)
+				e.pool.SetWatchers(nodeTestImage, Watcher{Addr: "10.0.0.1:0/1", ID: 1})
+			}},
+		{name: "an unwatched mapping of a node still attached", cap: mountCap(rwo), code: codes.FailedPrecondition,
+			setup: func(t *testing.T, e *nodeEnv) {
+				e.setMeta(t, metaMapPrefix+"node-b", NodeMapping{Node: "node-b", ClientAddr: otherNodeAddr})
+				e.setMeta(t, metaAttachPrefix+"node-b", Attachment{Node: "node-b", Mode: rwo.String()})
+			},
+			want: []string{"node node-b", otherNodeAddr, "its watch is gone"}},
+		{name: "an unwatched, unfenced mapping of a node no longer attached", cap: mountCap(rwo), code: codes.FailedPrecondition,
+			setup: func(t *testing.T, e *nodeEnv) {
+				e.setMeta(t, metaMapPrefix+"node-b", NodeMapping{Node: "node-b", ClientAddr: otherNodeAddr})
+			},
+			want: []string{"node node-b", otherNodeAddr}},
+		{name: "a fenced mapping of a node no longer attached", cap: mountCap(rwo), code: codes.OK, wantMap: true,
+			setup: func(t *testing.T, e *nodeEnv) {
+				e.setMeta(t, metaMapPrefix+"node-b", NodeMapping{Node: "node-b", ClientAddr: otherNodeAddr})
+				e.setMeta(t, metaFencePrefix+otherNodeAddr, Fence{Node: "node-b", ClientAddr: otherNodeAddr,
+					Expires: time.Now().Add(time.Hour), State: FenceDone})
 			}},
 		{name: "map unavailable", cap: mountCap(rwo), code: codes.FailedPrecondition, wantMap: true,
 			setup: func(_ *testing.T, e *nodeEnv) {
@@ -544,11 +563,11 @@ func TestNodeStageRefused(t *testing.T) {
 			setup: func(_ *testing.T, e *nodeEnv) { _ = e.pool.Delete(ctx, nodeTestImage) }},
 		{name: "connect fails", cap: mountCap(rwo), code: codes.Internal,
 			setup: func(_ *testing.T, e *nodeEnv) {
-				e.n.opts.Connector = &fakeConnector{err: errors.New("connection refused")}
+				e.n.opts.Connector = &FakeConnector{Err: errors.New("connection refused")}
 			}},
 		{name: "pool gone", cap: mountCap(rwo), code: codes.InvalidArgument,
 			setup: func(_ *testing.T, e *nodeEnv) {
-				e.n.opts.Connector = &fakeConnector{clusters: map[string]*fakeCluster{testClusterID: newFakeCluster(testClusterID)}}
+				e.n.opts.Connector = &FakeConnector{Clusters: map[string]*FakeCluster{testClusterID: NewFakeCluster(testClusterID)}}
 			}},
 	}
 	for _, tc := range tests {
@@ -628,7 +647,7 @@ func TestNodeUnstage(t *testing.T) {
 			if _, err := os.Stat(recordPath(e.staging)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("stage record left: %v", err)
 			}
-			if raw, ok := e.pool.image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; ok {
+			if raw, ok := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; ok {
 				t.Errorf("mapping record left: %s", raw)
 			}
 			// Again: nothing is staged, which is success.
@@ -670,7 +689,7 @@ func TestNodeUnstage(t *testing.T) {
 		if _, err := os.Stat(recordPath(e.staging)); err != nil {
 			t.Errorf("stage record lost on a busy device: %v", err)
 		}
-		if _, ok := e.pool.image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; !ok {
+		if _, ok := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; !ok {
 			t.Error("mapping record removed though the image is still mapped")
 		}
 		// Once the pod is gone the unstage goes through.
@@ -1111,19 +1130,19 @@ func TestNodeUnstageWrongVolumeKeepsMount(t *testing.T) {
 	}
 }
 
-// Known bug: mapImage writes the stage record before the mapping metadata,
-// so when SetMetadata fails the retried stage finds the record, skips
-// mapImage and never records which client maps the image on this node.
+// The stage record is written after the mapping record: when recording the
+// mapping fails, the retried stage must not find a stage record, skip
+// mapping and never record which client maps the image on this node.
 func TestNodeStageRetryRecordsMapping(t *testing.T) {
 	e := newNodeEnv(t)
-	e.pool.setFail("SetMetadata", errors.New("rados: ETIMEDOUT"))
+	e.pool.SetFail("UpdateRecords", errors.New("rados: ETIMEDOUT"))
 	_, err := e.n.NodeStageVolume(context.Background(), e.stageReq(mountCap(rwo)))
 	if err == nil {
 		t.Fatal("stage succeeded without recording the mapping")
 	}
-	e.pool.setFail("SetMetadata", nil)
+	e.pool.SetFail("UpdateRecords", nil)
 	e.stage(t, e.stageReq(mountCap(rwo)))
-	if _, ok := e.pool.image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; !ok {
+	if _, ok := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; !ok {
 		t.Error("after a retried stage the image metadata does not say this node maps it")
 	}
 }

@@ -2,29 +2,22 @@ package rbd
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 )
 
-// Fencing defaults.
-const (
-	DefaultFenceExpiry  = 24 * time.Hour
-	DefaultFenceTimeout = 45 * time.Second // the OSD watch timeout is 30 s
-)
-
 // ControllerPublishVolume records that the volume is attached to a node,
-// after making sure no other node holds a single-node volume: a current
-// holder is refused by name, a stale one is fenced.
+// after making sure no other node can still write a single-node volume: a
+// current holder is refused by name, a stale one is fenced. The attachment
+// is written only if the records are unchanged since they were judged, so
+// two controllers publishing at once cannot both succeed.
 func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
@@ -41,30 +34,45 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 	}
 	defer unlock()
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
-	usage, err := c.usage(ctx, r)
-	if err != nil {
-		return nil, err
-	}
-	if a, ok := usage.Attachments[req.GetNodeId()]; ok {
-		if a.Mode != mode.String() || a.ReadOnly != req.GetReadonly() {
-			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published to node %s as %s (read-only %t)",
-				req.GetVolumeId(), req.GetNodeId(), a.Mode, a.ReadOnly)
+	want := Attachment{Node: req.GetNodeId(), Mode: mode.String(), ReadOnly: req.GetReadonly()}
+	for attempt := 1; ; attempt++ {
+		usage, err := c.usage(ctx, r)
+		if err != nil {
+			return nil, err
 		}
-		return &csi.ControllerPublishVolumeResponse{}, nil
+		if a, ok := usage.Attachments[want.Node]; ok {
+			if a.Mode != want.Mode || a.ReadOnly != want.ReadOnly {
+				return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published to node %s as %s (read-only %t)",
+					req.GetVolumeId(), want.Node, a.Mode, a.ReadOnly)
+			}
+			return &csi.ControllerPublishVolumeResponse{}, nil
+		}
+		fenced, err := c.clearHolders(ctx, r, usage, want.Node, singleNode(mode))
+		if err != nil {
+			return nil, err
+		}
+		if !fenced {
+			want.Since = time.Now().UTC()
+			err = r.pool.UpdateRecords(ctx, r.rec.Image, usage.Version,
+				(&recordChange{}).put(metaAttachPrefix+want.Node, want).set, nil)
+			if err == nil {
+				return &csi.ControllerPublishVolumeResponse{}, nil
+			}
+			if !errors.Is(err, ErrConflict) {
+				return nil, statusFor(err)
+			}
+		}
+		// The records changed (a fence was completed, or another process
+		// wrote first): judge them again.
+		if attempt == maxRecordAttempts {
+			return nil, status.Errorf(codes.Aborted, "the records of volume %s kept changing; retry", r.id)
+		}
 	}
-	if err := c.clearHolders(ctx, r, usage, req.GetNodeId(), singleNode(mode)); err != nil {
-		return nil, err
-	}
-	a := Attachment{Node: req.GetNodeId(), Mode: mode.String(), ReadOnly: req.GetReadonly(), Since: time.Now().UTC()}
-	b, _ := json.Marshal(a)
-	if err := r.pool.SetMetadata(ctx, r.rec.Image, map[string]string{metaAttachPrefix + a.Node: string(b)}); err != nil {
-		return nil, statusFor(err)
-	}
-	return &csi.ControllerPublishVolumeResponse{}, nil
 }
 
-// ControllerUnpublishVolume forgets the attachment. The node's mapping, if
-// it is still there, becomes stale and may be fenced by the next publish.
+// ControllerUnpublishVolume forgets the attachment. The node's mapping
+// record stays until the node unmaps: if it never does, the next publish
+// elsewhere fences it.
 func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
@@ -77,33 +85,25 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 		return nil, err
 	}
 	defer unlock()
-	nodes := []string{req.GetNodeId()}
-	if req.GetNodeId() == "" { // unpublish from every node
-		usage, err := c.usage(ctx, r)
-		if err != nil {
-			return nil, err
+	_, err = updateRecords(ctx, r.pool, r.rec.Image, func(recs *Records) (*recordChange, error) {
+		change := &recordChange{}
+		for n := range recs.Attachments {
+			if req.GetNodeId() == "" || n == req.GetNodeId() { // "": unpublish from every node
+				change.drop(metaAttachPrefix + n)
+			}
 		}
-		nodes = nodes[:0]
-		for n := range usage.Attachments {
-			nodes = append(nodes, n)
-		}
-	}
-	for _, n := range nodes {
-		err := r.pool.RemoveMetadata(ctx, r.rec.Image, metaAttachPrefix+n)
-		if err != nil && !errors.Is(err, ErrImageNotFound) {
-			return nil, statusFor(err)
-		}
+		return change, nil
+	})
+	if err != nil && !errors.Is(err, ErrImageNotFound) {
+		return nil, statusFor(err)
 	}
 	return &csi.ControllerUnpublishVolumeResponse{}, nil
 }
 
-// usage reads who uses the volume, leaving out this controller's own client.
+// usage reads who uses the volume; the watches of Pelagic controllers
+// (this one and its peers) are recognised as their own.
 func (c *Controller) usage(ctx context.Context, r *resolved) (*Usage, error) {
-	own, err := r.cluster.ClientAddr(ctx)
-	if err != nil {
-		return nil, statusFor(err)
-	}
-	u, err := readUsage(ctx, r.pool, r.rec.Image, splitAddrs(own)...)
+	u, err := readUsageOf(ctx, r.pool, r.rec.Image)
 	if errors.Is(err, ErrImageNotFound) {
 		return nil, status.Errorf(codes.NotFound, "volume %s has no image: %v", r.id, err)
 	}
@@ -119,8 +119,18 @@ func splitAddrs(s string) []string {
 }
 
 // clearHolders applies Decide to every holder: it refuses with a message
-// naming them, or fences the stale ones and waits for their watches to go.
-func (c *Controller) clearHolders(ctx context.Context, r *resolved, usage *Usage, node string, requestSingle bool) error {
+// naming them, or fences the stale ones. A fence a controller left half
+// done is finished first. changed reports that it wrote the records, which
+// the caller must then read again.
+func (c *Controller) clearHolders(ctx context.Context, r *resolved, usage *Usage, node string, requestSingle bool) (changed bool, err error) {
+	if pending := pendingFences(usage.Records); len(pending) > 0 {
+		for _, f := range pending {
+			if err := c.completeFence(ctx, r, f); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
+	}
 	var refuse, fence []Holder
 	for _, h := range usage.Holders(node) {
 		switch Decide(requestSingle, h) {
@@ -131,76 +141,14 @@ func (c *Controller) clearHolders(ctx context.Context, r *resolved, usage *Usage
 		}
 	}
 	if len(refuse) > 0 {
-		return status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is already in use: %s",
+		return false, status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is already in use: %s",
 			r.id, r.pool.Name(), r.rec.Image, describeAll(refuse))
 	}
 	for _, h := range fence {
-		if err := c.fence(ctx, r, h, node); err != nil {
-			return err
+		reason := "node " + h.Node + " still maps the volume after it was unpublished; published to " + node
+		if err := c.fence(ctx, r, h, reason); err != nil {
+			return false, err
 		}
 	}
-	return nil
-}
-
-func describeAll(hs []Holder) string {
-	parts := make([]string, len(hs))
-	for i, h := range hs {
-		parts[i] = h.Describe()
-	}
-	return strings.Join(parts, "; ")
-}
-
-// fence blocklists exactly the stale holder's client instance, records
-// why, and waits until its watch is gone.
-func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, forNode string) error {
-	addr := h.Watcher.Addr
-	log := klog.FromContext(ctx)
-	expiry := c.opts.FenceExpiry
-	if expiry == 0 {
-		expiry = DefaultFenceExpiry
-	}
-	log.Info("fencing stale holder", "volume", r.id.String(), "holder", h.Describe(), "for", forNode)
-	if err := r.cluster.Blocklist(ctx, addr, expiry); err != nil {
-		return status.Errorf(codes.Internal, "fencing %s: %v", h.Describe(), err)
-	}
-	now := time.Now().UTC()
-	f := Fence{Node: h.Node, ClientAddr: addr, ClientID: fmt.Sprintf("client.%d", h.Watcher.ID), At: now,
-		Expires: now.Add(expiry), Reason: fmt.Sprintf("node %s still mapped volume %s after it was unpublished; published to %s",
-			h.Node, r.id, forNode)}
-	b, _ := json.Marshal(f)
-	if err := r.pool.SetMetadata(ctx, r.rec.Image, map[string]string{metaFencePrefix + addr: string(b)}); err != nil {
-		return statusFor(err)
-	}
-	if err := r.pool.RemoveMetadata(ctx, r.rec.Image, metaMapPrefix+h.Node); err != nil {
-		return statusFor(err)
-	}
-	timeout := c.opts.FenceTimeout
-	if timeout == 0 {
-		timeout = DefaultFenceTimeout
-	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		ws, err := r.pool.Watchers(wctx, r.rec.Image)
-		if err == nil && !watchedBy(ws, addr) {
-			log.Info("fenced holder's watch is gone", "volume", r.id.String(), "client", addr,
-				"after", time.Since(now).Round(time.Millisecond))
-			return nil
-		}
-		select {
-		case <-wctx.Done():
-			return status.Errorf(codes.Aborted, "fenced %s but its watch on %s/%s is still there after %v; retry",
-				h.Describe(), r.pool.Name(), r.rec.Image, timeout)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-func watchedBy(ws []Watcher, addr string) bool {
-	for _, w := range ws {
-		if sameClient(w.Addr, addr) {
-			return true
-		}
-	}
-	return false
+	return len(fence) > 0, nil
 }

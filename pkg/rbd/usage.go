@@ -23,10 +23,23 @@ type Owner struct {
 	Params map[string]string `json:"params,omitempty"`
 }
 
-// ReadUsage loads the metadata and watchers of image, as the controller does
-// before it publishes. Watchers whose address is in ignore are dropped.
-func ReadUsage(ctx context.Context, pool Pool, image string, ignore ...string) (*Usage, error) {
-	return readUsage(ctx, pool, image, ignore...)
+// ReadUsage loads the records and watchers of image, as the controller does
+// before it publishes, recognising the watches of Pelagic controllers.
+func ReadUsage(ctx context.Context, pool Pool, image string) (*Usage, error) {
+	return readUsageOf(ctx, pool, image)
+}
+
+// RemoveFenceRecord removes the fence record of the client instance addr
+// (spelled as in the record) through a conditional update, as the
+// controller's fence keeper does when it lifts a fence.
+func RemoveFenceRecord(ctx context.Context, pool Pool, image, addr string) error {
+	_, err := updateRecords(ctx, pool, image, func(recs *Records) (*recordChange, error) {
+		if _, ok := recs.Fences[addr]; !ok {
+			return nil, nil
+		}
+		return (&recordChange{}).drop(metaFencePrefix + addr), nil
+	})
+	return err
 }
 
 // ReadOwner returns the owner record of image, or nil when it has none (an
@@ -50,6 +63,9 @@ func ReadOwner(ctx context.Context, pool Pool, image string) (*Owner, error) {
 // FenceMetadataKey is the image metadata key of the fence of the client
 // instance addr; addr must be spelled as in the Fence record.
 func FenceMetadataKey(addr string) string { return metaFencePrefix + addr }
+
+// MappingOf returns the node mapping record that names the client instance addr.
+func (u *Usage) MappingOf(addr string) (NodeMapping, bool) { return u.mappingOf(addr) }
 
 // SameClient reports whether two client instance addresses name the same
 // client, whether or not they carry a "v1:"/"v2:" prefix.

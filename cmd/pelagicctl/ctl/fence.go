@@ -122,12 +122,17 @@ func runFenceLift(ctx context.Context, s *session, tgt target, args []string) (r
 				"wait for its watch to go, or pass --force", w, v.pool.Name(), v.image)
 		}
 	}
+	if m, ok := u.MappingOf(lift); ok && !s.force {
+		return nil, fmt.Errorf("node %s still holds a mapping of %s/%s through %s: lifting its fence lets it write again "+
+			"once it is back; unstage it there (the controller then lifts the fence itself), or pass --force",
+			m.Node, v.pool.Name(), v.image, lift)
+	}
 	if err := s.cluster.Unblocklist(ctx, lift); err != nil {
 		return nil, fmt.Errorf("removing the blocklist entry of %s: %w", lift, err)
 	}
 	r := &fenceLiftReport{VolumeID: v.id, Image: v.pool.Name() + "/" + v.image, Addr: lift, Fence: fence, Unblocklisted: true}
 	if fence != nil {
-		if err := v.pool.RemoveMetadata(ctx, v.image, rbd.FenceMetadataKey(fence.ClientAddr)); err != nil {
+		if err := rbd.RemoveFenceRecord(ctx, v.pool, v.image, fence.ClientAddr); err != nil {
 			return nil, fmt.Errorf("the blocklist entry of %s is gone but its fence record on %s stays: %w", lift, r.Image, err)
 		}
 		r.RecordRemoved = true

@@ -81,6 +81,7 @@ func runStatus(ctx context.Context, s *session, tgt target, _ []string) (report,
 // describeUsage turns the records and watchers into the report, matching
 // watchers to nodes with the controller's own Holders.
 func describeUsage(u *rbd.Usage, now time.Time) *statusReport {
+	u.Now = now
 	r := &statusReport{Watchers: []watcherReport{}, Attachments: []rbd.Attachment{},
 		Mappings: []mappingReport{}, Fences: []fenceReport{}}
 	holders := u.Holders("")
@@ -138,7 +139,7 @@ func sortedFences(u *rbd.Usage) []rbd.Fence {
 // fenceOf returns the fence in force on the client at addr, if any.
 func fenceOf(u *rbd.Usage, addr string, now time.Time) *rbd.Fence {
 	for a, f := range u.Fences {
-		if rbd.SameClient(a, addr) && f.Expires.After(now) {
+		if rbd.SameClient(a, addr) && f.InForce(now) {
 			return &f
 		}
 	}
@@ -191,16 +192,18 @@ func judge(u *rbd.Usage, holders []rbd.Holder, now time.Time) verdict {
 	for _, h := range holders {
 		w := h.Watcher
 		switch {
-		case w != nil && fenceOf(u, w.Addr, now) != nil:
-			f := fenceOf(u, w.Addr, now)
-			fencedClients[f.ClientAddr] = true
-			add(stateFenced, fmt.Sprintf("FENCED: %s%s is blocklisted until %s but still watches; the watch goes once the OSDs drop it",
-				w, onNode(f.Node), stamp(f.Expires)))
+		case h.State == rbd.HolderFenced:
+			fencedClients[h.Fence.ClientAddr] = true
+			add(stateFenced, fmt.Sprintf("FENCED: %s%s is blocklisted until %s%s", holderClient(h), onNode(h.Fence.Node),
+				stamp(h.Fence.Expires), fencedStill(h)))
+		case h.State == rbd.HolderController:
+			add(stateAttached, fmt.Sprintf("a Pelagic controller's short open (%s)", w))
 		case h.State == rbd.HolderUnknown:
 			add(stateUnknown, fmt.Sprintf("UNKNOWN HOLDER: %s is %s (a single-node publish is refused until it is unmapped)",
 				w, notRecorded))
 		case h.State == rbd.HolderStale:
-			add(stateStale, fmt.Sprintf("STALE: %s still maps it but is not attached — publishing elsewhere will fence %s", h.Node, w))
+			add(stateStale, fmt.Sprintf("STALE: %s still maps it but is not attached — publishing elsewhere will fence %s",
+				h.Node, holderClient(h)))
 		case w != nil:
 			add(stateAttached, fmt.Sprintf("attached to %s and mapped there (%s)", h.Node, w))
 		case h.Mapping != nil:
@@ -208,6 +211,12 @@ func judge(u *rbd.Usage, holders []rbd.Holder, now time.Time) verdict {
 				h.Node, orDash(h.Mapping.ClientID), h.Mapping.ClientAddr))
 		default:
 			add(stateAttached, fmt.Sprintf("attached to %s, not mapped there yet", h.Node))
+		}
+	}
+	for _, f := range sortedFences(u) {
+		if !f.Done() {
+			add(stateStale, fmt.Sprintf("PENDING FENCE: %s%s was being fenced when its controller stopped; the next publish completes it",
+				clientName(f), onNode(f.Node)))
 		}
 	}
 	// The finding that needs the operator most comes first.
@@ -222,12 +231,31 @@ func judge(u *rbd.Usage, holders []rbd.Holder, now time.Time) verdict {
 	// Fences of clients that no longer watch are history, but an operator
 	// looking at a stuck volume wants to know a node was cut off.
 	for _, f := range sortedFences(u) {
-		if !fencedClients[f.ClientAddr] && f.Expires.After(now) {
+		if !fencedClients[f.ClientAddr] && f.InForce(now) {
 			parts = append(parts, fmt.Sprintf("%s%s stays fenced until %s", clientName(f), onNode(f.Node), stamp(f.Expires)))
 		}
 	}
 	v.Text = strings.Join(parts, "; ")
 	return v
+}
+
+// holderClient names the client through which a holder can write.
+func holderClient(h rbd.Holder) string {
+	if h.Watcher != nil {
+		return h.Watcher.String()
+	}
+	return strings.TrimSpace(orDash(h.ClientID()) + " at " + h.ClientAddr())
+}
+
+// fencedStill says what a fenced client still holds.
+func fencedStill(h rbd.Holder) string {
+	switch {
+	case h.Watcher != nil:
+		return " but still watches; the watch goes once the OSDs drop it"
+	case h.Mapping != nil:
+		return "; its node has not released the mapping, so the fence is renewed until it does"
+	}
+	return ""
 }
 
 func onNode(node string) string {

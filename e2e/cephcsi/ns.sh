@@ -1,0 +1,31 @@
+# Runs as root in a fresh private mount namespace (unshare --mount): prepares the paths ceph-csi
+# hard-codes, all in memory, then becomes ceph-csi. Arguments: DIR BINARY CEPHCSI-ARGS...
+# DIR holds config.json, an empty ns/ (the namespace's tmpfs) and shared/ (the CSI socket, staging
+# paths: visible at the same path on the host).
+set -eu
+dir=$1 bin=$2
+shift 2
+ns=$dir/ns
+mount -t tmpfs -o mode=0755 cephcsi-ns "$ns"
+mkdir -p "$ns/etc/upper/ceph-csi-config" "$ns/etc/work" "$ns/tmp/csi/keys" "$ns/tmp/bin"
+chmod 1777 "$ns/tmp"
+cp "$dir/config.json" "$ns/etc/upper/ceph-csi-config/config.json"
+# Its RBD node server runs `modprobe rbd` at start and exits when that fails.
+printf '#!/bin/sh\nexit 0\n' >"$ns/tmp/bin/modprobe"
+chmod 0755 "$ns/tmp/bin/modprobe"
+: >"$ns/tmp/bin/cephcsi"
+mount --bind "$bin" "$ns/tmp/bin/cephcsi"
+# The tmpfs that becomes /tmp hides DIR when DIR is under /tmp: bind shared/ back at its path.
+case $dir in /tmp/*)
+	mkdir -p "$ns/tmp${dir#/tmp}/shared"
+	mount --bind "$dir/shared" "$ns/tmp${dir#/tmp}/shared"
+	;;
+esac
+mount -t overlay cephcsi-etc -o "lowerdir=/etc,upperdir=$ns/etc/upper,workdir=$ns/etc/work" /etc
+# ceph-csi writes /etc/ceph/ceph.conf and an empty keyring: none of the host's may show through.
+mkdir -p /etc/ceph
+mount -t tmpfs -o mode=0755 cephcsi-etc-ceph /etc/ceph
+mount --rbind "$ns/tmp" /tmp
+PATH=/tmp/bin:$PATH
+export PATH
+exec /tmp/bin/cephcsi "$@"
