@@ -41,7 +41,8 @@ for n in 1 2; do
 done
 
 # Volumes the node plugins left: filesystems first (deepest first), then the loop
-# devices on image files under DIR, then the rbd-fuse mounts.
+# devices on image files under DIR, then the rbd-fuse mounts. -c: a path under a
+# dead FUSE mount cannot even be looked up.
 mounts_under() { # fuse|other
 	awk -v d="$DIR/" -v want="$1" 'index($2, d) == 1 && (($3 ~ /^fuse/) == (want == "fuse")) { print $2 }' \
 		/proc/self/mounts | sort -r
@@ -50,12 +51,17 @@ unmount() {
 	local m
 	while IFS= read -r m; do
 		m=$(printf '%b' "$m") # /proc/self/mounts escapes spaces as \040
-		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+		umount -c "$m" 2>/dev/null || umount -l -c "$m" 2>/dev/null
 	done
 }
 mounts_under other | unmount
 losetup -ln -O NAME,BACK-FILE 2>/dev/null | awk -v d="$DIR/" 'index($2, d) == 1 { print $1 }' |
 	while IFS= read -r l; do losetup -d "$l" 2>/dev/null; done
+# With the filesystems and loop devices gone, the rbd-fuse daemons hold nothing to
+# flush; a fenced one would never answer an unmount: stop them, then unmount.
+for p in $(ps_of_dir); do
+	[[ $(cat "/proc/$p/comm" 2>/dev/null) == rbd-fuse ]] && kill -KILL "$p" 2>/dev/null
+done
 mounts_under fuse | unmount
 
 # Everything else recorded (driver, sidecars, control plane; the API server before

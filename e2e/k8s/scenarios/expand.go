@@ -66,7 +66,7 @@ func expandExt4(ctx context.Context, e *env) error {
 		// The kubelet reports the node's refusal on the PVC.
 		msg, err := e.get(ctx, ns, "pvc/data", `{.status.conditions[?(@.type=="NodeResizeError")].message}`)
 		if strings.Contains(msg, "not permitted on this node") {
-			refusal = msg
+			refusal = strings.SplitN(msg, "\n", 2)[0]
 			return true, "", nil
 		}
 		return false, msg, err

@@ -73,7 +73,7 @@ func moveToSecondNode(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	e.step(start, "node 1 cut off: its client %s frozen past the watch timeout, kubelet stopped, node NotReady", node1Client)
+	e.step(start, "node 1 cut off: its client %s frozen past the watch timeout, kubelet stopped, node NotReady", node1Client.ClientAddr)
 
 	start = time.Now()
 	if _, err := e.k(ctx, "taint", "node", node1, "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute"); err != nil {
@@ -90,11 +90,65 @@ func moveToSecondNode(ctx context.Context, e *env) error {
 	}
 	e.step(start, "out-of-service taint: mover-0 runs on node 2 with the data")
 
-	if err := e.checkFenced(ctx, node1Client); err != nil {
+	if err := e.checkFenced(ctx, node1Client.ClientAddr); err != nil {
 		return err
 	}
-	e.step(start, "exactly node 1's client %s is blocklisted", node1Client)
+	e.step(start, "exactly node 1's client %s is blocklisted", node1Client.ClientAddr)
+
+	start = time.Now()
+	werr, err := e.lateWriteFromNode1(ctx, node1Client, pool, image)
+	if err != nil {
+		return err
+	}
+	if err := e.checkFile(ctx, ns, "mover-0", "/data/token", token); err != nil {
+		return err
+	}
+	e.step(start, "node 1 thawed: its late write %s and never reached the image; node 2's data intact", werr)
 	return nil
+}
+
+// lateWriteFromNode1 thaws node 1's fenced client and writes a block through
+// its device, synced, as a node that wakes up would. Nothing of it may reach
+// the image in Ceph. It returns what the write itself reported.
+func (e *env) lateWriteFromNode1(ctx context.Context, m fuseMapping, pool, image string) (string, error) {
+	if err := syscall.Kill(m.PID, syscall.SIGCONT); err != nil {
+		return "", fmt.Errorf("thawing node 1's rbd-fuse: %w", err)
+	}
+	block := bytes.Repeat([]byte(randomToken()[:16]), 4096/16)
+	off := gib - int64(len(block)) // the last block: no filesystem metadata there
+	done := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(m.Device, os.O_WRONLY|os.O_SYNC, 0)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer f.Close()
+		if _, err := f.WriteAt(block, off); err != nil {
+			done <- err
+			return
+		}
+		done <- f.Sync()
+	}()
+	var werr error
+	select {
+	case werr = <-done:
+	case <-time.After(time.Minute):
+		werr = fmt.Errorf("still blocked after a minute")
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	got, err := e.readImage(pool, image, off, len(block))
+	if err != nil {
+		return "", err
+	}
+	if bytes.Equal(got, block) {
+		return "", fmt.Errorf("node 1's late write reached the image at %d, after it was fenced (the write said %v)", off, werr)
+	}
+	if werr == nil {
+		return "reported success", nil
+	}
+	return "failed: " + werr.Error(), nil
 }
 
 const moverManifest = `apiVersion: apps/v1
@@ -207,14 +261,15 @@ spec:
 type fuseMapping struct {
 	Image      string `json:"image"`
 	PID        int    `json:"pid"`
+	Device     string `json:"device"`
 	ClientAddr string `json:"clientAddr"`
 }
 
 // cutOffNode1 freezes node 1's node plugin and the rbd-fuse client that maps
 // the image, waits until Ceph has dropped that client's watch (the watch
 // timeout), stops node 1's kubelet and waits until the node is NotReady. It
-// returns the frozen client's address.
-func (e *env) cutOffNode1(ctx context.Context, pool, image string) (string, error) {
+// returns the frozen client's mapping.
+func (e *env) cutOffNode1(ctx context.Context, pool, image string) (fuseMapping, error) {
 	states, _ := filepath.Glob(filepath.Join(e.dir, "node1", "state", "fuse", "*", "state.json"))
 	var m fuseMapping
 	for _, s := range states {
@@ -224,32 +279,32 @@ func (e *env) cutOffNode1(ctx context.Context, pool, image string) (string, erro
 		}
 	}
 	if m.PID == 0 || m.ClientAddr == "" {
-		return "", fmt.Errorf("no rbd-fuse mapping of %s on node 1 (state files: %v)", image, states)
+		return fuseMapping{}, fmt.Errorf("no rbd-fuse mapping of %s on node 1 (state files: %v)", image, states)
 	}
 	for _, name := range []string{"pelagic-node-1"} {
 		if err := e.signalRecorded(name, syscall.SIGSTOP); err != nil {
-			return "", err
+			return fuseMapping{}, err
 		}
 	}
 	if err := syscall.Kill(m.PID, syscall.SIGSTOP); err != nil {
-		return "", fmt.Errorf("freezing node 1's rbd-fuse (pid %d): %w", m.PID, err)
+		return fuseMapping{}, fmt.Errorf("freezing node 1's rbd-fuse (pid %d): %w", m.PID, err)
 	}
 	if err := e.signalRecorded("kubelet-1", syscall.SIGKILL); err != nil {
-		return "", err
+		return fuseMapping{}, err
 	}
 	if err := e.waitFor(ctx, 2*time.Minute, "Ceph to drop node 1's watch (watch timeout)", func(context.Context) (bool, string, error) {
 		ws, err := e.watchers(pool, image)
 		return err == nil && !strings.Contains(ws, addrOnly(m.ClientAddr)), ws, err
 	}); err != nil {
-		return "", err
+		return fuseMapping{}, err
 	}
 	if err := e.waitFor(ctx, 2*time.Minute, "node 1 to be NotReady", func(ctx context.Context) (bool, string, error) {
 		s, err := e.get(ctx, "", "node/"+node1, `{.status.conditions[?(@.type=="Ready")].status}`)
 		return s != "True" && s != "", s, err
 	}); err != nil {
-		return "", err
+		return fuseMapping{}, err
 	}
-	return m.ClientAddr, nil
+	return m, nil
 }
 
 // addrOnly turns "v1:10.0.0.1:0/123" into "10.0.0.1:0/123".
@@ -292,7 +347,8 @@ func (e *env) watchers(pool, image string) (string, error) {
 }
 
 // checkFenced waits until the OSD blocklist holds node 1's client instance,
-// and checks that it holds nothing of node 2's address.
+// and nothing else: not node 2's clients, not another client of node 1's
+// address, no range.
 func (e *env) checkFenced(ctx context.Context, client string) error {
 	return e.waitFor(ctx, 30*time.Second, "node 1's client "+client+" to be blocklisted", func(context.Context) (bool, string, error) {
 		entries, err := e.blocklist()
@@ -301,12 +357,10 @@ func (e *env) checkFenced(ctx context.Context, client string) error {
 		}
 		found := false
 		for _, addr := range entries {
-			switch {
-			case addrOnly(addr) == addrOnly(client):
-				found = true
-			case strings.HasPrefix(addrOnly(addr), "10.254.0.2:"):
-				return false, "", fmt.Errorf("node 2's client %s is blocklisted", addr)
+			if addrOnly(addr) != addrOnly(client) {
+				return false, "", fmt.Errorf("the blocklist holds %s besides node 1's client %s: %v", addr, client, entries)
 			}
+			found = true
 		}
 		return found, fmt.Sprintf("blocklist: %v", entries), nil
 	})
