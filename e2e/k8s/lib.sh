@@ -58,6 +58,20 @@ phase_done() {
 	printf '%-30s %6d.%01ds\n' "$PHASE" $((ms / 1000)) $((ms % 1000 / 100)) | tee -a "$DIR/timings" >&2
 }
 
+# claim_network: create the bridge that holds the control plane's address, refusing
+# when another e2e cluster already has it (one per machine: the addresses are fixed).
+claim_network() {
+	if ip link show "$BRIDGE" >/dev/null 2>&1; then
+		[[ -f $DIR/env ]] || die "$BRIDGE exists: another e2e cluster runs on this machine (stop it with" \
+			"e2e/k8s/down.sh ITS_DIR; if its directory is gone: ip link del $BRIDGE)"
+	else
+		ip link add "$BRIDGE" type bridge
+	fi
+	: >>"$DIR/env" # this cluster's from now on
+	ip link set "$BRIDGE" up
+	ip addr show dev "$BRIDGE" | grep -qF " $(node_ip 1)/24 " || ip addr add "$(node_ip 1)/24" dev "$BRIDGE"
+}
+
 # port_free PORT: nothing listens on PORT, on any address (of this network namespace).
 port_free() { [[ -z $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 

@@ -49,9 +49,7 @@ phase_done
 
 # Ceph comes up while Kubernetes does: it needs only the bridge address to bind to.
 mkdir -p "$LOGS"
-ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
-ip link set "$BRIDGE" up
-ip addr show dev "$BRIDGE" | grep -qF " $(node_ip 1)/24 " || ip addr add "$(node_ip 1)/24" dev "$BRIDGE"
+claim_network
 CEPH_BIND_ADDR=$(node_ip 1) bash "$ROOT/e2e/ceph/up.sh" "$CEPH_DIR" >"$LOGS/ceph-up.log" 2>&1 &
 ceph_up=$!
 

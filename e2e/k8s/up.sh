@@ -47,12 +47,8 @@ printf 'root:x:0:\nnobody:x:65534:\n' >"$img/busybox/etc/group"
 phase_done
 
 phase network
+claim_network
 pick_ports ETCD_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT SCHEDULER_PORT
-if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-	ip link add "$BRIDGE" type bridge
-fi
-ip link set "$BRIDGE" up
-ip addr show dev "$BRIDGE" | grep -qF " $(node_ip 1)/24 " || ip addr add "$(node_ip 1)/24" dev "$BRIDGE"
 phase_done
 
 phase pki
