@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 )
 
@@ -121,6 +122,24 @@ func RemoveAttachmentRecord(ctx context.Context, pool Pool, image, node string) 
 		}
 		removed = true
 		return (&recordChange{}).drop(metaAttachPrefix + node), nil
+	})
+	return removed && err == nil, err
+}
+
+// RemoveMappingRecord removes node's mapping record of image once its
+// client instance addr is gone (unmapped), as NodeUnstage does; a record
+// naming another instance (a newer mapping) stays. It reports whether it
+// removed one.
+func RemoveMappingRecord(ctx context.Context, pool Pool, image, node, addr string) (bool, error) {
+	removed := false
+	_, err := updateRecords(ctx, pool, image, func(recs *Records) (*recordChange, error) {
+		removed = false
+		m, ok := recs.Mappings[node]
+		if !ok || (m.ClientAddr != addr && !ceph.SameClient(m.ClientAddr, addr)) {
+			return nil, nil
+		}
+		removed = true
+		return (&recordChange{}).drop(metaMapPrefix + node), nil
 	})
 	return removed && err == nil, err
 }
