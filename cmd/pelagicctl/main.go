@@ -1,5 +1,6 @@
-// Command pelagicctl tells an operator who holds a stuck Pelagic RBD volume
-// and lifts fences; see package ctl.
+// Command pelagicctl tells an operator who holds a stuck Pelagic volume and
+// what to do about it; see package ctl. Installed as kubectl-pelagic it is
+// the kubectl plugin "kubectl pelagic".
 package main
 
 import (
@@ -13,7 +14,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := ctl.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := ctl.Run(ctx, os.Args[0], os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
