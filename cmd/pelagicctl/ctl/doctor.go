@@ -303,7 +303,7 @@ func hostOf(addr string) string {
 func (s *session) fenceStale(ctx context.Context, img *image, h rbd.Holder) doctorAction {
 	a := doctorAction{Action: "fence", Target: h.Describe()}
 	ops := rbd.NewController(rbd.ControllerOptions{FenceExpiry: s.opts.expiry})
-	reason := s.fenceReason(fmt.Sprintf("doctor --fix %s: node %s still maps it after it was unpublished", img.spec(), h.Node))
+	reason := s.fenceReason("doctor --fix "+img.spec(), fmt.Sprintf("node %s still maps it after it was unpublished", h.Node))
 	f, err := ops.FenceHolder(ctx, s.cluster, img.pool, img.name, h, reason, false)
 	if err != nil {
 		a.Result = "not fenced: " + err.Error()

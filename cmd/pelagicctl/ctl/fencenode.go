@@ -65,7 +65,7 @@ func runFence(ctx context.Context, s *session, args []string) (report, error) {
 	}
 	r := &fenceActionReport{Target: target, Holders: []fenceAction{}}
 	ops := rbd.NewController(rbd.ControllerOptions{FenceExpiry: s.opts.expiry})
-	reason := s.fenceReason("fence " + target)
+	reason := s.fenceReason("fence "+target, "no reason given")
 	for _, h := range held {
 		a := fenceAction{VolumeID: h.id, Pool: h.pool.Name(), Image: h.image, Node: h.holder.Node,
 			Client: h.holder.ClientID(), Addr: h.holder.ClientAddr()}
@@ -154,18 +154,18 @@ func (s *session) refuseCurrent(held []heldImage) error {
 	return fmt.Errorf("refusing to fence, nothing fenced:\n  %s", strings.Join(why, "\n  "))
 }
 
-// fenceReason records who asked for a fence, from where, and why.
-func (s *session) fenceReason(what string) string {
+// fenceReason records who asked for a fence, from where, and why: --reason,
+// else the given why.
+func (s *session) fenceReason(what, why string) string {
 	who := "unknown"
 	if u, err := user.Current(); err == nil {
 		who = u.Username
 	}
 	host, _ := os.Hostname()
-	why := s.opts.reason
-	if why == "" {
-		why = "no reason given"
+	if s.opts.reason != "" {
+		why = s.opts.reason
 	}
-	return fmt.Sprintf("pelagicctl %s by %s@%s: %s", what, who, host, why)
+	return fmt.Sprintf("pelagicctl %s (by %s@%s): %s", what, who, host, why)
 }
 
 func (r *fenceActionReport) writeText(w io.Writer, _ time.Time) {

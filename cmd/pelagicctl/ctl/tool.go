@@ -78,13 +78,12 @@ type Tool struct {
 }
 
 // Run runs pelagicctl with the real connectors and returns the exit code.
-// name is the program's name (os.Args[0]): as kubectl-pelagic it speaks
-// as "kubectl pelagic".
-func Run(ctx context.Context, name string, args []string, stdout, stderr io.Writer) int {
-	return Tool{Stdout: stdout, Stderr: stderr, Name: ProgramName(name)}.Run(ctx, args)
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return Tool{Stdout: stdout, Stderr: stderr}.Run(ctx, args)
 }
 
-// ProgramName is how a binary run as arg0 calls itself.
+// ProgramName is how a binary run as arg0 calls itself: as
+// kubectl-pelagic it speaks as "kubectl pelagic".
 func ProgramName(arg0 string) string {
 	base := arg0[strings.LastIndex(arg0, "/")+1:]
 	if strings.HasPrefix(base, PluginName) || strings.HasPrefix(base, "kubectl_complete-pelagic") {
