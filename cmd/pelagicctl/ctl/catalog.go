@@ -27,8 +27,9 @@ type Catalog interface {
 	// or clone children need it.
 	RemoveTrash(ctx context.Context, id string) error
 	Snapshots(ctx context.Context, image string) ([]SnapEntry, error)
-	// Children lists the clones of any snapshot of image (trashed ones too).
-	Children(ctx context.Context, image string) ([]ImageRef, error)
+	// Children lists the clones of any snapshot of the image (which may
+	// be trashed: then its ID names it), trashed clones too.
+	Children(ctx context.Context, image ImageRef) ([]ImageRef, error)
 	// UsedBytes is what the image has allocated, its parent's share not counted.
 	UsedBytes(ctx context.Context, image string) (int64, error)
 }
@@ -111,10 +112,10 @@ func (f *FakeCatalog) Snapshots(_ context.Context, image string) ([]SnapEntry, e
 }
 
 // Children implements Catalog.
-func (f *FakeCatalog) Children(_ context.Context, image string) ([]ImageRef, error) {
+func (f *FakeCatalog) Children(_ context.Context, image ImageRef) ([]ImageRef, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]ImageRef{}, f.Kids[image]...), nil
+	return append([]ImageRef{}, f.Kids[image.Image]...), nil
 }
 
 // UsedBytes implements Catalog.
@@ -148,8 +149,20 @@ func (s *session) catalog(pool rbd.Pool) (Catalog, error) {
 }
 
 func (c *cephCatalog) readImage(ctx context.Context, what, image string, fn func(*librbd.Image) error) error {
+	return c.read(ctx, what, ImageRef{Image: image}, fn)
+}
+
+// read opens an image read-only, by ID when it is trashed.
+func (c *cephCatalog) read(ctx context.Context, what string, ref ImageRef, fn func(*librbd.Image) error) error {
+	image := ref.Image
 	return util.Run(ctx, what+" "+c.pool+"/"+image, func() error {
-		img, err := librbd.OpenImageReadOnly(c.ioctx, image, librbd.NoSnapshot)
+		var img *librbd.Image
+		var err error
+		if ref.Trashed && ref.ID != "" {
+			img, err = librbd.OpenImageByIdReadOnly(c.ioctx, ref.ID, librbd.NoSnapshot)
+		} else {
+			img, err = librbd.OpenImageReadOnly(c.ioctx, image, librbd.NoSnapshot)
+		}
 		if err != nil {
 			if errors.Is(err, librbd.ErrNotFound) {
 				return fmt.Errorf("%w: %s/%s", rbd.ErrImageNotFound, c.pool, image)
@@ -213,9 +226,9 @@ func (c *cephCatalog) Snapshots(ctx context.Context, image string) ([]SnapEntry,
 	return out, err
 }
 
-func (c *cephCatalog) Children(ctx context.Context, image string) ([]ImageRef, error) {
+func (c *cephCatalog) Children(ctx context.Context, image ImageRef) ([]ImageRef, error) {
 	var out []ImageRef
-	err := c.readImage(ctx, "listing the clones of", image, func(img *librbd.Image) error {
+	err := c.read(ctx, "listing the clones of", image, func(img *librbd.Image) error {
 		kids, err := img.ListChildrenAttributes()
 		for _, k := range kids {
 			out = append(out, ImageRef{Pool: k.PoolName, Image: k.ImageName, ID: k.ImageID, Trashed: k.Trash})

@@ -130,7 +130,7 @@ func parseSessions(b []byte) ([]FSSession, error) {
 	var raw []struct {
 		ID       int64             `json:"id"`
 		Inst     string            `json:"inst"` // "client.4567 v1:10.0.0.2:0/3371829"
-		Metadata map[string]string `json:"client_metadata"`
+		Metadata map[string]any    `json:"client_metadata"` // strings, and a features object
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("reading the MDS sessions: %w", err)
@@ -138,8 +138,9 @@ func parseSessions(b []byte) ([]FSSession, error) {
 	out := make([]FSSession, 0, len(raw))
 	for _, r := range raw {
 		_, addr, _ := strings.Cut(r.Inst, " ")
-		out = append(out, FSSession{ID: r.ID, Addr: ceph.PlainAddr(addr), Host: r.Metadata["hostname"],
-			Root: r.Metadata["root"], Entity: r.Metadata["entity_id"], MountPoint: r.Metadata["mount_point"]})
+		str := func(k string) string { v, _ := r.Metadata[k].(string); return v }
+		out = append(out, FSSession{ID: r.ID, Addr: ceph.PlainAddr(addr), Host: str("hostname"),
+			Root: str("root"), Entity: str("entity_id"), MountPoint: str("mount_point")})
 	}
 	return out, nil
 }

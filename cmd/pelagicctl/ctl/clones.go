@@ -88,7 +88,7 @@ func (s *session) walkClones(ctx context.Context, ref ImageRef, depth int, paren
 		return err
 	}
 	name := ref.Image
-	kids, err := cat.Children(ctx, name)
+	kids, err := cat.Children(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -124,10 +124,7 @@ func (r *clonesReport) writeText(w io.Writer, _ time.Time) {
 		if n.Trashed {
 			line += " (trashed)"
 		}
-		if n.Parent != "" {
-			line += " from " + n.Parent[strings.LastIndex(n.Parent, "@")+1:]
-		}
-		line += fmt.Sprintf("  depth %d, %s", n.Depth, n.Flatten)
+		line += fmt.Sprintf(": depth %d, %s", n.Depth, n.Flatten)
 		if n.Self {
 			line += "  <- this volume"
 		}

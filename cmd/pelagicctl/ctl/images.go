@@ -273,7 +273,7 @@ func runSnapshots(ctx context.Context, s *session, _ []string) (report, error) {
 
 // childrenBySnap groups the image's clones by the snapshot they come from.
 func (s *session) childrenBySnap(ctx context.Context, img *image, cat Catalog) (map[string][]ImageRef, error) {
-	kids, err := cat.Children(ctx, img.name)
+	kids, err := cat.Children(ctx, ImageRef{Pool: img.pool.Name(), Image: img.name})
 	if err != nil {
 		return nil, err
 	}
@@ -324,7 +324,7 @@ func (r *snapshotsReport) writeText(w io.Writer, _ time.Time) {
 	for _, sn := range r.Snapshots {
 		var kids []string
 		for _, k := range sn.Clones {
-			kids = append(kids, k.Pool+"/"+k.Image)
+			kids = append(kids, shortImage(k.Image))
 		}
 		name := sn.Name
 		if sn.Namespace == "trash" {

@@ -70,7 +70,7 @@ func (n nodeFacts) notReady() bool { return n.Ready != string(corev1.ConditionTr
 // gatherKube reads the PVC, pods, VolumeAttachments and the nodes among
 // them and the CSI node IDs given (the nodes of the Ceph records).
 func (s *session) gatherKube(ctx context.Context, ref *volumeRef, nodeIDs []string) (*kubeFacts, []string) {
-	if s.kube == nil || ref == nil {
+	if s.kube == nil || ref == nil || (ref.PVC == "" && ref.PV == nil && len(nodeIDs) == 0) {
 		return nil, nil
 	}
 	var notes []string

@@ -60,10 +60,17 @@ type fenceReport struct {
 }
 
 func runStatus(ctx context.Context, s *session, _ []string) (report, error) {
-	if s.ref.Kind == kindCephFS {
+	if s.ref.Kind == kindCephFS || (s.ref.Kind == "" && s.opts.fsName != "") {
 		return s.cephfsStatus(ctx, s.ref)
 	}
 	img, err := s.openImage(ctx, s.ref)
+	if err != nil && s.ref.Kind == "" && s.ref.VolumeID != "" {
+		// A volume ID alone does not say RBD or CephFS: its location
+		// may be a filesystem's FSCID.
+		if r, ferr := s.cephfsStatus(ctx, s.ref); ferr == nil {
+			return r, nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
