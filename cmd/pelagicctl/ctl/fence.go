@@ -89,7 +89,7 @@ func (r *fenceListReport) writeText(w io.Writer, _ time.Time) {
 				state = "expired"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortImage(f.Image), orDash(f.Node), orDash(f.ClientID), f.ClientAddr,
-				stamp(f.Expires), state, cut(f.Reason, 28))
+				stamp(f.Expires), state, cut(f.Reason, 24))
 		}
 		tw.Flush()
 	}
