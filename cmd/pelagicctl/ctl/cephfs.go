@@ -128,9 +128,9 @@ func (c *cephFileSystems) Sessions(ctx context.Context, fs string) ([]FSSession,
 // parseSessions reads the MDS's "session ls" answer.
 func parseSessions(b []byte) ([]FSSession, error) {
 	var raw []struct {
-		ID       int64             `json:"id"`
-		Inst     string            `json:"inst"` // "client.4567 v1:10.0.0.2:0/3371829"
-		Metadata map[string]any    `json:"client_metadata"` // strings, and a features object
+		ID       int64          `json:"id"`
+		Inst     string         `json:"inst"`            // "client.4567 v1:10.0.0.2:0/3371829"
+		Metadata map[string]any `json:"client_metadata"` // strings, and a features object
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("reading the MDS sessions: %w", err)

@@ -16,10 +16,10 @@ import (
 
 // duReport is provisioned and used bytes per volume and per pool.
 type duReport struct {
-	Volumes []duLine  `json:"volumes"`
-	Pools   []duPool  `json:"pools"`
-	Errors  []string  `json:"errors,omitempty"`
-	Total   duTotals  `json:"total"`
+	Volumes []duLine `json:"volumes"`
+	Pools   []duPool `json:"pools"`
+	Errors  []string `json:"errors,omitempty"`
+	Total   duTotals `json:"total"`
 }
 
 type duTotals struct {

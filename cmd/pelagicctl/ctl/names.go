@@ -33,7 +33,9 @@ type volumeRef struct {
 	Notes []string `json:"-"`
 }
 
-func (r *volumeRef) note(format string, a ...any) { r.Notes = append(r.Notes, fmt.Sprintf(format, a...)) }
+func (r *volumeRef) note(format string, a ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, a...))
+}
 
 // resolveNames turns a VOLUME argument into a volume ID (or POOL/IMAGE)
 // through Kubernetes: PVC NS/NAME (or NAME with -n), PV NAME, a CSI volume

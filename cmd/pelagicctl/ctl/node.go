@@ -76,18 +76,18 @@ type showMappedReport struct {
 
 // mappedLine is one mapping with its paths, pods and holders.
 type mappedLine struct {
-	Mapper     string        `json:"mapper"`
-	Device     string        `json:"device"`
-	Pool       string        `json:"pool"`
-	Namespace  string        `json:"radosNamespace,omitempty"`
-	Image      string        `json:"image"`
-	ClientAddr string        `json:"clientAddr,omitempty"`
-	ClientID   string        `json:"clientID,omitempty"`
-	VolumeID   string        `json:"volumeID,omitempty"`
-	Staging    string        `json:"staging,omitempty"`
-	Targets    []string      `json:"targets"`
-	Pods       []podRef      `json:"pods"`
-	Holders    []procHolder  `json:"holders"`
+	Mapper     string       `json:"mapper"`
+	Device     string       `json:"device"`
+	Pool       string       `json:"pool"`
+	Namespace  string       `json:"radosNamespace,omitempty"`
+	Image      string       `json:"image"`
+	ClientAddr string       `json:"clientAddr,omitempty"`
+	ClientID   string       `json:"clientID,omitempty"`
+	VolumeID   string       `json:"volumeID,omitempty"`
+	Staging    string       `json:"staging,omitempty"`
+	Targets    []string     `json:"targets"`
+	Pods       []podRef     `json:"pods"`
+	Holders    []procHolder `json:"holders"`
 	mapping    mapper.Mapping
 	mapperImpl mapper.Mapper
 }

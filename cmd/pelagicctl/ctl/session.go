@@ -21,11 +21,11 @@ type session struct {
 	raw       rbd.Cluster // as the connector returned it
 	cluster   rbd.Cluster // every call bounded by --timeout
 	cc        *ceph.ClusterConfig
-	namespace string    // the RADOS namespace the cluster config gives for RBD
-	now       time.Time // when the command started, to tell expired fences
+	namespace string     // the RADOS namespace the cluster config gives for RBD
+	now       time.Time  // when the command started, to tell expired fences
 	ref       *volumeRef // the VOLUME argument, resolved through Kubernetes
 	kube      *kubeView  // nil without Kubernetes access
-	kubeNote  string    // why there is none
+	kubeNote  string     // why there is none
 	closers   []func()
 }
 
@@ -33,10 +33,6 @@ func (s *session) close() {
 	for i := len(s.closers) - 1; i >= 0; i-- {
 		s.closers[i]()
 	}
-}
-
-func (s *session) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.opts.timeout)
 }
 
 // volumeIDOf parses arg as a CSI volume ID.
