@@ -16,6 +16,7 @@ all: build
 ## build: the driver and pelagicctl into ./bin
 build:
 	$(GO) build $(GOFLAGS_T) -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./cmd/...
+	ln -sf pelagicctl $(BIN)/kubectl-pelagic
 
 ## deps: the Debian packages the build and the local cluster need
 deps:

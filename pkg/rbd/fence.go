@@ -114,6 +114,12 @@ func pendingFences(recs *Records) []Fence {
 // completed, so a controller that dies in between leaves a pending record
 // that the next publish, or the fence keeper, finishes.
 func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason string) error {
+	return c.fenceHolder(ctx, r, h, reason, false)
+}
+
+// fenceHolder is fence; force also fences a holder whose attachment is
+// current or that no node recorded, which only an operator may ask for.
+func (c *Controller) fenceHolder(ctx context.Context, r *resolved, h Holder, reason string, force bool) error {
 	addr := h.ClientAddr()
 	ttl, err := c.blocklistTTL(ctx, r.cluster)
 	if err != nil {
@@ -130,7 +136,8 @@ func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason st
 	m, mapped := recs.Mappings[h.Node]
 	_, attached := recs.Attachments[h.Node]
 	cur, fenced := recs.Fences[addr]
-	if !mapped || !ceph.SameClient(m.ClientAddr, addr) || attached || (fenced && cur.InForce(now)) {
+	stillStale := mapped && ceph.SameClient(m.ClientAddr, addr) && !attached
+	if (!stillStale && !force) || addr == "" || (fenced && cur.InForce(now)) {
 		return nil // the holder changed since it was judged: the caller judges again
 	}
 	change := (&recordChange{}).put(metaFencePrefix+addr, f)
