@@ -47,7 +47,8 @@ type watcherReport struct {
 }
 
 // mappingReport is a node's mapping record; Live tells whether a watcher
-// still matches it (a record without one is left over from a dead node).
+// still matches it (a writable mapping without one is on a node that is cut
+// off, or gone; a read-only krbd mapping never holds one).
 type mappingReport struct {
 	rbd.NodeMapping
 	Live bool `json:"live"`
@@ -403,7 +404,10 @@ func (r *statusReport) writeText(w io.Writer, _ time.Time) {
 	fmt.Fprintln(tw, "mappings:")
 	for _, m := range r.Mappings {
 		state := "live"
-		if !m.Live {
+		switch {
+		case !m.Live && m.ReadOnly:
+			state = "read-only, no watch"
+		case !m.Live:
 			state = "no live watch"
 		}
 		fmt.Fprintf(tw, "  %s\t%s at %s\t%s, since %s, %s\n", m.Node, orDash(m.ClientID), m.ClientAddr, orDash(m.Mapper), stamp(m.Since), state)
