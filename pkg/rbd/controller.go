@@ -365,9 +365,38 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 			return err
 		}
 	}
-	owner, _ := json.Marshal(Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
+	return writeOwner(ctx, pool, rec.Backing, Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
 		PV: params.PVName, Params: rec.Params})
-	return pool.SetMetadata(ctx, rec.Backing, map[string]string{metaOwnerKey: string(owner)})
+}
+
+// writeOwner records who the volume is for, the last step of its creation.
+// librbd copies a parent's metadata into a clone, so until its own owner
+// record is written a clone carries its parent's, and the parent's
+// attachment, mapping and fence records, which name the parent's holders:
+// those go in the same conditional write. Once the owner record names this
+// volume, its usage records are its own and are left alone.
+func writeOwner(ctx context.Context, pool Pool, image string, owner Owner) error {
+	b, _ := json.Marshal(owner)
+	for attempt := 1; ; attempt++ {
+		meta, version, err := pool.Records(ctx, image)
+		if err != nil {
+			return err
+		}
+		var current Owner
+		if json.Unmarshal([]byte(meta[metaOwnerKey]), &current) == nil && current.Name == owner.Name {
+			return pool.SetMetadata(ctx, image, map[string]string{metaOwnerKey: string(b)})
+		}
+		var inherited []string
+		for k := range meta {
+			if strings.HasPrefix(k, metaAttachPrefix) || strings.HasPrefix(k, metaMapPrefix) || strings.HasPrefix(k, metaFencePrefix) {
+				inherited = append(inherited, k)
+			}
+		}
+		err = pool.UpdateRecords(ctx, image, version, map[string]string{metaOwnerKey: string(b)}, inherited)
+		if !errors.Is(err, ErrConflict) || attempt == maxRecordAttempts {
+			return err
+		}
+	}
 }
 
 // DeleteVolume removes the image and its journal entry. A volume that

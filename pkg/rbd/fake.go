@@ -192,7 +192,13 @@ func (p *FakePool) Clone(_ context.Context, parentImage, snap string, spec Image
 	if _, ok := parent.snaps[snap]; !ok {
 		return fmt.Errorf("%w: %s@%s", ErrSnapNotFound, parentImage, snap)
 	}
-	return p.add(spec, &ParentRef{Pool: p.Name(), Image: parent.name, ImageID: parent.id, Snap: snap})
+	if err := p.add(spec, &ParentRef{Pool: p.Name(), Image: parent.name, ImageID: parent.id, Snap: snap}); err != nil {
+		return err
+	}
+	// librbd copies the parent's image metadata into the clone.
+	child, _ := p.byName(spec.Name)
+	maps.Copy(child.meta, parent.meta)
+	return nil
 }
 
 // info is what Stat tells of img; a parent in the trash is marked so, as

@@ -12,6 +12,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
@@ -291,7 +292,8 @@ func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, 
 func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode,
 	m mapper.Mapping, before []Watcher) (NodeMapping, error) {
 	rec := NodeMapping{Node: n.opts.NodeID, ClientAddr: m.ClientAddr, ClientID: m.ClientID, Mapper: m.Mapper,
-		Since: time.Now().UTC()}
+		ReadOnly: readOnlyMode(&csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}),
+		Since:    time.Now().UTC()}
 	if rec.ClientAddr == "" {
 		after, err := pool.Watchers(ctx, image)
 		if err != nil {
@@ -375,6 +377,14 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 		// Never reformat a volume that holds data; mount what is there.
 		fstype = existing
 	}
+	grow := existing != "" && !readOnlyMode(req.GetVolumeCapability()) && n.filesystemSmaller(ctx, dev, fstype)
+	if grow && fstype != "xfs" {
+		// An expansion the node could not do online (resize2fs needs
+		// CAP_SYS_RESOURCE there) is done here, before the mount.
+		if err := n.opts.Mounter.ResizeFS(ctx, dev, ""); err != nil {
+			return status.Errorf(codes.Internal, "growing the %s filesystem on %s: %v", fstype, dev, err)
+		}
+	}
 	options := append([]string{}, req.GetVolumeCapability().GetMount().GetMountFlags()...)
 	if fstype == "xfs" {
 		// Clones and restored snapshots share the source's XFS UUID.
@@ -386,7 +396,31 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if err := n.opts.Mounter.Mount(ctx, dev, staging, fstype, options); err != nil {
 		return status.Errorf(codes.Internal, "mounting %s at %s: %v", dev, staging, err)
 	}
+	if grow && fstype == "xfs" { // xfs grows only while mounted
+		if err := n.opts.Mounter.ResizeFS(ctx, dev, staging); err != nil {
+			return status.Errorf(codes.Internal, "growing the xfs filesystem on %s: %v", dev, err)
+		}
+	}
 	return nil
+}
+
+// filesystemSmaller reports whether the filesystem on dev is smaller than
+// the device: the image was expanded and the filesystem not yet grown. A
+// size it cannot read only means no growth now: the volume still mounts.
+func (n *Node) filesystemSmaller(ctx context.Context, dev, fstype string) bool {
+	fsSize, err := n.opts.Mounter.FilesystemSize(ctx, dev, fstype)
+	if err == nil {
+		var devSize int64
+		if devSize, err = n.opts.Mounter.DeviceSize(ctx, dev); err == nil {
+			// Filesystems end on a whole block or allocation group; less
+			// than a MiB short is as grown as they get.
+			return devSize-fsSize >= 1<<20
+		}
+	}
+	if !errors.Is(err, mount.ErrUnsupportedFilesystem) {
+		klog.FromContext(ctx).Info("not growing the filesystem at stage: its size is unknown", "device", dev, "error", err.Error())
+	}
+	return false
 }
 
 // NodeUnstageVolume unmounts and unmaps. It succeeds when nothing is staged.
@@ -608,7 +642,7 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 		if err := n.opts.Mounter.ResizeFS(ctx, dev, path); err != nil {
 			if errors.Is(err, mount.ErrOnlineResizeNotPermitted) {
 				return nil, status.Errorf(codes.FailedPrecondition,
-					"growing the filesystem on %s online is not permitted on this node (resize2fs needs CAP_SYS_RESOURCE); it can only grow while unmounted: %v", dev, err)
+					"growing the filesystem on %s online is not permitted on this node (resize2fs needs CAP_SYS_RESOURCE); it grows at the next stage, before it is mounted (restart the pod): %v", dev, err)
 			}
 			return nil, status.Errorf(codes.Internal, "growing the filesystem on %s: %v", dev, err)
 		}

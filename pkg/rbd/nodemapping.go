@@ -233,13 +233,7 @@ func (n *Node) removeMappingRecord(ctx context.Context, cl Cluster, f pendingFor
 	if err != nil {
 		return err
 	}
-	_, err = updateRecords(ctx, pool, f.Image, func(recs *Records) (*recordChange, error) {
-		m, ok := recs.Mappings[n.opts.NodeID]
-		if !ok || (m.ClientAddr != f.ClientAddr && !ceph.SameClient(m.ClientAddr, f.ClientAddr)) {
-			return nil, nil // gone, or a newer mapping's record
-		}
-		return (&recordChange{}).drop(metaMapPrefix + n.opts.NodeID), nil
-	})
+	_, err = RemoveMappingRecord(ctx, pool, f.Image, n.opts.NodeID, f.ClientAddr)
 	if errors.Is(err, ErrImageNotFound) || errors.Is(err, ceph.ErrPoolNotFound) {
 		return nil
 	}
