@@ -574,7 +574,9 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	if err != nil {
 		return nil, err
 	}
-	return volume.ListVolumes(recs, ids, req)
+	return volume.ListVolumes(len(recs), req, func(i int) (*csi.Volume, error) {
+		return &csi.Volume{VolumeId: ids[i], CapacityBytes: recs[i].SizeBytes}, nil
+	})
 }
 
 // toStatus is volume.Status with the mgr's refusals coded: a clone not done

@@ -50,6 +50,9 @@ type ControllerOptions struct {
 	// any other is NotFound. Without it (no Kubernetes access) the
 	// controller cannot tell and publishes to any node ID.
 	Nodes kube.NodeChecker
+	// CephCSIInstanceID is the instance ID (--instanceid) of the ceph-csi
+	// whose volumes this controller serves (default "default").
+	CephCSIInstanceID string
 }
 
 // Controller implements csi.ControllerServer for RBD.
@@ -73,6 +76,9 @@ func NewController(opts ControllerOptions) *Controller {
 	}
 	if opts.DefaultSize == 0 {
 		opts.DefaultSize = 1 << 30
+	}
+	if opts.CephCSIInstanceID == "" {
+		opts.CephCSIInstanceID = journal.DefaultCephCSIInstance
 	}
 	return &Controller{opts: opts}
 }
@@ -127,7 +133,8 @@ func (c *Controller) discoverPools(ctx context.Context, cl Cluster) {
 	if err != nil {
 		return
 	}
-	pools, err := cl.PoolsHolding(ctx, cc.RBD.RadosNamespace, journal.DirectoryObjects(JournalPrefix)...)
+	pools, err := cl.PoolsHolding(ctx, cc.RBD.RadosNamespace,
+		append(journal.DirectoryObjects(JournalPrefix), journal.CephCSIDirectoryObjects(c.opts.CephCSIInstanceID)...)...)
 	if err != nil {
 		c.discovered.Delete(cl.ClusterID())
 		klog.FromContext(ctx).Error(err, "looking for journals", "cluster", cl.ClusterID())
@@ -173,6 +180,9 @@ func (c *Controller) resolve(ctx context.Context, kind journal.Kind, id string, 
 		}
 		return c.usePool(ctx, cl, name, cc.RBD.RadosNamespace)
 	})
+	if status.Code(err) == codes.NotFound && pool != nil {
+		rec, err = c.resolveCephCSI(ctx, kind, id, vid, pool)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -245,6 +255,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			return nil, status.Errorf(codes.OutOfRange, "source is %d bytes, more than the limit %d", source.size, lim)
 		}
 		size = source.size
+	}
+	if vol, err := c.cephCSIVolume(ctx, cl, pool, req, params, size); vol != nil || err != nil {
+		return &csi.CreateVolumeResponse{Volume: vol}, err
 	}
 	rec, reserved, err := volume.Reserve(ctx, pool, volume.Request{Name: req.GetName(), Params: params.journalParams(),
 		Source: source.id(), Size: size, Limit: req.GetCapacityRange().GetLimitBytes(), BackingPrefix: params.NamePrefix})
@@ -334,9 +347,38 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 			return err
 		}
 	}
-	owner, _ := json.Marshal(Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
+	return writeOwner(ctx, pool, rec.Backing, Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
 		PV: params.PVName, Params: rec.Params})
-	return pool.SetMetadata(ctx, rec.Backing, map[string]string{metaOwnerKey: string(owner)})
+}
+
+// writeOwner records who the volume is for, the last step of its creation.
+// librbd copies a parent's metadata into a clone, so until its own owner
+// record is written a clone carries its parent's, and the parent's
+// attachment, mapping and fence records, which name the parent's holders:
+// those go in the same conditional write. Once the owner record names this
+// volume, its usage records are its own and are left alone.
+func writeOwner(ctx context.Context, pool Pool, image string, owner Owner) error {
+	b, _ := json.Marshal(owner)
+	for attempt := 1; ; attempt++ {
+		meta, version, err := pool.Records(ctx, image)
+		if err != nil {
+			return err
+		}
+		var current Owner
+		if json.Unmarshal([]byte(meta[metaOwnerKey]), &current) == nil && current.Name == owner.Name {
+			return pool.SetMetadata(ctx, image, map[string]string{metaOwnerKey: string(b)})
+		}
+		var inherited []string
+		for k := range meta {
+			if strings.HasPrefix(k, metaAttachPrefix) || strings.HasPrefix(k, metaMapPrefix) || strings.HasPrefix(k, metaFencePrefix) {
+				inherited = append(inherited, k)
+			}
+		}
+		err = pool.UpdateRecords(ctx, image, version, map[string]string{metaOwnerKey: string(b)}, inherited)
+		if !errors.Is(err, ErrConflict) || attempt == maxRecordAttempts {
+			return err
+		}
+	}
 }
 
 // DeleteVolume removes the image and its journal entry. A volume that
@@ -346,6 +388,9 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
 	}
 	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
+	if unknown := (*unknownID)(nil); errors.As(err, &unknown) {
+		return c.deleteUnknown(ctx, unknown)
+	}
 	if status.Code(err) == codes.NotFound {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
@@ -363,13 +408,21 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	}); err != nil {
 		return nil, err
 	}
-	if err := r.pool.Delete(ctx, r.rec.Backing); err != nil {
+	var above *ParentRef
+	if r.rec.FromCephCSI() {
+		err = c.deleteCephCSIVolume(ctx, r)
+	} else {
+		above = parentBeforeDelete(ctx, r)
+		err = r.pool.Delete(ctx, r.rec.Backing)
+	}
+	if err != nil {
 		return nil, volume.Status(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
 	}
-	if err := r.pool.Remove(ctx, r.rec); err != nil {
+	if err := c.journalOf(r.pool, r.rec).Remove(ctx, r.rec); err != nil {
 		return nil, volume.Status(err)
 	}
 	c.purgeTrash(ctx, r.pool, r.rec.Backing)
+	purgeTrashedAncestors(ctx, r.pool, above)
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
@@ -427,8 +480,10 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 	defer unlock()
 	// Growing an image a stale or unknown client still maps would change it
 	// under a holder the CO no longer accounts for.
+	// A client no node recorded on a volume ceph-csi provisioned is its node
+	// plugin's mapping, which ceph-csi grew in use as Pelagic grows its own.
 	if err := c.refuseHolders(ctx, r, "expanded", func(h Holder) bool {
-		return h.Watcher != nil && (h.State == HolderStale || h.State == HolderUnknown)
+		return h.Watcher != nil && (h.State == HolderStale || (h.State == HolderUnknown && !r.rec.FromCephCSI()))
 	}); err != nil {
 		return nil, err
 	}
@@ -460,7 +515,8 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.pool.Stat(ctx, r.rec.Backing); err != nil {
+	info, err := r.pool.Stat(ctx, r.rec.Backing)
+	if err != nil {
 		return nil, volume.Status(err)
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
@@ -469,6 +525,11 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	cc, _ := c.opts.Config.Cluster(r.id.ClusterID)
 	facts := volumeFacts{clusterID: r.id.ClusterID, pool: r.pool.Name(), namespace: cc.RBD.RadosNamespace,
 		image: r.rec.Backing, params: r.rec.Params}
+	if r.rec.FromCephCSI() {
+		if facts, err = cephCSIFacts(ctx, r, info, cc.RBD.RadosNamespace); err != nil {
+			return nil, volume.Status(err)
+		}
+	}
 	if why := facts.mismatch(req.GetParameters(), req.GetVolumeContext()); len(why) > 0 {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: strings.Join(why, "; ")}, nil
 	}
@@ -521,36 +582,71 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	return &csi.GetCapacityResponse{AvailableCapacity: best}, nil
 }
 
-// listRecords gathers journal records of kind from every known pool.
-func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]*journal.Record, []string, error) {
-	var recs []*journal.Record
-	var ids []string
+// listedRecord is a journal record with its ID and pool.
+type listedRecord struct {
+	rec  *journal.Record
+	id   string
+	pool Pool
+}
+
+// listRecords gathers journal records of kind from every known pool,
+// Pelagic's then ceph-csi's, each in UUID order.
+func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]listedRecord, error) {
+	var out []listedRecord
 	for _, kp := range c.known.Pools() {
 		pool, err := kp.Cluster.Pool(ctx, kp.Pool, kp.Namespace)
 		if errors.Is(err, ceph.ErrPoolNotFound) {
 			continue // deleted since: nothing of ours is left in it
 		}
 		if err != nil {
-			return nil, nil, volume.Status(err)
+			return nil, volume.Status(err)
 		}
-		err = journal.ForEach(ctx, pool, kind, 1000, func(r *journal.Record) {
-			recs = append(recs, r)
-			ids = append(ids, volumeid.ID{ClusterID: kp.ClusterID, PoolID: pool.ID(), UUID: r.UUID}.String())
-		})
-		if err != nil {
-			return nil, nil, volume.Status(err)
+		for _, j := range Journals(pool, c.opts.CephCSIInstanceID) {
+			err = journal.ForEach(ctx, j, kind, 1000, func(r *journal.Record) {
+				if r.FromCephCSI() && kind == journal.Snapshot {
+					r.Source = cephCSIVolumeID(kp.ClusterID, pool.ID(), r.SourceBacking)
+				}
+				out = append(out, listedRecord{rec: r, pool: pool,
+					id: volumeid.ID{ClusterID: kp.ClusterID, PoolID: pool.ID(), UUID: r.UUID}.String()})
+			})
+			if err != nil {
+				return nil, volume.Status(err)
+			}
 		}
 	}
-	return recs, ids, nil
+	return out, nil
+}
+
+// sized fills in what ceph-csi's journal lacks of a listed record (size
+// and creation time) from its image, unless done; nothing for Pelagic's.
+func sized(ctx context.Context, l listedRecord) (*journal.Record, error) {
+	if !l.rec.FromCephCSI() || !l.rec.Created.IsZero() {
+		return l.rec, nil
+	}
+	info, err := l.pool.Stat(ctx, l.rec.Backing)
+	if errors.Is(err, ErrImageNotFound) {
+		return l.rec, nil // being deleted: listed without a size
+	}
+	if err != nil {
+		return nil, volume.Status(err)
+	}
+	l.rec.SizeBytes, l.rec.Created = info.Size, info.Created
+	return l.rec, nil
 }
 
 // ListVolumes lists the volumes in every pool this controller has served.
 func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	recs, ids, err := c.listRecords(ctx, journal.Volume)
+	all, err := c.listRecords(ctx, journal.Volume)
 	if err != nil {
 		return nil, err
 	}
-	return volume.ListVolumes(recs, ids, req)
+	return volume.ListVolumes(len(all), req, func(i int) (*csi.Volume, error) {
+		rec, err := sized(ctx, all[i])
+		if err != nil {
+			return nil, err
+		}
+		return &csi.Volume{VolumeId: all[i].id, CapacityBytes: rec.SizeBytes}, nil
+	})
 }
 
 // CreateSnapshot takes an RBD snapshot of the source volume's image.
@@ -569,6 +665,9 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	src, err := c.resolve(ctx, journal.Volume, req.GetSourceVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
+	}
+	if snap, err := c.cephCSISnapshot(ctx, src, req); snap != nil || err != nil {
+		return &csi.CreateSnapshotResponse{Snapshot: snap}, err
 	}
 	rec, err := src.pool.LookupName(ctx, journal.Snapshot, req.GetName())
 	switch {
@@ -623,6 +722,9 @@ func (c *Controller) GetSnapshot(ctx context.Context, req *csi.GetSnapshotReques
 	if err != nil {
 		return nil, volume.Status(err)
 	}
+	if r.rec.FromCephCSI() {
+		snap.Created = r.rec.Created // ceph-csi answered its image's
+	}
 	return &csi.GetSnapshotResponse{Snapshot: snapshotOf(req.GetSnapshotId(), r.rec, snap)}, nil
 }
 
@@ -639,6 +741,15 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 		return nil, err
 	}
 	defer unlock()
+	if r.rec.FromCephCSI() {
+		return &csi.DeleteSnapshotResponse{}, volume.Status(c.deleteCephCSISnapshot(ctx, r))
+	}
+	// The source image's own trashed ancestors (a clone ceph-csi chained
+	// through "-temp") may go with it.
+	var above *ParentRef
+	if info, err := r.pool.StatByID(ctx, r.rec.BackingID); err == nil {
+		above = info.Parent
+	}
 	if err := r.pool.RemoveSnap(ctx, r.rec.BackingID, r.rec.SnapName); err != nil {
 		return nil, volume.Status(err)
 	}
@@ -646,13 +757,13 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 		return nil, volume.Status(err)
 	}
 	c.purgeTrash(ctx, r.pool, r.rec.Backing)
+	purgeTrashedAncestors(ctx, r.pool, above)
 	return &csi.DeleteSnapshotResponse{}, nil
 }
 
 // ListSnapshots lists snapshots, filtered by snapshot or source volume ID.
 func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	var recs []*journal.Record
-	var ids []string
+	var found []listedRecord
 	switch {
 	case req.GetSnapshotId() != "":
 		r, err := c.resolve(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
@@ -663,27 +774,31 @@ func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRe
 			return nil, err
 		}
 		if req.GetSourceVolumeId() == "" || req.GetSourceVolumeId() == r.rec.Source {
-			recs, ids = []*journal.Record{r.rec}, []string{req.GetSnapshotId()}
+			found = []listedRecord{{rec: r.rec, id: req.GetSnapshotId(), pool: r.pool}}
 		}
 	default:
-		all, allIDs, err := c.listRecords(ctx, journal.Snapshot)
+		all, err := c.listRecords(ctx, journal.Snapshot)
 		if err != nil {
 			return nil, err
 		}
-		for i, r := range all {
-			if req.GetSourceVolumeId() == "" || r.Source == req.GetSourceVolumeId() {
-				recs, ids = append(recs, r), append(ids, allIDs[i])
+		for _, l := range all {
+			if req.GetSourceVolumeId() == "" || l.rec.Source == req.GetSourceVolumeId() {
+				found = append(found, l)
 			}
 		}
 	}
-	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
+	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(found))
 	if err != nil {
 		return nil, err
 	}
 	resp := &csi.ListSnapshotsResponse{NextToken: next}
-	for i := start; i < end; i++ {
-		snap := SnapInfo{Size: recs[i].SizeBytes, Created: recs[i].Created}
-		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotOf(ids[i], recs[i], snap)})
+	for _, l := range found[start:end] {
+		rec, err := sized(ctx, l)
+		if err != nil {
+			return nil, err
+		}
+		snap := SnapInfo{Size: rec.SizeBytes, Created: rec.Created}
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotOf(l.id, rec, snap)})
 	}
 	return resp, nil
 }

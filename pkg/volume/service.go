@@ -4,8 +4,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	"github.com/pelagic-csi/pelagic/pkg/journal"
 )
 
 // ControllerCapabilities answers ControllerGetCapabilities with rpcs.
@@ -38,17 +36,20 @@ func NodeInfo(nodeID string, maxVolumes int64, topology bool, labels map[string]
 	return resp
 }
 
-// ListVolumes answers a page of ListVolumes from every volume's record and
-// ID, in the same order.
-func ListVolumes(recs []*journal.Record, ids []string, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	start, end, next, err := Page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
+// ListVolumes answers a page of ListVolumes over n volumes, asking entry
+// only for those of the page (a driver may need a call to describe one).
+func ListVolumes(n int, req *csi.ListVolumesRequest, entry func(i int) (*csi.Volume, error)) (*csi.ListVolumesResponse, error) {
+	start, end, next, err := Page(req.GetStartingToken(), req.GetMaxEntries(), n)
 	if err != nil {
 		return nil, err
 	}
 	resp := &csi.ListVolumesResponse{NextToken: next}
 	for i := start; i < end; i++ {
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
-			Volume: &csi.Volume{VolumeId: ids[i], CapacityBytes: recs[i].SizeBytes}})
+		v, err := entry(i)
+		if err != nil {
+			return nil, err
+		}
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: v})
 	}
 	return resp, nil
 }
