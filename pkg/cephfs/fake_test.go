@@ -3,6 +3,7 @@ package cephfs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -11,9 +12,17 @@ import (
 var testFS = FSInfo{Name: "cephfs", ID: 1, MetadataPool: "cephfs_metadata", MetadataPoolID: 2,
 	DataPools: []string{"cephfs_data"}, DataPoolIDs: []int64{3}}
 
+// TestFakeVolumesContract runs the contract with clones that finish at
+// once (a fast mgr) and with clones that outlast every check.
 func TestFakeVolumesContract(t *testing.T) {
+	for _, steps := range []int{1, 40} {
+		t.Run(fmt.Sprintf("CloneSteps=%d", steps), func(t *testing.T) { fakeVolumesContract(t, steps) })
+	}
+}
+
+func fakeVolumesContract(t *testing.T, steps int) {
 	f := NewFakeVolumes(testFS)
-	f.CloneSteps = 5 // still running through the checks that need it so
+	f.CloneSteps = steps
 	testVolumesContract(t, f, volumesEnv{
 		fs: "cephfs", group: "csi", pool: "cephfs_data", cloneWait: time.Second,
 		write: func(t *testing.T, sv Subvolume, n int64) {

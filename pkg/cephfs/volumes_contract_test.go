@@ -3,6 +3,7 @@ package cephfs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path"
 	"slices"
 	"sync"
@@ -274,42 +275,130 @@ func (c contract) waitClone(target Subvolume) CloneStatus {
 	}
 }
 
-// whileCloning runs checks that need the clone not done, and makes sure
-// it was not done before or after them.
-func (c contract) whileCloning(target Subvolume, checks func()) {
+// errPendingClones stands for a snapshot that has clones pending.
+var errPendingClones = errors.New("the snapshot has pending clones")
+
+// raced runs a check whose answer depends on whether a clone is still
+// running, which no check can hold still: on a fast cluster the clone
+// may finish before the checks or during them. A clone still running
+// after the check must have given it the running answer; one done by
+// then may have given either, and no other. It returns whether the
+// check got the running answer.
+func (c contract) raced(target Subvolume, what string, check func() error, running, done func(error) bool) bool {
 	c.t.Helper()
-	if st := c.cloneStatus(target); st.State.Done() {
-		c.t.Fatalf("clone %s is %s already; the checks need it running", target, st.State)
+	err := check()
+	after, statusErr := c.v.CloneStatus(c.ctx, target)
+	if statusErr != nil && !errors.Is(statusErr, ErrNotFound) { // not found: a done clone the check removed
+		c.t.Fatalf("CloneStatus after %s: %v", what, statusErr)
 	}
-	checks()
-	if st := c.cloneStatus(target); st.State.Done() {
-		c.t.Fatalf("clone %s became %s during the checks, which may not have seen it running", target, st.State)
+	switch {
+	case running(err):
+		return true
+	case statusErr == nil && !after.State.Done():
+		c.t.Errorf("%s while the clone runs: got %v (errno %d)", what, err, ceph.Errno(err))
+	case !done(err):
+		c.t.Errorf("%s as the clone finished: got %v (errno %d)", what, err, ceph.Errno(err))
+	}
+	return false
+}
+
+// isErr matches an error of kind with errno.
+func isErr(kind error, errno syscall.Errno) func(error) bool {
+	return func(err error) bool { return errors.Is(err, kind) && ceph.Errno(err) == errno }
+}
+
+func isNil(err error) bool { return err == nil }
+
+// discard removes a clone whatever its state, and its snapshot unless
+// nil, so that a check that failed leaves the group to the next ones.
+func (c contract) discard(target Subvolume, src *Snapshot) {
+	_ = c.v.CancelClone(c.ctx, target)
+	for deadline := time.Now().Add(c.env.cloneWait); time.Now().Before(deadline); {
+		if st, err := c.v.CloneStatus(c.ctx, target); err != nil || st.State.Done() {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = c.v.RemoveSubvolume(c.ctx, target, RemoveOptions{Force: true})
+	if src != nil {
+		_ = c.v.RemoveSnapshot(c.ctx, *src)
 	}
 }
 
+// waitNoPendingClones polls until snap has no pending clones: the mgr
+// marks a clone complete before it detaches it from its snapshot.
+func (c contract) waitNoPendingClones(snap Snapshot) {
+	c.t.Helper()
+	deadline := time.Now().Add(c.env.cloneWait)
+	for {
+		info, err := c.v.Snapshot(c.ctx, snap)
+		c.ok("Snapshot", err)
+		if !info.HasPendingClones {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("snapshot %s still has pending clones %v after its clone was done", snap.Name, c.env.cloneWait)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// clone checks a clone from its start to its end. What a running clone
+// answers is checked for as long as it runs (see raced). The checks that
+// remove a done clone or its snapshot work on a snapshot of their own,
+// and the clone is made again when they removed it.
 func (c contract) clone(snap Snapshot, target Subvolume) {
 	sv := snap.Subvolume
 	before := c.info(sv)
-	c.ok("Clone", c.v.Clone(c.ctx, snap, target, ""))
-	c.whileCloning(target, func() {
-		st := c.cloneStatus(target)
-		if (st.State != ClonePending && st.State != CloneInProgress) || st.Source == nil || *st.Source != snap {
+	src := Snapshot{Subvolume: sv, Name: "clone-source"}
+	c.ok("CreateSnapshot", c.v.CreateSnapshot(c.ctx, src))
+	c.t.Cleanup(func() { c.discard(target, &src) })
+	c.ok("Clone", c.v.Clone(c.ctx, src, target, ""))
+	switch st := c.cloneStatus(target); st.State {
+	case ClonePending, CloneInProgress:
+		if st.Source == nil || *st.Source != src {
 			c.t.Errorf("status of a new clone = %+v", st)
 		}
-		info, err := c.v.Snapshot(c.ctx, snap)
-		if err != nil || !info.HasPendingClones {
-			c.t.Errorf("source snapshot: %+v, %v; want pending clones", info, err)
+	case CloneComplete:
+		if st.Source != nil {
+			c.t.Errorf("status of a new clone, complete already = %+v", st)
 		}
-		c.is("removing a snapshot with a pending clone", c.v.RemoveSnapshot(c.ctx, snap), ErrInProgress, syscall.EAGAIN)
-		_, err = c.v.Subvolume(c.ctx, target)
-		c.is("info of a running clone", err, ErrInProgress, syscall.EAGAIN)
-		_, err = c.v.SubvolumePath(c.ctx, target)
-		c.is("path of a running clone", err, ErrInProgress, syscall.EAGAIN)
-		c.is("creating over a running clone", c.v.CreateSubvolume(c.ctx, target, SubvolumeSpec{}), ErrInProgress, syscall.EAGAIN)
-		c.is("forced removal of a running clone", c.v.RemoveSubvolume(c.ctx, target, RemoveOptions{Force: true}),
-			ErrInProgress, syscall.EAGAIN)
-		c.is("cloning onto a running clone", c.v.Clone(c.ctx, snap, target, ""), ErrExists, syscall.EEXIST)
-	})
+	default:
+		c.t.Fatalf("status of a new clone = %+v", st)
+	}
+
+	inProgress := isErr(ErrInProgress, syscall.EAGAIN)
+	pending := func(err error) bool { return err == errPendingClones }
+	ran := []bool{
+		c.raced(target, "info of the clone", func() error { _, err := c.v.Subvolume(c.ctx, target); return err }, inProgress, isNil),
+		c.raced(target, "path of the clone", func() error { _, err := c.v.SubvolumePath(c.ctx, target); return err }, inProgress, isNil),
+		// Detached from its snapshot only after it is marked complete: a
+		// done clone may still be pending there for a moment.
+		c.raced(target, "pending clones of the source snapshot", func() error {
+			info, err := c.v.Snapshot(c.ctx, src)
+			if err == nil && info.HasPendingClones {
+				err = errPendingClones
+			}
+			return err
+		}, pending, func(err error) bool { return err == nil || pending(err) }),
+		c.raced(target, "removing the source snapshot", func() error { return c.v.RemoveSnapshot(c.ctx, src) },
+			inProgress, func(err error) bool { return err == nil || inProgress(err) }),
+		c.raced(target, "creating over the clone", func() error { return c.v.CreateSubvolume(c.ctx, target, SubvolumeSpec{}) },
+			inProgress, isNil),
+		c.raced(target, "forced removal of the clone", func() error {
+			return c.v.RemoveSubvolume(c.ctx, target, RemoveOptions{Force: true})
+		}, inProgress, isNil),
+	}
+	c.t.Logf("the clone was still running at %d of %d checks", len(slices.DeleteFunc(slices.Clone(ran), func(b bool) bool { return !b })), len(ran))
+	from := src
+	if removed := !ran[len(ran)-1]; removed { // done already: the forced removal removed it; clone again
+		if _, err := c.v.Snapshot(c.ctx, src); errors.Is(err, ErrNotFound) {
+			from = snap
+		}
+		c.ok("cloning again", c.v.Clone(c.ctx, from, target, ""))
+	}
+	c.is("cloning onto the clone", c.v.Clone(c.ctx, from, target, ""), ErrExists, syscall.EEXIST)
+
 	st := c.waitClone(target)
 	if st.State != CloneComplete || st.Source != nil || st.FailureErrno != 0 {
 		c.t.Fatalf("finished clone: %+v", st)
@@ -323,9 +412,7 @@ func (c contract) clone(snap Snapshot, target Subvolume) {
 	if c.env.sameData != nil {
 		c.env.sameData(c.t, before.Path, info.Path)
 	}
-	if info, err := c.v.Snapshot(c.ctx, snap); err != nil || info.HasPendingClones {
-		c.t.Errorf("source snapshot after the clone: %+v, %v", info, err)
-	}
+	c.waitNoPendingClones(from)
 	c.is("canceling a finished clone", c.v.CancelClone(c.ctx, target), ErrInvalid, syscall.EINVAL)
 	c.is("cloning onto a clone", c.v.Clone(c.ctx, snap, target, ""), ErrExists, syscall.EEXIST)
 	c.is("cloning into a missing group", c.v.Clone(c.ctx, snap, Subvolume{FS: sv.FS, Group: "no-such-group", Name: "c"}, ""),
@@ -334,11 +421,35 @@ func (c contract) clone(snap Snapshot, target Subvolume) {
 		ErrInvalid, syscall.EINVAL)
 	// A complete clone is a subvolume like any other.
 	c.ok("removing the clone", c.v.RemoveSubvolume(c.ctx, target, RemoveOptions{}))
+	if err := c.v.RemoveSnapshot(c.ctx, src); err != nil && !errors.Is(err, ErrNotFound) {
+		c.t.Errorf("removing the clone's source snapshot: %v", err)
+	}
 }
 
+// attempts is how many clones a check that needs one not done yet starts
+// before it gives up: a fast mgr may finish one before the check.
+const attempts = 3
+
 func (c contract) cancelClone(snap Snapshot, target Subvolume) {
-	c.ok("Clone", c.v.Clone(c.ctx, snap, target, ""))
-	c.ok("CancelClone", c.v.CancelClone(c.ctx, target))
+	for i := 1; ; i++ {
+		try := Subvolume{FS: target.FS, Group: target.Group, Name: fmt.Sprintf("%s-%d", target.Name, i)}
+		c.ok("Clone", c.v.Clone(c.ctx, snap, try, ""))
+		err := c.v.CancelClone(c.ctx, try)
+		if errors.Is(err, ErrInvalid) && c.cloneStatus(try).State == CloneComplete && i < attempts {
+			c.t.Logf("clone %s was done before the cancel; another", try.Name)
+			c.waitNoPendingClones(snap)
+			c.ok("removing it", c.v.RemoveSubvolume(c.ctx, try, RemoveOptions{}))
+			continue
+		}
+		c.t.Cleanup(func() { c.discard(try, nil) })
+		c.ok("CancelClone", err)
+		c.canceled(snap, try)
+		return
+	}
+}
+
+// canceled checks a clone canceled before it was done.
+func (c contract) canceled(snap Snapshot, target Subvolume) {
 	st := c.waitClone(target)
 	if st.State != CloneCanceled || st.FailureErrno != syscall.EINTR || st.Failure == "" || st.Source == nil {
 		c.t.Errorf("canceled clone: %+v", st)
@@ -358,13 +469,24 @@ func (c contract) cancelClone(snap Snapshot, target Subvolume) {
 func (c contract) failedClone(source, target Subvolume) {
 	c.ok("CreateSubvolume", c.v.CreateSubvolume(c.ctx, source, SubvolumeSpec{Size: 16 * mib}))
 	c.env.write(c.t, source, 8*mib)
-	snap := Snapshot{Subvolume: source, Name: "doomed"}
-	c.ok("CreateSnapshot", c.v.CreateSnapshot(c.ctx, snap))
-	c.ok("Clone", c.v.Clone(c.ctx, snap, target, ""))
-	c.env.breakClone(c.t, snap, target)
-	st := c.waitClone(target)
+	var st CloneStatus
+	for i := 1; ; i++ {
+		snap := Snapshot{Subvolume: source, Name: fmt.Sprintf("doomed-%d", i)}
+		try := Subvolume{FS: target.FS, Group: target.Group, Name: fmt.Sprintf("%s-%d", target.Name, i)}
+		c.ok("CreateSnapshot", c.v.CreateSnapshot(c.ctx, snap))
+		c.ok("Clone", c.v.Clone(c.ctx, snap, try, ""))
+		c.t.Cleanup(func() { c.discard(try, &snap) })
+		c.env.breakClone(c.t, snap, try)
+		if st = c.waitClone(try); st.State == CloneComplete && i < attempts {
+			c.t.Logf("clone %s was done before its snapshot went; another", try.Name)
+			c.ok("removing it", c.v.RemoveSubvolume(c.ctx, try, RemoveOptions{}))
+			continue
+		}
+		target = try
+		break
+	}
 	if st.State != CloneFailed || st.FailureErrno == 0 || st.Failure == "" {
-		c.t.Errorf("clone of a vanished snapshot: %+v", st)
+		c.t.Fatalf("clone of a vanished snapshot: %+v", st)
 	}
 	c.t.Logf("failed clone: errno %d, %q", st.FailureErrno, st.Failure)
 	c.is("removing a failed clone without force", c.v.RemoveSubvolume(c.ctx, target, RemoveOptions{}), ErrInProgress, syscall.EAGAIN)
@@ -452,7 +574,7 @@ func (c contract) remove(sv Subvolume) {
 	c.is("info after removal", err, ErrNotFound, syscall.ENOENT)
 	names, err := c.v.ListSubvolumes(c.ctx, sv.FS, sv.Group)
 	c.ok("ListSubvolumes", err)
-	if len(names) != 0 {
-		c.t.Errorf("left in the group: %v", names)
+	if slices.Contains(names, sv.Name) {
+		c.t.Errorf("%s removed, yet listed: %v", sv.Name, names)
 	}
 }
