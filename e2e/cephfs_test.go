@@ -313,8 +313,9 @@ func TestCephFSCopies(t *testing.T) {
 }
 
 // TestCephFSRetryDuringClone: a CreateVolume whose deadline comes before
-// its clone is done answers Aborted; retries, one while another still
-// waits, never start a second clone, and the last returns the volume.
+// its clone is done answers Aborted; retries, two at once, never start a
+// second clone: one waits for it, the other returns it or is refused
+// while the first waits; the last returns the volume.
 func TestCephFSRetryDuringClone(t *testing.T) {
 	e := newCephFSEnv(t)
 	src := e.create(t, e.createReq("pvc-source", 32<<20, rwx, nil))
@@ -330,21 +331,29 @@ func TestCephFSRetryDuringClone(t *testing.T) {
 	if len(before) != 2 {
 		t.Fatalf("subvolumes after the first call: %v; want the source and one clone", before)
 	}
-	waiting := make(chan error, 1)
-	go func() {
-		_, err := e.ctrl.CreateVolume(testContext(t, 2*time.Minute), req)
-		waiting <- err
-	}()
-	eventually(t, 10*time.Second, "a concurrent retry refused while another waits", func() error {
-		_, err := e.ctrl.CreateVolume(testContext(t, time.Minute), req)
-		if status.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "already in progress") {
-			return errors.New("answered " + status.Convert(err).Message())
-		}
-		return nil
-	})
-	if err := <-waiting; err != nil {
-		t.Fatalf("the waiting retry: %v", err)
+	// Two retries at once: one waits for the clone, the other is refused
+	// while it does (unless the clone was done before they met).
+	results := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := e.ctrl.CreateVolume(testContext(t, 2*time.Minute), req)
+			results <- err
+		}()
 	}
+	var refused int
+	for range 2 {
+		switch err := <-results; {
+		case err == nil:
+		case status.Code(err) == codes.Aborted && strings.Contains(err.Error(), "already in progress"):
+			refused++
+		default:
+			t.Errorf("a concurrent retry: %v", err)
+		}
+	}
+	if refused == 2 {
+		t.Errorf("both concurrent retries refused: neither waited for the clone")
+	}
+	t.Logf("%d of 2 concurrent retries refused while the other waited", refused)
 	v := e.create(t, req) // once more: the volume there is returned as it is
 	if after := e.subvolumes(t); !slices.Equal(after, before) || !slices.Contains(after, v.GetVolumeContext()[cephfs.CtxSubvolumeName]) {
 		t.Errorf("subvolumes %v after the retries, %v before; the volume is %s", after, before, v.GetVolumeContext()[cephfs.CtxSubvolumeName])

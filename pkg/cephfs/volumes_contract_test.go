@@ -554,11 +554,21 @@ func (c contract) retainSnapshots(snap Snapshot, target Subvolume) {
 		c.t.Errorf("snapshots of the recreated subvolume: %v, %v", names, err)
 	}
 
-	// Retained again, its last snapshot takes it along.
+	// Retained again, its last snapshot takes it along: at once, or, while
+	// the purge of the recreated subvolume's data is still pending, once
+	// the purge job gets to it.
 	c.ok("retaining again", c.v.RemoveSubvolume(c.ctx, sv, RemoveOptions{RetainSnapshots: true}))
 	c.ok("removing the last snapshot", c.v.RemoveSnapshot(c.ctx, snap))
-	_, err = c.v.Subvolume(c.ctx, sv)
-	c.is("info after the last snapshot went", err, ErrNotFound, syscall.ENOENT)
+	for deadline := time.Now().Add(c.env.cloneWait); ; time.Sleep(20 * time.Millisecond) {
+		info, err := c.v.Subvolume(c.ctx, sv)
+		if errors.Is(err, ErrNotFound) {
+			c.is("info after the last snapshot went", err, ErrNotFound, syscall.ENOENT)
+			break
+		}
+		if err != nil || info.State != StateSnapRetained || time.Now().After(deadline) {
+			c.t.Fatalf("info after the last snapshot went: %+v, %v; want it gone within %v", info, err, c.env.cloneWait)
+		}
+	}
 }
 
 func (c contract) remove(sv Subvolume) {
