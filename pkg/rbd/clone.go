@@ -6,6 +6,7 @@ package rbd
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -90,6 +91,9 @@ func (c *Controller) cloneImage(ctx context.Context, pool Pool, rec *journal.Rec
 	}
 	if src.kind == journal.Volume {
 		snap = cloneSnapName(rec.UUID)
+		if err := c.flattening.wait(ctx, pool, parent); err != nil {
+			return err
+		}
 		if _, err := pool.CreateSnap(ctx, src.imageID, snap); err != nil {
 			return err
 		}
@@ -154,7 +158,9 @@ func (c *Controller) applyFlattenPolicy(ctx context.Context, pool Pool, image st
 	case flattenNow:
 		return pool.Flatten(ctx, image)
 	case flattenInBackground:
+		done := c.flattening.start(pool, image)
 		go func() {
+			defer done()
 			bctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 			defer cancel()
 			if err := pool.Flatten(bctx, image); err != nil {
@@ -163,4 +169,53 @@ func (c *Controller) applyFlattenPolicy(ctx context.Context, pool Pool, image st
 		}()
 	}
 	return nil
+}
+
+// flattens are the background flattens this controller runs, by pool and
+// image. librbd races a snapshot taken while its image is being flattened:
+// the flatten detaches the image from its parent and frees the parent's
+// trashed snapshot, yet the new snapshot still names it as its parent, so
+// every clone or restore from it fails with ENOENT. Snapshots of an image
+// therefore wait for its flatten.
+type flattens struct {
+	mu      sync.Mutex
+	running map[string]chan struct{}
+}
+
+func flattenKey(pool Pool, image string) string { return pool.Name() + "/" + image }
+
+// start records a flatten of image; done ends it.
+func (f *flattens) start(pool Pool, image string) (done func()) {
+	key, ch := flattenKey(pool, image), make(chan struct{})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.running == nil {
+		f.running = map[string]chan struct{}{}
+	}
+	f.running[key] = ch
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.running[key] == ch {
+			delete(f.running, key)
+		}
+		close(ch)
+	}
+}
+
+// wait returns once no flatten of image runs, or Unavailable when ctx ends first.
+func (f *flattens) wait(ctx context.Context, pool Pool, image string) error {
+	f.mu.Lock()
+	ch := f.running[flattenKey(pool, image)]
+	f.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return status.Errorf(codes.Unavailable, "image %s is being flattened, which a snapshot must wait for; try again: %v",
+			flattenKey(pool, image), ctx.Err())
+	}
 }

@@ -64,6 +64,7 @@ type Controller struct {
 	discovered sync.Map // cluster ID -> true once its journal pools are known
 	registered sync.Map // "cluster/pool/namespace" -> true once this instance is in its controller registry
 	renewable  sync.Map // cluster ID -> whether a blocklist entry's expiry can be extended in place
+	flattening flattens
 }
 
 // NewController returns the controller service.
@@ -689,6 +690,9 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	defer unlock()
 	src, err := c.resolve(ctx, journal.Volume, req.GetSourceVolumeId(), req.GetSecrets())
 	if err != nil {
+		return nil, err
+	}
+	if err := c.flattening.wait(ctx, src.pool, src.rec.Backing); err != nil {
 		return nil, err
 	}
 	if snap, err := c.cephCSISnapshot(ctx, src, req); snap != nil || err != nil {
