@@ -408,3 +408,21 @@ func TestListAfterRestart(t *testing.T) {
 		t.Fatalf("the restarted controller does not list %s: %v", first.GetVolume().GetVolumeId(), vols.GetEntries())
 	}
 }
+
+// TestGetCapacityOfANewPool asks for the capacity of a pool created a moment
+// ago, before the mgr's statistics list it: the answer waits for them.
+func TestGetCapacityOfANewPool(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controller(nil)
+	ctx := testContext(t, time.Minute)
+	if _, err := ctrl.CreateVolume(ctx, e.createReq("pvc-capacity", 16<<20)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ctrl.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: e.params})
+	if err != nil {
+		t.Fatalf("GetCapacity of the new pool %s: %v", e.pool, err)
+	}
+	if resp.GetAvailableCapacity() <= 0 {
+		t.Errorf("GetCapacity of the new pool %s = %d bytes, want some", e.pool, resp.GetAvailableCapacity())
+	}
+}
