@@ -566,7 +566,7 @@ func TestNodeStageRefused(t *testing.T) {
 		{name: "read-only stage of a blank device", cap: mountCap(multiReader), code: codes.FailedPrecondition, wantMap: true,
 			want: []string{"no filesystem"}},
 		{name: "image gone", cap: mountCap(rwo), code: codes.NotFound,
-			setup: func(_ *testing.T, e *nodeEnv) { _ = e.pool.Delete(ctx, nodeTestImage) }},
+			setup: func(_ *testing.T, e *nodeEnv) { _ = e.pool.Trash(ctx, nodeTestImage) }},
 		{name: "connect fails", cap: mountCap(rwo), code: codes.Internal,
 			setup: func(_ *testing.T, e *nodeEnv) {
 				e.n.opts.Connector = &FakeConnector{Err: errors.New("connection refused")}
