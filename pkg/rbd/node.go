@@ -345,23 +345,9 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return status.Error(codes.Internal, err.Error())
 	}
 	dev := rec.Mapping.Device
-	existing, err := n.opts.Mounter.GetFormat(ctx, dev)
+	fstype, err := n.ensureFilesystem(ctx, req, dev, rec.FSType)
 	if err != nil {
-		return status.Errorf(codes.Internal, "probing %s for a filesystem: %v", dev, err)
-	}
-	fstype := rec.FSType
-	switch {
-	case existing == "":
-		if readOnlyMode(req.GetVolumeCapability()) {
-			return status.Errorf(codes.FailedPrecondition, "volume %s has no filesystem and is staged read-only", req.GetVolumeId())
-		}
-		opts := strings.Fields(req.GetVolumeContext()[ParamMkfsOptions])
-		if err := n.opts.Mounter.Format(ctx, dev, fstype, opts); err != nil {
-			return status.Errorf(codes.Internal, "formatting %s as %s: %v", dev, fstype, err)
-		}
-	case existing != fstype:
-		// Never reformat a volume that holds data; mount what is there.
-		fstype = existing
+		return err
 	}
 	options := append([]string{}, req.GetVolumeCapability().GetMount().GetMountFlags()...)
 	if fstype == "xfs" {
@@ -375,6 +361,33 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return status.Errorf(codes.Internal, "mounting %s at %s: %v", dev, staging, err)
 	}
 	return nil
+}
+
+// ensureFilesystem formats a blank device with fstype and returns the
+// filesystem to mount: a device that holds one is never formatted again,
+// whatever the request asks for. The device is probed once, by Format
+// itself, unless it is staged read-only and must not be formatted at all.
+func (n *Node) ensureFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequest, dev, fstype string) (string, error) {
+	if readOnlyMode(req.GetVolumeCapability()) {
+		existing, err := n.opts.Mounter.GetFormat(ctx, dev)
+		if err != nil {
+			return "", status.Errorf(codes.Internal, "probing %s for a filesystem: %v", dev, err)
+		}
+		if existing == "" {
+			return "", status.Errorf(codes.FailedPrecondition, "volume %s has no filesystem and is staged read-only", req.GetVolumeId())
+		}
+		return existing, nil
+	}
+	opts := strings.Fields(req.GetVolumeContext()[ParamMkfsOptions])
+	err := n.opts.Mounter.Format(ctx, dev, fstype, opts)
+	var found *mount.NotEmptyError
+	switch {
+	case err == nil:
+		return fstype, nil
+	case errors.As(err, &found) && found.FSType != "":
+		return found.FSType, nil
+	}
+	return "", status.Errorf(codes.Internal, "formatting %s as %s: %v", dev, fstype, err)
 }
 
 // NodeUnstageVolume unmounts and unmaps. It succeeds when nothing is staged.
