@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -55,6 +56,7 @@ type Node struct {
 	forgets *forgetQueue
 	staged  nodefs.StagedIndex
 	secrets stageSecrets
+	checked sync.Map // mapper name -> true once its Check succeeded
 }
 
 // NewNode returns the node service.
@@ -166,7 +168,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := m.Check(ctx); err != nil {
+	if err := n.checkMapper(ctx, m); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "mapper %s cannot work on node %s: %v", m.Name(), n.opts.NodeID, err)
 	}
 	cl, err := n.opts.Connector.Connect(ctx, cc.ClusterID, creds)
@@ -228,6 +230,19 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
 	}
 	return rec, nil
+}
+
+// checkMapper runs a mapper's Check until it has succeeded once: the tools
+// and modules a mapper found stay, and checking starts a process per tool.
+func (n *Node) checkMapper(ctx context.Context, m mapper.Mapper) error {
+	if _, ok := n.checked.Load(m.Name()); ok {
+		return nil
+	}
+	if err := m.Check(ctx); err != nil {
+		return err
+	}
+	n.checked.Store(m.Name(), true)
+	return nil
 }
 
 // nodeStatus is volume.Status for the node: a pool that does not exist means

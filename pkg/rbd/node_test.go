@@ -1158,3 +1158,22 @@ func targetPaths(rec *stageRecord) []string {
 	}
 	return out
 }
+
+// TestNodeStageChecksMapperUntilItWorks: a mapper's check runs again after
+// it failed, and never again once it passed.
+func TestNodeStageChecksMapperUntilItWorks(t *testing.T) {
+	ctx := context.Background()
+	e := newNodeEnv(t)
+	e.krbd.CheckErr = fmt.Errorf("%w: krbd: kernel has no rbd module", mapper.ErrUnavailable)
+	_, err := e.n.NodeStageVolume(ctx, e.stageReq(mountCap(rwo)))
+	wantCode(t, err, codes.FailedPrecondition)
+	e.krbd.CheckErr = nil
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	if _, err := e.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: e.volID, StagingTargetPath: e.staging}); err != nil {
+		t.Fatal(err)
+	}
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	if n := e.krbd.CheckCalls(); n != 2 {
+		t.Errorf("%d checks, want 2: the failed one and the first that passed", n)
+	}
+}
