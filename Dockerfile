@@ -11,8 +11,10 @@ ARG VERSION=dev
 RUN make build VERSION=$VERSION BIN=/out
 
 FROM debian:bookworm-slim
+# One package list for the image and the Kubernetes e2e's nodes.
+COPY deploy/runtime-packages.txt /tmp/
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ceph-common rbd-nbd rbd-fuse ceph-fuse librados2 librbd1 libcephfs2 \
-        e2fsprogs xfsprogs util-linux fuse3 kmod && rm -rf /var/lib/apt/lists/*
+        $(grep -v '^\s*\(#\|$\)' /tmp/runtime-packages.txt) && \
+    rm -rf /var/lib/apt/lists/* /tmp/runtime-packages.txt
 COPY --from=build /out/pelagic /out/pelagicctl /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/pelagic"]

@@ -9,13 +9,14 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
-.PHONY: all build test test-kernel unit demo bench deps cluster-up cluster-down vet image clean
+.PHONY: all build test test-kernel unit demo bench e2e deps cluster-up cluster-down vet image clean
 
 all: build
 
 ## build: the driver and pelagicctl into ./bin
 build:
 	$(GO) build $(GOFLAGS_T) -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./cmd/...
+	ln -sf pelagicctl $(BIN)/kubectl-pelagic
 
 ## deps: the Debian packages the build and the local cluster need
 deps:
@@ -32,6 +33,11 @@ test-kernel: deps
 ## unit: the tests that need no cluster
 unit:
 	$(GO) test $(GOFLAGS_T) -count=1 ./cmd/... ./pkg/...
+
+## e2e: the driver on a one-node Kubernetes this target starts and stops (e2e/k8s):
+## the scenarios' pass/fail table, with timings. KEEP=1 leaves the clusters up.
+e2e: deps
+	bash e2e/k8s/run.sh
 
 ## demo: the main job: a local cluster, the driver, and a volume's life on it
 demo: deps build

@@ -31,16 +31,15 @@ type cephcsiRBD struct {
 	poolID, dataPoolID int64
 	io, nsIO, dataIO   *rados.IOContext // the pool, its namespace ns1, the data pool
 	secrets            map[string]string
+	clusters           []cephcsi.Cluster // its config.json
 }
 
 func newCephCSIRBD(t *testing.T, args ...string) *cephcsiRBD {
 	c := cephtest.Get(t)
 	ns := cephcsi.ClusterOf(c, cephcsiNSClusterID)
 	ns.RBDNamespace = cephcsiNamespace
-	e := &cephcsiRBD{conn: adminConn(t, c), secrets: rbdSecrets(c)}
-	e.d = cephcsi.Start(t, cephcsi.Options{
-		Type: "rbd", Clusters: []cephcsi.Cluster{cephcsi.ClusterOf(c, cephcsiClusterID), ns}, Args: args,
-	})
+	e := &cephcsiRBD{conn: adminConn(t, c), secrets: rbdSecrets(c), clusters: []cephcsi.Cluster{cephcsi.ClusterOf(c, cephcsiClusterID), ns}}
+	e.d = cephcsi.Start(t, cephcsi.Options{Type: "rbd", Clusters: e.clusters, Args: args})
 	e.pool = createPool(t, c, uniqueName("cephcsi"))
 	e.dataPool = createPool(t, c, uniqueName("cephcsi-data"))
 	var err error

@@ -46,6 +46,12 @@ func clusterConfig(t testing.TB, c *cephtest.Cluster) (*ceph.Config, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return loadConfig(t, data)
+}
+
+// loadConfig writes config.json data where the driver reads it, and loads it.
+func loadConfig(t testing.TB, data []byte) (*ceph.Config, string) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.json")
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)

@@ -297,3 +297,59 @@ func pelagicctlStatus(t *testing.T, ctx context.Context, e *twoNodes, keyFile st
 	}
 	return out.String()
 }
+
+// TestCopiesDoNotInheritHolders: librbd copies a parent's image metadata
+// into its clones; a restore or a clone of an attached, mapped volume must
+// not carry the parent's attachment or mapping records.
+func TestCopiesDoNotInheritHolders(t *testing.T) {
+	e := newControllerEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	ctrl := e.controller(nil)
+	created, err := ctrl.CreateVolume(ctx, e.createReq(uniqueName("pvc-held"), 64<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol := created.GetVolume()
+	if _, err := ctrl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: vol.GetVolumeId(),
+		NodeId: "node-a", VolumeCapability: mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER),
+		Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: uniqueName("snap-held"),
+		SourceVolumeId: vol.GetVolumeId(), Secrets: e.secrets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources := map[string]*csi.VolumeContentSource{
+		"restore": {Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{
+			SnapshotId: snap.GetSnapshot().GetSnapshotId()}}},
+		"clone": {Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{
+			VolumeId: vol.GetVolumeId()}}},
+	}
+	ioctx := e.adminIOContext(t)
+	for what, src := range sources {
+		req := e.createReq(uniqueName("pvc-"+what), 64<<20)
+		req.VolumeContentSource = src
+		copied, err := ctrl.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := librbd.OpenImageReadOnly(ioctx, copied.GetVolume().GetVolumeContext()[rbd.CtxImageName], librbd.NoSnapshot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, err := img.ListMetadata()
+		_ = img.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := keys["pelagic.csi/owner"]; !ok {
+			t.Errorf("the %s has no owner record: %v", what, keys)
+		}
+		for k := range keys {
+			if strings.HasPrefix(k, "pelagic.csi/attach.") || strings.HasPrefix(k, "pelagic.csi/map.") {
+				t.Errorf("the %s of a held volume carries %s", what, k)
+			}
+		}
+	}
+}

@@ -456,3 +456,59 @@ func TestHungFuseMountHonoursDeadlines(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExt4GrowsAtTheNextStage: where the node may not grow ext4 online
+// (resize2fs needs CAP_SYS_RESOURCE, which this machine lacks), the
+// expansion it refused is done at the next stage, before the mount, and
+// the data is still there.
+func TestExt4GrowsAtTheNextStage(t *testing.T) {
+	e := newNodeEnv(t)
+	ctx := testContext(t, 5*time.Minute)
+	rwo := &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}}}
+	vol := e.create(t, uniqueName("pvc-grow"), 256<<20, nil)
+	if _, err := e.ctrl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: vol.GetVolumeId(),
+		NodeId: "node-1", VolumeCapability: rwo, Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.stage(ctx, vol, rwo); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.publish(ctx, vol, rwo); err != nil {
+		t.Fatal(err)
+	}
+	staging, target := e.paths(vol.GetVolumeId()[len(vol.GetVolumeId())-8:])
+	payload := []byte("written before the expansion\n")
+	if err := writeSynced(filepath.Join(target, "data.txt"), payload); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 512 << 20}, Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
+		StagingTargetPath: staging, VolumeCapability: rwo})
+	t.Logf("online growth: %v", err)
+	if err := e.teardown(ctx, vol); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.stage(ctx, vol, rwo); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.publish(ctx, vol, rwo); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(target, &st); err != nil {
+		t.Fatal(err)
+	}
+	if size := int64(st.Blocks) * st.Bsize; size < 400<<20 {
+		t.Fatalf("after the restage the filesystem is %d bytes; want it grown to about 512 MiB", size)
+	}
+	if got, err := os.ReadFile(filepath.Join(target, "data.txt")); err != nil || string(got) != string(payload) {
+		t.Fatalf("after the growth data.txt reads %q, %v", got, err)
+	}
+	if err := e.teardown(ctx, vol); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/csiserver"
 	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
+	"github.com/pelagic-csi/pelagic/pkg/kubeletplugin"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -91,6 +92,7 @@ func run(ctx context.Context, o *Options) error {
 		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
 		FenceCheckInterval: o.FenceCheck,
 		SoftCloneDepth:     o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,
+		CephCSIInstanceID: o.InstanceID,
 	})
 	if err != nil {
 		return err
@@ -98,5 +100,38 @@ func run(ctx context.Context, o *Options) error {
 	defer d.Close()
 	klog.InfoS("starting", "driver", o.DriverName, "version", version, "type", o.Type,
 		"controller", o.Controller, "node", o.Node, "nodeID", o.NodeID)
-	return csiserver.Serve(ctx, o.Endpoint, d.Services, o.CallTimeout)
+	servers := []func(context.Context) error{func(ctx context.Context) error {
+		return csiserver.Serve(ctx, o.Endpoint, d.Services, o.CallTimeout)
+	}}
+	if o.HealthzAddress != "" {
+		servers = append(servers, func(ctx context.Context) error {
+			return kubeletplugin.ServeHealthz(ctx, o.HealthzAddress, d.Services.Identity, o.ProbeTimeout)
+		})
+	}
+	if o.RegistrationDir != "" {
+		_, socket, _ := csiserver.ParseEndpoint(o.Endpoint) // validated with the options
+		reg := kubeletplugin.NewRegistration(kubeletplugin.RegistrationOptions{
+			DriverName: o.DriverName, Endpoint: socket, Dir: o.RegistrationDir})
+		servers = append(servers, reg.Serve)
+	}
+	return serveAll(ctx, servers...)
+}
+
+// serveAll runs every server until ctx ends or one of them fails, which
+// stops the others; it returns the first error.
+func serveAll(ctx context.Context, servers ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(servers))
+	for _, serve := range servers {
+		go func() { errs <- serve(ctx) }()
+	}
+	var first error
+	for range servers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+		cancel()
+	}
+	return first
 }

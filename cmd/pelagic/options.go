@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/pkg/csiserver"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 )
 
@@ -35,9 +36,16 @@ type Options struct {
 	ProbeTimeout time.Duration
 	FenceExpiry  time.Duration
 	FenceCheck   time.Duration
+	// RegistrationDir is the kubelet's plugins_registry: when set, the node
+	// plugin registers itself there (no node-driver-registrar needed).
+	RegistrationDir string
+	// HealthzAddress serves GET /healthz, answered by Probe ("": off).
+	HealthzAddress string
 	// Clone chain limits, named as ceph-csi names them.
 	SoftCloneDepth int
 	HardCloneDepth int
+	// InstanceID is ceph-csi's --instanceid: whose journal to serve.
+	InstanceID string
 }
 
 // Default driver names per type.
@@ -73,6 +81,10 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 	fs.DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "deadline of the backend check behind Probe")
 	fs.IntVar(&o.SoftCloneDepth, "rbdsoftmaxclonedepth", 4, "clones deeper than this are flattened in the background")
 	fs.IntVar(&o.HardCloneDepth, "rbdhardmaxclonedepth", 8, "clones deeper than this are flattened before CreateVolume returns")
+	fs.StringVar(&o.InstanceID, "instanceid", "default",
+		"the --instanceid of the ceph-csi this driver replaces: its volumes' names are in csi.volumes.<instanceid>")
+	fs.StringVar(&o.RegistrationDir, "registration-dir", "", "kubelet plugin registration directory (<kubelet root>/plugins_registry): register the node plugin there")
+	fs.StringVar(&o.HealthzAddress, "healthz-address", "", "host:port to serve /healthz on for liveness probes (empty: off)")
 	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour,
 		"how long one blocklisting of a stale holder's client lasts; renewed while its node still holds the mapping")
 	fs.DurationVar(&o.FenceCheck, "fence-check-interval", 0,
@@ -126,11 +138,17 @@ func (o *Options) Validate() error {
 	if o.KubeletDir != "" && !filepath.IsAbs(o.KubeletDir) {
 		errs = append(errs, fmt.Errorf("--kubelet-dir=%q must be an absolute path", o.KubeletDir))
 	}
+	if o.RegistrationDir != "" {
+		errs = append(errs, o.validateRegistration())
+	}
 	if name, err := mapper.CanonicalName(o.Mounter); err != nil || name == "" {
 		errs = append(errs, fmt.Errorf("--mounter=%q: must be krbd, rbd-nbd or fuse", o.Mounter))
 	}
 	if o.SoftCloneDepth < 1 || o.HardCloneDepth < o.SoftCloneDepth {
 		errs = append(errs, errors.New("clone depths must satisfy 1 <= --rbdsoftmaxclonedepth <= --rbdhardmaxclonedepth"))
+	}
+	if strings.TrimSpace(o.InstanceID) == "" {
+		errs = append(errs, errors.New("--instanceid must not be empty (ceph-csi's default is \"default\")"))
 	}
 	if o.MaxVolumes < 0 {
 		errs = append(errs, errors.New("--max-volumes must not be negative"))
@@ -156,6 +174,21 @@ func (o *Options) validateDaemonHost() error {
 		errs = append(errs, errors.New("--daemon-host serves no CSI: it excludes --type, --controller and --node"))
 	}
 	return errors.Join(errs...)
+}
+
+// validateRegistration checks what registering with the kubelet needs: a
+// node plugin whose CSI endpoint is a socket the kubelet can open.
+func (o *Options) validateRegistration() error {
+	switch {
+	case !o.Node:
+		return errors.New("--registration-dir needs --node")
+	case !filepath.IsAbs(o.RegistrationDir):
+		return fmt.Errorf("--registration-dir=%q must be an absolute path", o.RegistrationDir)
+	}
+	if network, _, err := csiserver.ParseEndpoint(o.Endpoint); err == nil && network != "unix" {
+		return fmt.Errorf("--registration-dir needs a unix socket --endpoint the kubelet can open, not %q", o.Endpoint)
+	}
+	return nil
 }
 
 // validateDriverName applies the CSI rule: at most 63 characters,

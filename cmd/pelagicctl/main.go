@@ -1,5 +1,6 @@
-// Command pelagicctl tells an operator who holds a stuck Pelagic RBD volume
-// and lifts fences; see package ctl.
+// Command pelagicctl tells an operator who holds a stuck Pelagic volume and
+// what to do about it; see package ctl. Installed as kubectl-pelagic it is
+// the kubectl plugin "kubectl pelagic".
 package main
 
 import (
@@ -8,12 +9,18 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
+
 	"github.com/pelagic-csi/pelagic/cmd/pelagicctl/ctl"
 )
 
 func main() {
+	// The controller code pelagicctl fences through logs its steps; the
+	// tool reports them itself.
+	klog.SetLogger(logr.Discard())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := ctl.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := ctl.Tool{Stdout: os.Stdout, Stderr: os.Stderr, Name: ctl.ProgramName(os.Args[0])}.Run(ctx, os.Args[1:])
 	stop()
 	os.Exit(code)
 }

@@ -41,6 +41,8 @@ type env struct {
 	keyPath    string
 	environ    map[string]string
 	seq        int
+	catalog    *ctl.FakeCatalog
+	extra      func(*ctl.Tool) // adds fakes of Kubernetes, CephFS and the host
 }
 
 func newEnv(t *testing.T) *env {
@@ -48,7 +50,7 @@ func newEnv(t *testing.T) *env {
 	pool := rbd.NewFakePool("rbd", testPoolID)
 	cluster := rbd.NewFakeCluster(testClusterID, pool)
 	e := &env{t: t, cluster: cluster, pool: pool, connector: rbd.NewFakeConnector(cluster),
-		dir: t.TempDir(), environ: map[string]string{}}
+		dir: t.TempDir(), environ: map[string]string{}, catalog: &ctl.FakeCatalog{}}
 	e.configPath = e.writeFile("config.json", fmt.Sprintf(`[{"clusterID": %q, "monitors": ["10.0.0.1:6789"]}]`, testClusterID))
 	e.keyPath = e.writeFile("key", testKey+"\n")
 	return e
@@ -75,7 +77,11 @@ func (e *env) runRaw(args ...string) (code int, stdout, stderr string) {
 	e.t.Helper()
 	var out, errOut bytes.Buffer
 	tool := ctl.Tool{Stdout: &out, Stderr: &errOut, Connector: e.connector,
-		Getenv: func(k string) string { return e.environ[k] }, Now: func() time.Time { return testNow }}
+		Getenv: func(k string) string { return e.environ[k] }, Now: func() time.Time { return testNow },
+		Catalog: func(rbd.Pool) (ctl.Catalog, error) { return e.catalog, nil }}
+	if e.extra != nil {
+		e.extra(&tool)
+	}
 	code = tool.Run(context.Background(), args)
 	return code, out.String(), errOut.String()
 }
@@ -258,7 +264,7 @@ func TestStatusText(t *testing.T) {
 		"verdict: UNKNOWN HOLDER: client.77 at " + addrB + " is not recorded by any node", // the worst first
 		"; attached to node-a and mapped there (client.4124 at " + addrA + "); client.900 at 10.0.0.9:0/9 (node node-c) stays fenced",
 	} {
-		if !strings.Contains(squash(out), want) {
+		if !strings.Contains(strings.Join(strings.Fields(out), " "), want) { // wrapped at 120 columns
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
 	}
@@ -367,7 +373,8 @@ func TestFenceList(t *testing.T) {
 		if len(lines) != 3 || !strings.HasPrefix(lines[0], "IMAGE") {
 			t.Fatalf("fence ls %s printed %d lines, want a header and one per fence:\n%s", arg, len(lines), out)
 		}
-		for _, want := range []string{imgA + " node-a client.4124 " + addrA, "in force", imgC + " node-c client.77", "expired"} {
+		for _, want := range []string{imgA[len(imgA)-12:] + " node-a client.4124 " + addrA, "in force",
+			imgC[len(imgC)-12:] + " node-c client.77", "expired"} {
 			if !strings.Contains(squash(out), want) {
 				t.Errorf("fence ls %s lacks %q:\n%s", arg, want, out)
 			}
@@ -375,27 +382,55 @@ func TestFenceList(t *testing.T) {
 	}
 }
 
-func TestVolumes(t *testing.T) {
+func TestList(t *testing.T) {
 	e := newEnv(t)
 	busy, _ := e.addVolume(merge(attachRec("node-a"), mapRec("node-a", addrA, 4124)), watcher(addrA, 4124))
 	idle, _ := e.addVolume(nil)
-	// A reservation whose image was never created is listed, not fatal.
+	// A reservation whose image was never created is an orphan, not fatal.
 	if err := e.pool.Reserve(context.Background(), &journal.Record{Kind: journal.Volume, Name: "pvc-half",
 		UUID: "00000000-0000-4000-8000-999999999999", Backing: "csi-vol-half"}); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errOut := e.run("volumes", "rbd")
-	if code != ctl.ExitOK {
-		t.Fatalf("exit %d: %s", code, errOut)
+	e.catalog.Used = map[string]int64{busy: 3 << 20}
+	for _, args := range [][]string{{"volumes", "rbd"}, {"ls", "--orphans"}} {
+		code, out, errOut := e.run(args...)
+		if code != ctl.ExitOK {
+			t.Fatalf("%v: exit %d: %s", args, code, errOut)
+		}
+		for _, want := range []string{
+			"POOL IMAGE NAMESPACE PVC SIZE USED ATTACHED STATE ORIGIN",
+			"rbd csi-vol-…" + busy[len(busy)-12:] + " default data-1 1 GiB 3.0 MiB node-a attached pelagic",
+			"rbd csi-vol-…" + idle[len(idle)-12:] + " default data-2 1 GiB 0 B - free pelagic",
+		} {
+			if !strings.Contains(squash(out), want) {
+				t.Errorf("%v output lacks %q:\n%s", args, want, out)
+			}
+		}
+		if orphan := strings.Contains(out, "journal rbd/csi-vol-half"); orphan != (args[0] == "ls") {
+			t.Errorf("%v lists the half reservation as an orphan: %t\n%s", args, orphan, out)
+		}
 	}
-	for _, want := range []string{
-		"IMAGE PVC PV SIZE IN USE WATCHERS ATTACHED FENCES",
-		busy + " default/data-1 pvc-1 1 GiB yes 1 node-a 0",
-		idle + " default/data-2 pvc-2 1 GiB no 0 - 0",
-		"csi-vol-half no image",
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"ls", "--node", "node-a"}, []string{busy}},
+		{[]string{"ls", "--node", "node-b"}, nil},
+		{[]string{"ls", "--stale"}, nil},
+		{[]string{"ls", "-n", "default"}, []string{busy, idle}},
+		{[]string{"ls", "--pool", "rbd", "-n", "other"}, nil},
 	} {
-		if !strings.Contains(squash(out), want) {
-			t.Errorf("volumes output lacks %q:\n%s", want, out)
+		code, out, errOut := e.run(append(tc.args, "-o", "json")...)
+		var r struct{ Volumes []struct{ Image string } }
+		if code != ctl.ExitOK || json.Unmarshal([]byte(out), &r) != nil {
+			t.Fatalf("%v: exit %d: %s", tc.args, code, errOut)
+		}
+		var got []string
+		for _, v := range r.Volumes {
+			got = append(got, v.Image)
+		}
+		if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+			t.Errorf("%v = %v, want %v", tc.args, got, tc.want)
 		}
 	}
 }
@@ -420,7 +455,7 @@ func TestKeyNeverPrinted(t *testing.T) {
 		{name: "connection refused", keyFile: testKey, connErr: true, args: []string{"status", "rbd/IMAGE"},
 			wantCode: ctl.ExitFailed, wantCreds: true},
 		{name: "key is not base64", keyFile: testKey + "!!", args: []string{"status", "rbd/IMAGE"}, wantCode: ctl.ExitFailed},
-		{name: "unknown pool", keyFile: testKey, args: []string{"volumes", "nope"}, wantCode: ctl.ExitFailed, wantCreds: true},
+		{name: "unknown pool", keyFile: testKey, args: []string{"ls", "--pool", "nope"}, wantCode: ctl.ExitFailed, wantCreds: true},
 		{name: "usage error", keyFile: testKey, args: []string{"status"}, wantCode: ctl.ExitUsage},
 	}
 	for _, tc := range cases {
@@ -466,20 +501,20 @@ func TestCommandLineErrors(t *testing.T) {
 		wantErr  string
 	}{
 		{"no command", nil, ctl.ExitUsage, "no command"},
-		{"help", []string{"-h"}, ctl.ExitOK, "fence lift VOLUME ADDR"},
+		{"help", []string{"-h"}, ctl.ExitOK, ""},
 		{"unknown flag", []string{"status", id, "--bogus"}, ctl.ExitUsage, "flag provided but not defined: -bogus"},
 		{"unknown command", []string{"frobnicate"}, ctl.ExitUsage, `unknown command "frobnicate"`},
 		{"missing volume", []string{"status"}, ctl.ExitUsage, "usage: pelagicctl status VOLUME"},
 		{"fence without verb", []string{"fence"}, ctl.ExitUsage, "fence lift VOLUME ADDR"},
 		{"pool where an image is needed", []string{"status", "rbd"}, ctl.ExitUsage, "names no image"},
-		{"image where a pool is needed", []string{"volumes", "rbd/x"}, ctl.ExitUsage, "names an image"},
-		{"malformed volume ID", []string{"status", "0001-zz"}, ctl.ExitUsage, "malformed ID"},
-		{"bad output format", []string{"status", id, "-o", "yaml"}, ctl.ExitUsage, "-o must be text or json"},
-		{"force outside fence lift", []string{"status", id, "--force"}, ctl.ExitUsage, "--force only applies to fence lift"},
-		{"several clusters", []string{"volumes", "rbd", "--config", twoClusters}, ctl.ExitUsage, "pass --cluster-id"},
+		{"PVC without Kubernetes", []string{"status", "-n", "shop", "data"}, ctl.ExitUsage, "no Kubernetes access"},
+		{"malformed volume ID", []string{"status", "0001-zz"}, ctl.ExitUsage, "malformed"},
+		{"bad output format", []string{"status", id, "-o", "xml"}, ctl.ExitUsage, "-o must be text, json or yaml"},
+		{"flag of another command", []string{"status", id, "--force"}, ctl.ExitUsage, "--force does not apply to status VOLUME"},
+		{"several clusters", []string{"ls", "--config", twoClusters}, ctl.ExitUsage, "pass --cluster-id"},
 		{"cluster ID contradicts the volume", []string{"status", id, "--cluster-id", "c2", "--config", twoClusters},
 			ctl.ExitUsage, `belongs to cluster "c1"`},
-		{"unknown cluster ID", []string{"volumes", "rbd", "--cluster-id", "c9"}, ctl.ExitFailed, "unknown cluster"},
+		{"unknown cluster ID", []string{"ls", "--cluster-id", "c9"}, ctl.ExitFailed, "unknown cluster"},
 		{"no such volume", []string{"status", "rbd/csi-vol-nope"}, ctl.ExitFailed, "image not found"},
 	}
 	for _, tc := range cases {

@@ -36,8 +36,11 @@ ENTITIES = {
     "mgr.x": {"mon": "allow profile mgr", "osd": "allow *", "mds": "allow *"},
     "osd.0": {"mon": "allow profile osd", "mgr": "allow profile osd", "osd": "allow *"},
     "mds.a": {"mon": "allow profile mds", "mgr": "allow profile mds", "osd": "allow *", "mds": "allow"},
-    "client." + RBD_USER: {"mon": "profile rbd", "osd": "profile rbd", "mgr": "profile rbd"},
-    "client." + FS_USER: {"mon": "allow r", "mgr": "allow rw", "osd": "allow rw tag cephfs *=*", "mds": "allow rw"},
+    # As Rook and `ceph` create the CSI users: fencing needs `osd blocklist`
+    # (add, ls and rm), which `profile rbd` alone allows only to add.
+    "client." + RBD_USER: {"mon": "profile rbd, allow command 'osd blocklist'", "osd": "profile rbd", "mgr": "allow rw"},
+    "client." + FS_USER: {"mon": "allow r, allow command 'osd blocklist'", "mgr": "allow rw", "osd": "allow rw tag cephfs *=*",
+                          "mds": "allow rw"},
 }
 
 

@@ -15,6 +15,11 @@
 //	resp, err := d.Controller.CreateVolume(ctx, req)
 //
 // Stop (also run by t.Cleanup) ends every process of the namespace and removes the directory.
+//
+// With Options.SharedMounts, what ceph-csi mounts under Driver.Dir (its node plugin's staging
+// and target mounts) shows in the caller's mount namespace too, as a node plugin's mounts reach
+// the host through Bidirectional propagation; Kill then ends ceph-csi and leaves those mounts
+// (and its krbd mappings, which live in the kernel) in place, as replacing the plugin does.
 package cephcsi
 
 import (
@@ -81,6 +86,8 @@ type Options struct {
 	Node       bool   // also serve the node service
 	NodeID     string // default "cephcsi-test-node"
 	Args       []string
+	// SharedMounts: ceph-csi's mounts under Dir show in the caller's mount namespace.
+	SharedMounts bool
 }
 
 // Driver is a running ceph-csi.
@@ -93,6 +100,7 @@ type Driver struct {
 	Node       csi.NodeClient
 
 	work    string // private: config, unpacked binary, namespace mount point, log
+	shared  bool   // Dir is a shared mount of its own in the caller's namespace
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error
@@ -185,6 +193,11 @@ func start(bin string, o Options) (d *Driver, err error) {
 	if err := d.prepare(bin, o.Clusters); err != nil {
 		return d, err
 	}
+	if o.SharedMounts {
+		if err := d.shareDir(); err != nil {
+			return d, err
+		}
+	}
 	d.Endpoint = "unix://" + filepath.Join(d.Dir, "csi.sock")
 	if err := d.run(o); err != nil {
 		return d, err
@@ -202,7 +215,7 @@ func (d *Driver) prepare(bin string, clusters []Cluster) error {
 			return err
 		}
 	}
-	cfg, err := configJSON(clusters)
+	cfg, err := ConfigJSON(clusters)
 	if err != nil {
 		return err
 	}
@@ -212,7 +225,8 @@ func (d *Driver) prepare(bin string, clusters []Cluster) error {
 	return unpack(bin, filepath.Join(d.work, "cephcsi"))
 }
 
-func configJSON(clusters []Cluster) ([]byte, error) {
+// ConfigJSON is the config.json ceph-csi is given for clusters, which Pelagic reads too.
+func ConfigJSON(clusters []Cluster) ([]byte, error) {
 	type rbdConf struct {
 		RadosNamespace string `json:"radosNamespace,omitempty"`
 	}
@@ -290,9 +304,16 @@ func (d *Driver) run(o Options) error {
 		return err
 	}
 	defer logf.Close()
-	argv := append([]string{"--mount", "--propagation", "private", "sh", "-c", nsScript, "cephcsi-ns",
+	// With shared mounts, the namespace keeps the caller's propagation, and the script makes
+	// every mount private but Dir's before it mounts anything.
+	propagation := "private"
+	if o.SharedMounts {
+		propagation = "unchanged"
+	}
+	argv := append([]string{"--mount", "--propagation", propagation, "sh", "-c", nsScript, "cephcsi-ns",
 		d.work, filepath.Join(d.work, "cephcsi")}, d.args(o)...)
 	cmd := exec.Command("unshare", argv...)
+	cmd.Env = append(os.Environ(), "CEPHCSI_SHARED="+strconv.FormatBool(o.SharedMounts))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Killed with the test binary if that dies first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -341,20 +362,56 @@ func (d *Driver) waitReady() error {
 // Stop ends ceph-csi (SIGTERM, SIGKILL after StopTimeout) and every process left in its mount
 // namespace, which takes the namespace's mounts with it, and removes its directory. It is idempotent.
 func (d *Driver) Stop() error {
-	if d.Conn != nil {
-		d.Conn.Close()
-		d.Conn = nil
-	}
-	var errs []error
-	if d.cmd != nil {
-		errs = append(errs, d.stopProcesses())
-		d.cmd = nil
+	errs := []error{d.Kill()}
+	if d.shared {
+		// Detaching Dir takes every mount below it along, before anything is removed: a
+		// filesystem still mounted there must not be emptied.
+		if err := syscall.Unmount(d.Dir, syscall.MNT_DETACH); err != nil {
+			return errors.Join(append(errs, fmt.Errorf("detaching %s (left in place): %w", d.Dir, err))...)
+		}
+		d.shared = false
 	}
 	if d.work != "" {
 		errs = append(errs, os.RemoveAll(d.work))
 		d.work = ""
 	}
 	return errors.Join(errs...)
+}
+
+// PID is ceph-csi's process, in its mount namespace (0 once it was stopped).
+func (d *Driver) PID() int {
+	if d.cmd == nil {
+		return 0
+	}
+	return d.cmd.Process.Pid
+}
+
+// Kill ends ceph-csi and every process of its mount namespace, and leaves Dir as it is: with
+// SharedMounts, the mounts ceph-csi made there stay, as they do when its node plugin is replaced.
+func (d *Driver) Kill() error {
+	if d.Conn != nil {
+		d.Conn.Close()
+		d.Conn = nil
+	}
+	if d.cmd == nil {
+		return nil
+	}
+	err := d.stopProcesses()
+	d.cmd = nil
+	return err
+}
+
+// shareDir makes Dir a shared mount of its own, so that what the driver mounts below it
+// propagates back to this namespace.
+func (d *Driver) shareDir() error {
+	if err := syscall.Mount(d.Dir, d.Dir, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("binding %s onto itself: %w", d.Dir, err)
+	}
+	d.shared = true
+	if err := syscall.Mount("", d.Dir, "", syscall.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("making %s a shared mount: %w", d.Dir, err)
+	}
+	return nil
 }
 
 func (d *Driver) stopProcesses() error {

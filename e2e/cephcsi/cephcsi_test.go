@@ -24,7 +24,7 @@ func TestConfigJSON(t *testing.T) {
 		{"no cluster ID", []Cluster{{Monitors: []string{"m"}}}, ""},
 	}
 	for _, tc := range tests {
-		got, err := configJSON(tc.clusters)
+		got, err := ConfigJSON(tc.clusters)
 		if tc.want == "" {
 			if err == nil {
 				t.Errorf("%s: no error, got %s", tc.name, got)

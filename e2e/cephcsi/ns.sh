@@ -6,6 +6,13 @@ set -eu
 dir=$1 bin=$2
 shift 2
 ns=$dir/ns
+# CEPHCSI_SHARED=true: the namespace kept the caller's propagation, so that the mounts ceph-csi
+# makes in shared/ (a shared mount of its own) reach the caller; nothing else may.
+if [ "${CEPHCSI_SHARED:-false}" = true ]; then
+	awk '{print $5}' /proc/self/mountinfo | while read -r m; do
+		case $m in "$dir/shared" | "$dir/shared/"*) ;; *) mount --make-private "$m" ;; esac
+	done
+fi
 mount -t tmpfs -o mode=0755 cephcsi-ns "$ns"
 mkdir -p "$ns/etc/upper/ceph-csi-config" "$ns/etc/work" "$ns/tmp/csi/keys" "$ns/tmp/bin"
 chmod 1777 "$ns/tmp"

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/e2e/cephcsi"
 	"github.com/pelagic-csi/pelagic/e2e/cephtest"
 )
 
@@ -79,7 +80,11 @@ func TestGuest(t *testing.T) {
 			args = append(args, "-test.run", run)
 		}
 		results := &suiteLog{t: t}
-		code, err := v.Run(ctx, results, []string{"PELAGIC_GUEST_CLUSTER=" + v.WorkDir()}, args...)
+		env := []string{"PELAGIC_GUEST_CLUSTER=" + v.WorkDir()}
+		if bin := os.Getenv(cephcsi.EnvBinary); bin != "" { // ceph-csi's node plugin, for the swap test
+			env = append(env, cephcsi.EnvBinary+"="+bin)
+		}
+		code, err := v.Run(ctx, results, env, args...)
 		results.Flush()
 		t.Logf("guest suite: %s in %v", results.summary(), time.Since(suiteStart).Round(100*time.Millisecond))
 		if err != nil || code != 0 {

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -17,6 +18,9 @@ type FakeCluster struct {
 	// KeepBlocklistExpiry makes blocklisting a listed instance keep its
 	// expiry, as Ceph Pacific does; otherwise the expiry moves.
 	KeepBlocklistExpiry bool
+	// AddOnlyBlocklist refuses removals with EACCES, as a user with
+	// `profile rbd` but not "allow command 'osd blocklist'" is refused.
+	AddOnlyBlocklist bool
 
 	id    string
 	avail int64
@@ -88,6 +92,9 @@ func (c *FakeCluster) BlocklistExpiry(_ context.Context, addr string) (time.Time
 func (c *FakeCluster) Unblocklist(_ context.Context, addr string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.AddOnlyBlocklist {
+		return fmt.Errorf("osd blocklist rm %s: %w", addr, syscall.EACCES)
+	}
 	delete(c.blocklist, addr)
 	return nil
 }

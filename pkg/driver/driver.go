@@ -44,7 +44,10 @@ type Options struct {
 	// SoftCloneDepth and HardCloneDepth bound clone chains (0: defaults).
 	SoftCloneDepth int
 	HardCloneDepth int
-	Timeouts       ceph.Timeouts
+	// CephCSIInstanceID is the --instanceid of the ceph-csi whose volumes
+	// the controller serves (default "default").
+	CephCSIInstanceID string
+	Timeouts          ceph.Timeouts
 	// Nodes tells the controller which node IDs exist. When nil, it
 	// watches the CSINodes of the cluster KubeConfig (or the in-cluster
 	// config) reaches, if any.
@@ -88,7 +91,7 @@ func New(o Options) (*Driver, error) {
 			ctrl := rbd.NewController(rbd.ControllerOptions{
 				Connector: connector, Config: o.Config, FenceExpiry: o.FenceExpiry,
 				FenceKeeperInterval: o.FenceCheckInterval, Nodes: nodes,
-				SoftCloneDepth: o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth})
+				SoftCloneDepth: o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth, CephCSIInstanceID: o.CephCSIInstanceID})
 			go ctrl.RunFenceKeeper(ctx)
 			d.Services.Controller = ctrl
 		}

@@ -46,8 +46,10 @@ type Record struct {
 	Name string `json:"name"` // CSI request name
 	UUID string `json:"uuid"` // the ID's UUID part
 	// Backing names what holds the data in Ceph: an RBD image or a CephFS
-	// subvolume (the source's, for a snapshot); BackingID is its ID where
-	// Ceph has one (an RBD image ID, to reach a trashed source image).
+	// subvolume; for a snapshot, what holds the snapshot SnapName (the
+	// source's image for Pelagic's, the image ceph-csi cloned for one of
+	// its own). BackingID is its ID where Ceph has one (an RBD image ID, to
+	// reach a trashed image).
 	Backing   string            `json:"image"`
 	BackingID string            `json:"imageID,omitempty"`
 	SizeBytes int64             `json:"size"`
@@ -55,7 +57,21 @@ type Record struct {
 	Source    string            `json:"source,omitempty"` // content source ID, or source volume ID of a snapshot
 	SnapName  string            `json:"snap,omitempty"`   // the snapshot's name in Ceph (snapshots)
 	Created   time.Time         `json:"created"`
+
+	// What only records read from ceph-csi's journal carry; Pelagic never
+	// stores them. Origin is OriginCephCSI there, "" for Pelagic's own.
+	Origin string `json:"-"`
+	// Owner is the PVC namespace ceph-csi recorded (Pelagic records its
+	// owners in the backing's metadata instead).
+	Owner string `json:"-"`
+	// SourceBacking is what a snapshot ceph-csi recorded was taken of: the
+	// source volume's image (Source, a volume ID, is derived from it).
+	SourceBacking string `json:"-"`
 }
+
+// FromCephCSI reports whether the record was read from ceph-csi's journal:
+// the volume or snapshot was provisioned by ceph-csi.
+func (r *Record) FromCephCSI() bool { return r.Origin == OriginCephCSI }
 
 // Journal stores records for one pool and namespace. Rados is the real
 // one, Memory the one unit tests use.

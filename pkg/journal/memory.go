@@ -10,6 +10,10 @@ import (
 
 // Memory is an in-memory Journal for unit tests of the services.
 type Memory struct {
+	// Origin, when set, marks every record read back (OriginCephCSI: a
+	// stand-in for ceph-csi's journal).
+	Origin string
+
 	mu      sync.Mutex
 	names   map[string]*Record
 	records map[string]*Record
@@ -20,9 +24,12 @@ func NewMemory() *Memory {
 	return &Memory{names: map[string]*Record{}, records: map[string]*Record{}}
 }
 
-func copyRecord(r *Record) *Record {
+func (m *Memory) copyRecord(r *Record) *Record {
 	c := *r
 	c.Params = maps.Clone(r.Params)
+	if m.Origin != "" {
+		c.Origin = m.Origin
+	}
 	return &c
 }
 
@@ -31,7 +38,7 @@ func (m *Memory) LookupName(_ context.Context, kind Kind, name string) (*Record,
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if r, ok := m.names[nameKey(kind, name)]; ok {
-		return copyRecord(r), nil
+		return m.copyRecord(r), nil
 	}
 	return nil, ErrNotFound
 }
@@ -41,7 +48,7 @@ func (m *Memory) Lookup(_ context.Context, kind Kind, uuid string) (*Record, err
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if r, ok := m.records[string(kind)+"/"+uuid]; ok {
-		return copyRecord(r), nil
+		return m.copyRecord(r), nil
 	}
 	return nil, ErrNotFound
 }
@@ -54,8 +61,8 @@ func (m *Memory) Reserve(_ context.Context, rec *Record) error {
 	if _, ok := m.names[key]; ok {
 		return fmt.Errorf("%w: %s %q", ErrNameTaken, rec.Kind, rec.Name)
 	}
-	m.names[key] = copyRecord(rec)
-	m.records[string(rec.Kind)+"/"+rec.UUID] = copyRecord(rec)
+	m.names[key] = m.copyRecord(rec)
+	m.records[string(rec.Kind)+"/"+rec.UUID] = m.copyRecord(rec)
 	return nil
 }
 
@@ -63,7 +70,7 @@ func (m *Memory) Reserve(_ context.Context, rec *Record) error {
 func (m *Memory) Repair(_ context.Context, rec *Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.records[string(rec.Kind)+"/"+rec.UUID] = copyRecord(rec)
+	m.records[string(rec.Kind)+"/"+rec.UUID] = m.copyRecord(rec)
 	return nil
 }
 
@@ -83,7 +90,7 @@ func (m *Memory) List(_ context.Context, kind Kind, startAfter string, max int) 
 	var out []*Record
 	for _, r := range m.records {
 		if r.Kind == kind && r.UUID > startAfter {
-			out = append(out, copyRecord(r))
+			out = append(out, m.copyRecord(r))
 		}
 	}
 	sortByUUID(out)

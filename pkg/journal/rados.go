@@ -50,28 +50,36 @@ func (j *Rados) Lookup(ctx context.Context, kind Kind, uuid string) (*Record, er
 
 // getKeys reads omap keys in one read op; a missing object reads as empty.
 func (j *Rados) getKeys(ctx context.Context, oid string, keys ...string) (map[string][]byte, error) {
-	return util.Do(ctx, "reading journal object "+oid, func() (map[string][]byte, error) {
+	vals, _, err := readOmapKeys(ctx, j.ioctx, oid, keys)
+	if vals == nil && err == nil {
+		vals = map[string][]byte{}
+	}
+	return vals, err
+}
+
+// readOmapKeys reads omap keys of oid in one read op; found is false, and
+// vals nil, when the object does not exist.
+func readOmapKeys(ctx context.Context, ioctx *rados.IOContext, oid string, keys []string) (vals map[string][]byte, found bool, err error) {
+	err = util.Run(ctx, "reading journal object "+oid, func() error {
 		op := rados.CreateReadOp()
 		defer op.Release()
 		step := op.GetOmapValuesByKeys(keys)
-		if err := op.Operate(j.ioctx, oid, rados.OperationNoFlag); err != nil {
+		if err := op.Operate(ioctx, oid, rados.OperationNoFlag); err != nil {
 			if errors.Is(err, rados.ErrNotFound) {
-				return map[string][]byte{}, nil
+				return nil
 			}
-			return nil, err
+			return err
 		}
-		out := map[string][]byte{}
+		found, vals = true, map[string][]byte{}
 		for {
 			kv, err := step.Next()
-			if err != nil {
-				return nil, err
+			if err != nil || kv == nil {
+				return err
 			}
-			if kv == nil {
-				return out, nil
-			}
-			out[kv.Key] = kv.Value
+			vals[kv.Key] = kv.Value
 		}
 	})
+	return vals, found, err
 }
 
 // Reserve implements Journal: an exclusive create of the name object wins

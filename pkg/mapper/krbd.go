@@ -50,7 +50,7 @@ func (k *krbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, er
 	}
 	defer removeKey()
 	if _, err := k.cfg.Runner.Run(ctx, k.cfg.RBDBinary, k.mapArgs(img, opts, keyfile)...); err != nil {
-		return Mapping{}, fmt.Errorf("mapping %s with krbd as %s: %w", img.Spec(), img.Creds, unavailableIfMissing(err, KRBD))
+		return Mapping{}, fmt.Errorf("mapping %s with krbd as %s: %w", img.Spec(), img.Creds, mapFailure(err, KRBD))
 	}
 
 	after, err := k.devices()
@@ -96,7 +96,7 @@ func (k *krbd) mapArgs(img Image, opts MapOptions, keyfile string) []string {
 			options = append(options, o)
 		}
 	}
-	return append(args, "-o", strings.Join(options, ","))
+	return append(append(args, "-o", strings.Join(options, ",")), noConfig()...)
 }
 
 // withOptions appends "-o" with the user's options, plus flagName when flag is set.
@@ -118,6 +118,7 @@ func (k *krbd) Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error {
 		return err
 	}
 	args := withOptions([]string{"device", "unmap", "--device-type", "krbd"}, opts.Options, opts.Force, "force")
+	args = append(args, noConfig()...)
 	args = append(args, dev.mapping.Device)
 
 	out, err := k.cfg.Runner.Run(ctx, k.cfg.RBDBinary, args...)

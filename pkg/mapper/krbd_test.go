@@ -63,7 +63,8 @@ func TestKRBDMap(t *testing.T) {
 			}
 			argv := append([]string(nil), r.calls[0]...)
 			argv[8] = "KEYFILE"
-			if wantArgv := append(append([]string(nil), base...), tt.wantTail...); !reflect.DeepEqual(argv, wantArgv) {
+			wantArgv := append(append(append([]string(nil), base...), tt.wantTail...), "--conf", "/dev/null")
+			if !reflect.DeepEqual(argv, wantArgv) {
 				t.Fatalf("argv %q\nwant %q", argv, wantArgv)
 			}
 			r.assertNoKey(t)
@@ -123,6 +124,13 @@ func TestKRBDMapFailures(t *testing.T) {
 		{"image name that looks like a flag", []string{"rbd"}, func(i *Image) { i.Name = "--help" }, nil, ErrInvalidImage},
 		{"spec separator in a pool name", []string{"rbd"}, func(i *Image) { i.Pool = "a/b" }, nil, ErrInvalidImage},
 		{"no monitors", []string{"rbd"}, func(i *Image) { i.Monitors = nil }, nil, ErrInvalidImage},
+		// rbd exits with EINVAL for an option the kernel does not know:
+		// the request, not the node, is wrong.
+		{"rbd refuses an option", []string{"rbd"}, nil,
+			func([]string) ([]byte, error) {
+				return nil, execError(22, "rbd: unknown map option 'bogus'\nrbd: couldn't parse map options")
+			},
+			ErrUnsupportedOption},
 		{"rbd fails", []string{"rbd"}, nil,
 			func([]string) ([]byte, error) {
 				return nil, execError(2, "rbd: sysfs write failed\nrbd: map failed: (2) No such file or directory")
@@ -202,12 +210,12 @@ func TestKRBDUnmap(t *testing.T) {
 		{name: "by device", mapped: true,
 			mapping:  func(dev string) Mapping { return Mapping{Device: dev} },
 			result:   func(h fakeHost) error { return os.RemoveAll(filepath.Join(h.sysfs, "bus", "rbd", "devices", "0")) },
-			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "DEV"}},
+			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "--conf", "/dev/null", "DEV"}},
 		{name: "by image, forced, with options", mapped: true,
 			mapping:  func(string) Mapping { return Mapping{Pool: "rbd", Image: "csi-vol-1"} },
 			opts:     UnmapOptions{Force: true, Options: "noudev"},
 			result:   func(h fakeHost) error { return os.RemoveAll(filepath.Join(h.sysfs, "bus", "rbd", "devices", "0")) },
-			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "-o", "force,noudev", "DEV"}},
+			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "-o", "force,noudev", "--conf", "/dev/null", "DEV"}},
 		// rbd's exit status and words when the kernel refuses (EBUSY): the
 		// device is open, here by a mount.
 		{name: "busy names the mount", mapped: true,
@@ -215,12 +223,12 @@ func TestKRBDUnmap(t *testing.T) {
 			result: func(fakeHost) error {
 				return execError(16, "rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy")
 			},
-			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "DEV"},
+			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "--conf", "/dev/null", "DEV"},
 			wantErr:  ErrBusy, anyErr: true, errHas: "/var/lib/kubelet/staging"},
 		{name: "other failure is not busy", mapped: true,
 			mapping:  func(dev string) Mapping { return Mapping{Device: dev} },
 			result:   func(fakeHost) error { return execError(22, "rbd: unmap failed: (22) Invalid argument") },
-			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "DEV"},
+			wantArgv: []string{"rbd", "device", "unmap", "--device-type", "krbd", "--conf", "/dev/null", "DEV"},
 			anyErr:   true},
 	}
 	for _, tt := range tests {

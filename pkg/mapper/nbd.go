@@ -51,7 +51,7 @@ func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, err
 	defer removeKey()
 	// The daemon rbd-nbd leaves behind must outlive this process.
 	if _, err := n.cfg.Daemons.Run(ctx, n.cfg.NBDBinary, n.mapArgs(img, opts, keyfile)...); err != nil {
-		return Mapping{}, fmt.Errorf("mapping %s with rbd-nbd as %s: %w", img.Spec(), img.Creds, unavailableIfMissing(err, NBD))
+		return Mapping{}, fmt.Errorf("mapping %s with rbd-nbd as %s: %w", img.Spec(), img.Creds, mapFailure(err, NBD))
 	}
 
 	after, err := n.List(ctx)
@@ -72,7 +72,8 @@ func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, err
 }
 
 func (n *nbd) mapArgs(img Image, opts MapOptions, keyfile string) []string {
-	args := []string{"map", "--id", img.Creds.ID, "--keyfile", keyfile, "-m", img.monHost()}
+	args := append([]string{"map"}, noConfig()...)
+	args = append(args, "--id", img.Creds.ID, "--keyfile", keyfile, "-m", img.monHost())
 	if opts.ReadOnly {
 		args = append(args, "--read-only")
 	}
@@ -110,7 +111,7 @@ func (n *nbd) Unmap(ctx context.Context, m Mapping, opts UnmapOptions) error {
 			return fmt.Errorf("%w: %s is in use by %s", ErrBusy, current.Device, strings.Join(holders, ", "))
 		}
 	}
-	args := append([]string{"unmap"}, nbdFlags(opts.Options)...)
+	args := append(append([]string{"unmap"}, noConfig()...), nbdFlags(opts.Options)...)
 	args = append(args, current.Device)
 	out, err := n.cfg.Runner.Run(ctx, n.cfg.NBDBinary, args...)
 	if err == nil {
@@ -160,7 +161,7 @@ type nbdListEntry struct {
 }
 
 func (n *nbd) List(ctx context.Context) ([]Mapping, error) {
-	out, err := n.cfg.Runner.Run(ctx, n.cfg.NBDBinary, "list-mapped", "--format", "json")
+	out, err := n.cfg.Runner.Run(ctx, n.cfg.NBDBinary, append([]string{"list-mapped", "--format", "json"}, noConfig()...)...)
 	if err != nil {
 		return nil, fmt.Errorf("listing rbd-nbd devices: %w", unavailableIfMissing(err, NBD))
 	}

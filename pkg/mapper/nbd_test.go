@@ -101,7 +101,7 @@ func TestNBDMap(t *testing.T) {
 					mapArgv = argv
 				}
 			}
-			want := append([]string{"rbd-nbd", "map", "--id", "csi-rbd", "--keyfile", argAfter(mapArgv, "--keyfile"),
+			want := append([]string{"rbd-nbd", "map", "--conf", "/dev/null", "--id", "csi-rbd", "--keyfile", argAfter(mapArgv, "--keyfile"),
 				"-m", "10.0.0.1:6789,10.0.0.2:6789"}, tt.want...)
 			if !reflect.DeepEqual(mapArgv, want) {
 				t.Fatalf("argv %q\nwant %q", mapArgv, want)
@@ -195,7 +195,7 @@ func TestNBDUnmap(t *testing.T) {
 			for _, argv := range r.calls {
 				if argv[1] == "unmap" {
 					ran = true
-					if !reflect.DeepEqual(argv, []string{"rbd-nbd", "unmap", "/dev/nbd0"}) {
+					if !reflect.DeepEqual(argv, []string{"rbd-nbd", "unmap", "--conf", "/dev/null", "/dev/nbd0"}) {
 						t.Fatalf("ran %q", argv)
 					}
 				}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
@@ -272,6 +273,21 @@ func busyError(ctx context.Context, mounts Mounts, device string, cause error) e
 		return fmt.Errorf("%w: %s is in use by %s: %v", ErrBusy, device, strings.Join(holders, ", "), cause)
 	}
 	return fmt.Errorf("%w: %s is held open: %v", ErrBusy, device, cause)
+}
+
+// noConfig keeps the rbd tools from reading a ceph.conf of the node's: the
+// driver passes everything they need, and a stray file would change what
+// they do (and their complaints about a missing one end up in errors).
+func noConfig() []string { return []string{"--conf", "/dev/null"} }
+
+// mapFailure classifies a failed map command: a tool that is not
+// installed is ErrUnavailable, and EINVAL (exit status 22: an option or
+// image spec the tool refuses) is ErrUnsupportedOption.
+func mapFailure(err error, mapperName string) error {
+	if exitCode(err) == int(syscall.EINVAL) {
+		return fmt.Errorf("%w: %v", ErrUnsupportedOption, err)
+	}
+	return unavailableIfMissing(err, mapperName)
 }
 
 // unavailableIfMissing marks a command that could not start because its

@@ -20,6 +20,7 @@ type FakeMounter struct {
 	Formats     map[string]string      // device -> filesystem type
 	Mounts      map[string]FakeMount   // mount point -> what is mounted there
 	Sizes       map[string]int64       // device -> size in bytes
+	FSSizes     map[string]int64       // device -> size its filesystem believes it has (default: the device's)
 	StatsByPath map[string]VolumeStats // path -> Stats result
 	Errors      map[string]error       // method name -> error it returns
 	Calls       []string               // one line per call: method and arguments
@@ -42,6 +43,7 @@ func NewFakeMounter() *FakeMounter {
 		Formats:     map[string]string{},
 		Mounts:      map[string]FakeMount{},
 		Sizes:       map[string]int64{},
+		FSSizes:     map[string]int64{},
 		StatsByPath: map[string]VolumeStats{},
 		Errors:      map[string]error{},
 	}
@@ -168,7 +170,11 @@ func (f *FakeMounter) MountSource(_ context.Context, path string) (string, error
 func (f *FakeMounter) ResizeFS(_ context.Context, device, mountPath string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.call("ResizeFS", device, mountPath)
+	if err := f.call("ResizeFS", device, mountPath); err != nil {
+		return err
+	}
+	delete(f.FSSizes, device)
+	return nil
 }
 
 // DeviceSize implements Mounter.
@@ -183,6 +189,20 @@ func (f *FakeMounter) DeviceSize(_ context.Context, device string) (int64, error
 		return 0, fmt.Errorf("fake device %s: %w", device, os.ErrNotExist)
 	}
 	return size, nil
+}
+
+// FilesystemSize implements Mounter. ResizeFS grows the filesystem to the
+// device's size.
+func (f *FakeMounter) FilesystemSize(_ context.Context, device, _ string) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("FilesystemSize", device); err != nil {
+		return 0, err
+	}
+	if size, ok := f.FSSizes[device]; ok {
+		return size, nil
+	}
+	return f.Sizes[device], nil
 }
 
 // Stats implements Mounter.

@@ -40,6 +40,9 @@ type Mounter interface {
 	ResizeFS(ctx context.Context, device, mountPath string) error
 	// DeviceSize returns the size of a block device in bytes.
 	DeviceSize(ctx context.Context, device string) (int64, error)
+	// FilesystemSize returns the size the fstype filesystem on device
+	// believes it has, from its superblock.
+	FilesystemSize(ctx context.Context, device, fstype string) (int64, error)
 	// Stats returns capacity and inode usage of the filesystem holding path.
 	// It returns at ctx's deadline even if the filesystem does not answer.
 	Stats(ctx context.Context, path string) (VolumeStats, error)

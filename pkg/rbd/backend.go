@@ -42,6 +42,12 @@ type ImageInfo struct {
 	Size     int64
 	Features uint64
 	Parent   *ParentRef // nil when the image is not a clone
+	Created  time.Time
+	// DataPoolID is the pool of the image's data objects: its own pool's
+	// ID unless it has a data pool.
+	DataPoolID int64
+	// Object size and striping in bytes and objects.
+	ObjectSize, StripeUnit, StripeCount uint64
 }
 
 // ImageHead is what an image's ID and header objects tell without
@@ -50,6 +56,15 @@ type ImageHead struct {
 	ID     string
 	Size   int64
 	Parent *HeadParent // nil when the image is not a clone
+}
+
+// parentIn is the ID of the image's parent when that parent is in pool
+// (and its namespace), the only parent a purge there can reach; "" else.
+func (h ImageHead) parentIn(pool Pool) string {
+	if h.Parent == nil || h.Parent.PoolID != pool.ID() || h.Parent.Namespace != pool.Namespace() {
+		return ""
+	}
+	return h.Parent.ImageID
 }
 
 // HeadParent is a clone's parent as its header records it: by IDs.
@@ -133,6 +148,11 @@ type Pool interface {
 	// trashed); clone v2 keeps it in the trash namespace while children need it.
 	RemoveSnap(ctx context.Context, imageID, snap string) error
 	Snap(ctx context.Context, imageID, snap string) (SnapInfo, error)
+	// ListImages names the images of the pool and namespace (not the trash).
+	ListImages(ctx context.Context) ([]string, error)
+	// CephCSI is the journal ceph-csi keeps in the pool and namespace under
+	// its instance ID (see journal.CephCSI).
+	CephCSI(instanceID string) journal.Journal
 }
 
 // Errors the backends return; they wrap the volume layer's, which give

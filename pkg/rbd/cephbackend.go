@@ -162,6 +162,9 @@ func statImage(img *librbd.Image) (ImageInfo, error) {
 	if info.Features, err = img.GetFeatures(); err != nil {
 		return info, err
 	}
+	if err := statLayout(img, &info); err != nil {
+		return info, err
+	}
 	parent, err := img.GetParent()
 	switch {
 	case err == nil:
@@ -400,11 +403,8 @@ func (p *cephPool) Records(ctx context.Context, image string) (map[string]string
 			return nil, err
 		}
 		defer ioctx.Destroy()
-		vals, err := ioctx.GetAllOmapValues(header, "", metadataPrefix, 256)
-		if err != nil {
-			return nil, err
-		}
-		version, err = ioctx.GetLastVersion()
+		var vals map[string][]byte
+		vals, version, err = readOmapAtOneVersion(ioctx, header, metadataPrefix)
 		return vals, err
 	})
 	if err != nil {
@@ -415,6 +415,67 @@ func (p *cephPool) Records(ctx context.Context, image string) (map[string]string
 		out[strings.TrimPrefix(k, metadataPrefix)] = string(v)
 	}
 	return out, version, nil
+}
+
+// omapPage is how many omap values one read returns.
+const omapPage = 512
+
+// readOmapAtOneVersion reads the omap values of oid with prefix and the
+// object version they were read at. Each page is one read operation, and
+// every page after the first asserts the first's version, so the values
+// and the version always belong together: a version read by a separate
+// operation may be newer than the values, and a conditional write on it
+// would then act on stale records. A change between pages starts over.
+func readOmapAtOneVersion(ioctx *rados.IOContext, oid, prefix string) (map[string][]byte, uint64, error) {
+	for attempt := 0; attempt < maxRecordAttempts; attempt++ {
+		vals := map[string][]byte{}
+		var version uint64
+		after, first, more := "", true, true
+		var err error
+		for more && err == nil {
+			more, after, err = readOmapPage(ioctx, oid, prefix, after, vals, first, &version)
+			first = false
+		}
+		if errno := ceph.Errno(err); errno == syscall.ERANGE || errno == syscall.EOVERFLOW {
+			continue // the object changed between two pages
+		}
+		return vals, version, err
+	}
+	return nil, 0, fmt.Errorf("reading %s: it kept changing: %w", oid, ErrConflict)
+}
+
+// readOmapPage reads one page of omap values after the key after into
+// vals. The first page records the object version; later ones assert it.
+func readOmapPage(ioctx *rados.IOContext, oid, prefix, after string, vals map[string][]byte, first bool,
+	version *uint64) (more bool, last string, err error) {
+	op := rados.CreateReadOp()
+	defer op.Release()
+	if !first {
+		op.AssertVersion(*version)
+	}
+	step := op.GetOmapValues(after, prefix, omapPage)
+	if err := op.Operate(ioctx, oid, rados.OperationNoFlag); err != nil {
+		return false, "", err
+	}
+	if first {
+		v, err := ioctx.GetLastVersion()
+		if err != nil {
+			return false, "", err
+		}
+		*version = v
+	}
+	last = after
+	for {
+		kv, err := step.Next()
+		if err != nil {
+			return false, "", err
+		}
+		if kv == nil {
+			break
+		}
+		vals[kv.Key], last = kv.Value, kv.Key
+	}
+	return step.More(), last, nil
 }
 
 // UpdateRecords asserts the header version inside the write operation, so

@@ -50,6 +50,9 @@ type ControllerOptions struct {
 	// any other is NotFound. Without it (no Kubernetes access) the
 	// controller cannot tell and publishes to any node ID.
 	Nodes kube.NodeChecker
+	// CephCSIInstanceID is the instance ID (--instanceid) of the ceph-csi
+	// whose volumes this controller serves (default "default").
+	CephCSIInstanceID string
 }
 
 // Controller implements csi.ControllerServer for RBD.
@@ -73,6 +76,9 @@ func NewController(opts ControllerOptions) *Controller {
 	}
 	if opts.DefaultSize == 0 {
 		opts.DefaultSize = 1 << 30
+	}
+	if opts.CephCSIInstanceID == "" {
+		opts.CephCSIInstanceID = journal.DefaultCephCSIInstance
 	}
 	return &Controller{opts: opts}
 }
@@ -132,7 +138,8 @@ func (c *Controller) discoverPools(ctx context.Context, cl Cluster) {
 	if err != nil {
 		return
 	}
-	pools, err := cl.PoolsHolding(ctx, cc.RBD.RadosNamespace, journal.DirectoryObjects(JournalPrefix)...)
+	pools, err := cl.PoolsHolding(ctx, cc.RBD.RadosNamespace,
+		append(journal.DirectoryObjects(JournalPrefix), journal.CephCSIDirectoryObjects(c.opts.CephCSIInstanceID)...)...)
 	if err != nil {
 		c.discovered.Delete(cl.ClusterID())
 		klog.FromContext(ctx).Error(err, "looking for journals", "cluster", cl.ClusterID())
@@ -182,6 +189,9 @@ func (c *Controller) resolve(ctx context.Context, kind journal.Kind, id string, 
 		}
 		return c.usePool(ctx, cl, name, cc.RBD.RadosNamespace)
 	})
+	if status.Code(err) == codes.NotFound && pool != nil {
+		rec, err = c.resolveCephCSI(ctx, kind, id, vid, pool)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -263,6 +273,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			return nil, status.Errorf(codes.OutOfRange, "source is %d bytes, more than the limit %d", source.size, lim)
 		}
 		size = source.size
+	}
+	if vol, err := c.cephCSIVolume(ctx, cl, pool, req, params, size); vol != nil || err != nil {
+		return &csi.CreateVolumeResponse{Volume: vol}, err
 	}
 	rec, reserved, err := volume.Reserve(ctx, pool, volume.Request{Name: req.GetName(), Params: params.journalParams(),
 		Source: source.id(), Size: size, Limit: req.GetCapacityRange().GetLimitBytes(), BackingPrefix: params.NamePrefix})
@@ -358,9 +371,38 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 			return err
 		}
 	}
-	owner, _ := json.Marshal(Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
+	return writeOwner(ctx, pool, rec.Backing, Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
 		PV: params.PVName, Params: rec.Params})
-	return pool.SetMetadata(ctx, rec.Backing, map[string]string{metaOwnerKey: string(owner)})
+}
+
+// writeOwner records who the volume is for, the last step of its creation.
+// librbd copies a parent's metadata into a clone, so until its own owner
+// record is written a clone carries its parent's, and the parent's
+// attachment, mapping and fence records, which name the parent's holders:
+// those go in the same conditional write. Once the owner record names this
+// volume, its usage records are its own and are left alone.
+func writeOwner(ctx context.Context, pool Pool, image string, owner Owner) error {
+	b, _ := json.Marshal(owner)
+	for attempt := 1; ; attempt++ {
+		meta, version, err := pool.Records(ctx, image)
+		if err != nil {
+			return err
+		}
+		var current Owner
+		if json.Unmarshal([]byte(meta[metaOwnerKey]), &current) == nil && current.Name == owner.Name {
+			return pool.SetMetadata(ctx, image, map[string]string{metaOwnerKey: string(b)})
+		}
+		var inherited []string
+		for k := range meta {
+			if strings.HasPrefix(k, metaAttachPrefix) || strings.HasPrefix(k, metaMapPrefix) || strings.HasPrefix(k, metaFencePrefix) {
+				inherited = append(inherited, k)
+			}
+		}
+		err = pool.UpdateRecords(ctx, image, version, map[string]string{metaOwnerKey: string(b)}, inherited)
+		if !errors.Is(err, ErrConflict) || attempt == maxRecordAttempts {
+			return err
+		}
+	}
 }
 
 // DeleteVolume removes the image and its journal entry. A volume that
@@ -370,6 +412,9 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
 	}
 	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
+	if unknown := (*unknownID)(nil); errors.As(err, &unknown) {
+		return c.deleteUnknown(ctx, unknown)
+	}
 	if status.Code(err) == codes.NotFound {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
@@ -385,7 +430,14 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	if err := c.deleteImage(ctx, r); err != nil {
 		return nil, err
 	}
-	if err := r.pool.Remove(ctx, r.rec); err != nil {
+	if r.rec.FromCephCSI() {
+		// A clone ceph-csi made is chained to its source through this
+		// image, which goes once the volume's own is gone.
+		if err := removeImage(ctx, r.pool, r.rec.Backing+cephCSITempSuffix); err != nil {
+			return nil, volume.Status(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
+		}
+	}
+	if err := c.journalOf(r.pool, r.rec).Remove(ctx, r.rec); err != nil {
 		return nil, volume.Status(err)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
@@ -400,14 +452,14 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 func (c *Controller) deleteImage(ctx context.Context, r *resolved) error {
 	recs, err := readRecords(ctx, r.pool, r.rec.Backing)
 	if errors.Is(err, ErrImageNotFound) {
-		return c.purgeTrashed(ctx, r)
+		return volume.Status(purgeTrashed(ctx, r.pool, r.rec.Backing))
 	}
 	if err != nil {
 		return volume.Status(err)
 	}
 	info, watchers, err := r.pool.Inspect(ctx, r.rec.Backing)
 	if errors.Is(err, ErrImageNotFound) {
-		return c.purgeTrashed(ctx, r)
+		return volume.Status(purgeTrashed(ctx, r.pool, r.rec.Backing))
 	}
 	if err != nil {
 		return volume.Status(err)
@@ -421,35 +473,59 @@ func (c *Controller) deleteImage(ctx context.Context, r *resolved) error {
 	if err := r.pool.Trash(ctx, r.rec.Backing); err != nil && !errors.Is(err, ErrImageNotFound) {
 		return volume.Status(fmt.Errorf("deleting volume %s: %w", r.id, err))
 	}
-	removed, err := r.pool.Purge(ctx, info.ID)
-	if err != nil {
-		return volume.Status(fmt.Errorf("deleting volume %s: %w", r.id, err))
+	var parentID string
+	if p := info.Parent; p != nil && p.Trashed && p.Pool == r.pool.Name() && p.Namespace == r.pool.Namespace() {
+		parentID = p.ImageID
 	}
-	if removed && info.Parent != nil && info.Parent.Trashed {
-		purgeFreed(ctx, r.pool, info.Parent.ImageID)
+	if err := purgeWithAncestors(ctx, r.pool, info.ID, parentID); err != nil {
+		return volume.Status(fmt.Errorf("deleting volume %s: %w", r.id, err))
 	}
 	return nil
 }
 
-// purgeTrashed purges the volume's image when it is in the trash already.
-func (c *Controller) purgeTrashed(ctx context.Context, r *resolved) error {
-	id, err := r.pool.TrashedID(ctx, r.rec.Backing)
+// removeImage is deleteImage for an image no client maps (what ceph-csi
+// chained its clones and snapshots through): to the trash, purged, then
+// the trashed ancestors it was the last child of. An image only in the
+// trash is purged; one that is nowhere is gone.
+func removeImage(ctx context.Context, pool Pool, image string) error {
+	head, err := pool.Head(ctx, image)
+	if errors.Is(err, ErrImageNotFound) {
+		return purgeTrashed(ctx, pool, image)
+	}
 	if err != nil {
-		return volume.Status(err)
+		return err
 	}
-	if id == "" {
-		return nil // gone
+	if err := pool.Trash(ctx, image); err != nil && !errors.Is(err, ErrImageNotFound) {
+		return err
 	}
-	head, err := r.pool.HeadByID(ctx, id)
+	return purgeWithAncestors(ctx, pool, head.ID, head.parentIn(pool))
+}
+
+// purgeTrashed purges the image the trash holds under that name, if any,
+// and the trashed ancestors it was the last child of.
+func purgeTrashed(ctx context.Context, pool Pool, image string) error {
+	id, err := pool.TrashedID(ctx, image)
+	if err != nil || id == "" {
+		return err // "": gone
+	}
+	head, err := pool.HeadByID(ctx, id)
 	if err != nil && !errors.Is(err, ErrImageNotFound) {
-		return volume.Status(err)
+		return err
 	}
-	removed, err := r.pool.Purge(ctx, id)
+	return purgeWithAncestors(ctx, pool, id, head.parentIn(pool))
+}
+
+// purgeWithAncestors purges the trashed image id unless snapshots or
+// clones still need it; once it is gone, its parent parentID ("" for none)
+// and the trashed ancestors above are purged as they are freed (purgeFreed).
+// Failing to purge the image itself is the error.
+func purgeWithAncestors(ctx context.Context, pool Pool, id, parentID string) error {
+	removed, err := pool.Purge(ctx, id)
 	if err != nil {
-		return volume.Status(fmt.Errorf("deleting volume %s: %w", r.id, err))
+		return err
 	}
-	if removed && head.Parent != nil {
-		purgeFreed(ctx, r.pool, head.Parent.ImageID)
+	if removed && parentID != "" {
+		purgeFreed(ctx, pool, parentID)
 	}
 	return nil
 }
@@ -474,10 +550,10 @@ func purgeFreed(ctx context.Context, pool Pool, id string) {
 			klog.FromContext(ctx).Error(err, "purging a freed trashed image", "pool", pool.Name(), "id", id)
 			return
 		}
-		if !removed || head.Parent == nil || head.Parent.PoolID != pool.ID() || head.Parent.Namespace != pool.Namespace() {
+		if !removed {
 			return
 		}
-		id = head.Parent.ImageID
+		id = head.parentIn(pool)
 	}
 }
 
@@ -527,11 +603,13 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 	}
 	// Growing an image a stale or unknown client still maps would change it
 	// under a holder the CO no longer accounts for. The watch of the open
-	// that grows it is this controller's own.
+	// that grows it is this controller's own. A client no node recorded on
+	// a volume ceph-csi provisioned is its node plugin's mapping, which
+	// ceph-csi grew in use as Pelagic grows its own.
 	now, err := r.pool.Grow(ctx, r.rec.Backing, size, func(_ ImageInfo, watchers []Watcher) error {
 		usage := &Usage{Records: recs, Watchers: watchers, Controllers: ceph.AddrVec(own), Now: time.Now()}
 		return c.refuseHolders(ctx, r, usage, "expanded", func(h Holder) bool {
-			return h.Watcher != nil && (h.State == HolderStale || h.State == HolderUnknown)
+			return h.Watcher != nil && (h.State == HolderStale || (h.State == HolderUnknown && !r.rec.FromCephCSI()))
 		})
 	})
 	if err != nil {
@@ -554,7 +632,13 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.pool.Head(ctx, r.rec.Backing); err != nil {
+	var info ImageInfo
+	if r.rec.FromCephCSI() {
+		info, err = r.pool.Stat(ctx, r.rec.Backing) // its parameters are read from the image
+	} else {
+		_, err = r.pool.Head(ctx, r.rec.Backing)
+	}
+	if err != nil {
 		return nil, volume.Status(err)
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
@@ -563,6 +647,11 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	cc, _ := c.opts.Config.Cluster(r.id.ClusterID)
 	facts := volumeFacts{clusterID: r.id.ClusterID, pool: r.pool.Name(), namespace: cc.RBD.RadosNamespace,
 		image: r.rec.Backing, params: r.rec.Params}
+	if r.rec.FromCephCSI() {
+		if facts, err = cephCSIFacts(ctx, r, info, cc.RBD.RadosNamespace); err != nil {
+			return nil, volume.Status(err)
+		}
+	}
 	if why := facts.mismatch(req.GetParameters(), req.GetVolumeContext()); len(why) > 0 {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: strings.Join(why, "; ")}, nil
 	}
@@ -615,43 +704,76 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	return &csi.GetCapacityResponse{AvailableCapacity: best}, nil
 }
 
-// listRecords gathers journal records of kind from every known pool.
-func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]*journal.Record, []string, error) {
-	var recs []*journal.Record
-	var ids []string
+// listedRecord is a journal record with its ID and pool.
+type listedRecord struct {
+	rec  *journal.Record
+	id   string
+	pool Pool
+}
+
+// listRecords gathers journal records of kind from every known pool,
+// Pelagic's then ceph-csi's, each in UUID order.
+func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]listedRecord, error) {
+	var out []listedRecord
 	for _, kp := range c.known.Pools() {
 		pool, err := kp.Cluster.Pool(ctx, kp.Pool, kp.Namespace)
 		if errors.Is(err, ceph.ErrPoolNotFound) {
 			continue // deleted since: nothing of ours is left in it
 		}
 		if err != nil {
-			return nil, nil, volume.Status(err)
+			return nil, volume.Status(err)
 		}
-		err = journal.ForEach(ctx, pool, kind, 1000, func(r *journal.Record) {
-			recs = append(recs, r)
-			ids = append(ids, volumeid.ID{ClusterID: kp.ClusterID, PoolID: pool.ID(), UUID: r.UUID}.String())
-		})
-		if err != nil {
-			return nil, nil, volume.Status(err)
+		for _, j := range Journals(pool, c.opts.CephCSIInstanceID) {
+			err = journal.ForEach(ctx, j, kind, 1000, func(r *journal.Record) {
+				if r.FromCephCSI() && kind == journal.Snapshot {
+					r.Source = cephCSIVolumeID(kp.ClusterID, pool.ID(), r.SourceBacking)
+				}
+				out = append(out, listedRecord{rec: r, pool: pool,
+					id: volumeid.ID{ClusterID: kp.ClusterID, PoolID: pool.ID(), UUID: r.UUID}.String()})
+			})
+			if err != nil {
+				return nil, volume.Status(err)
+			}
 		}
 	}
-	return recs, ids, nil
+	return out, nil
+}
+
+// sized fills in what ceph-csi's journal lacks of a listed record (size
+// and creation time) from its image, unless done; nothing for Pelagic's.
+func sized(ctx context.Context, l listedRecord) (*journal.Record, error) {
+	if !l.rec.FromCephCSI() || !l.rec.Created.IsZero() {
+		return l.rec, nil
+	}
+	info, err := l.pool.Stat(ctx, l.rec.Backing)
+	if errors.Is(err, ErrImageNotFound) {
+		return l.rec, nil // being deleted: listed without a size
+	}
+	if err != nil {
+		return nil, volume.Status(err)
+	}
+	l.rec.SizeBytes, l.rec.Created = info.Size, info.Created
+	return l.rec, nil
 }
 
 // ListVolumes lists the volumes in every pool this controller has served.
 func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	recs, ids, err := c.listRecords(ctx, journal.Volume)
+	all, err := c.listRecords(ctx, journal.Volume)
 	if err != nil {
 		return nil, err
 	}
-	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
+	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(all))
 	if err != nil {
 		return nil, err
 	}
 	resp := &csi.ListVolumesResponse{NextToken: next}
-	for i := start; i < end; i++ {
+	for _, l := range all[start:end] {
+		rec, err := sized(ctx, l)
+		if err != nil {
+			return nil, err
+		}
 		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
-			Volume: &csi.Volume{VolumeId: ids[i], CapacityBytes: recs[i].SizeBytes}})
+			Volume: &csi.Volume{VolumeId: l.id, CapacityBytes: rec.SizeBytes}})
 	}
 	return resp, nil
 }
@@ -672,6 +794,9 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	src, err := c.resolve(ctx, journal.Volume, req.GetSourceVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
+	}
+	if snap, err := c.cephCSISnapshot(ctx, src, req); snap != nil || err != nil {
+		return &csi.CreateSnapshotResponse{Snapshot: snap}, err
 	}
 	unlockFlatten, err := c.lockAgainstFlatten(src.pool, src.rec.Backing)
 	if err != nil {
@@ -739,6 +864,9 @@ func (c *Controller) GetSnapshot(ctx context.Context, req *csi.GetSnapshotReques
 	if err != nil {
 		return nil, volume.Status(err)
 	}
+	if r.rec.FromCephCSI() {
+		snap.Created = r.rec.Created // ceph-csi answered its image's
+	}
 	return &csi.GetSnapshotResponse{Snapshot: snapshotOf(req.GetSnapshotId(), r.rec, snap)}, nil
 }
 
@@ -755,11 +883,16 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 		return nil, err
 	}
 	defer unlock()
+	if r.rec.FromCephCSI() {
+		return &csi.DeleteSnapshotResponse{}, volume.Status(c.deleteCephCSISnapshot(ctx, r))
+	}
 	if err := r.pool.RemoveSnap(ctx, r.rec.BackingID, r.rec.SnapName); err != nil {
 		return nil, volume.Status(err)
 	}
 	// The volume may be gone, its image kept in the trash by this snapshot;
-	// purged before the record goes, so that a retry gets to do it.
+	// purged before the record goes, so that a retry gets to do it, and
+	// its trashed ancestors after it (a clone ceph-csi chained through
+	// "-temp").
 	purgeFreed(ctx, r.pool, r.rec.BackingID)
 	if err := r.pool.Remove(ctx, r.rec); err != nil {
 		return nil, volume.Status(err)
@@ -769,8 +902,7 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 
 // ListSnapshots lists snapshots, filtered by snapshot or source volume ID.
 func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	var recs []*journal.Record
-	var ids []string
+	var found []listedRecord
 	switch {
 	case req.GetSnapshotId() != "":
 		r, err := c.resolve(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
@@ -781,27 +913,31 @@ func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRe
 			return nil, err
 		}
 		if req.GetSourceVolumeId() == "" || req.GetSourceVolumeId() == r.rec.Source {
-			recs, ids = []*journal.Record{r.rec}, []string{req.GetSnapshotId()}
+			found = []listedRecord{{rec: r.rec, id: req.GetSnapshotId(), pool: r.pool}}
 		}
 	default:
-		all, allIDs, err := c.listRecords(ctx, journal.Snapshot)
+		all, err := c.listRecords(ctx, journal.Snapshot)
 		if err != nil {
 			return nil, err
 		}
-		for i, r := range all {
-			if req.GetSourceVolumeId() == "" || r.Source == req.GetSourceVolumeId() {
-				recs, ids = append(recs, r), append(ids, allIDs[i])
+		for _, l := range all {
+			if req.GetSourceVolumeId() == "" || l.rec.Source == req.GetSourceVolumeId() {
+				found = append(found, l)
 			}
 		}
 	}
-	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(recs))
+	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(found))
 	if err != nil {
 		return nil, err
 	}
 	resp := &csi.ListSnapshotsResponse{NextToken: next}
-	for i := start; i < end; i++ {
-		snap := SnapInfo{Size: recs[i].SizeBytes, Created: recs[i].Created}
-		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotOf(ids[i], recs[i], snap)})
+	for _, l := range found[start:end] {
+		rec, err := sized(ctx, l)
+		if err != nil {
+			return nil, err
+		}
+		snap := SnapInfo{Size: rec.SizeBytes, Created: rec.Created}
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotOf(l.id, rec, snap)})
 	}
 	return resp, nil
 }

@@ -381,8 +381,8 @@ func TestDeleteVolume(t *testing.T) {
 			}
 			recs := e.records(t, journal.Volume)
 			switch {
-			case tc.code == codes.OK && (len(recs) != 0 || len(e.pool.ImageNames()) != 0 || len(e.pool.Trashed()) != 0):
-				t.Errorf("after delete: journal %d records, images %v, trash %v", len(recs), e.pool.ImageNames(), e.pool.Trashed())
+			case tc.code == codes.OK && (len(recs) != 0 || len(e.pool.ImageNames()) != 0 || len(e.pool.TrashNames()) != 0):
+				t.Errorf("after delete: journal %d records, images %v, trash %v", len(recs), e.pool.ImageNames(), e.pool.TrashNames())
 			case tc.code == codes.FailedPrecondition && (len(recs) != 1 || len(e.pool.ImageNames()) != 1):
 				t.Errorf("refused delete changed state: journal %d records, images %v", len(recs), e.pool.ImageNames())
 			}
@@ -452,7 +452,7 @@ func TestDeletePurgesWhatItFrees(t *testing.T) {
 			for _, n := range tc.wantTrash {
 				want = append(want, vols[n].GetVolumeContext()[CtxImageName])
 			}
-			if got := e.pool.Trashed(); strings.Join(got, ",") != strings.Join(want, ",") {
+			if got := e.pool.TrashNames(); strings.Join(got, ",") != strings.Join(want, ",") {
 				t.Errorf("trash %v, want %v (volumes %v)", got, want, tc.wantTrash)
 			}
 		})
@@ -471,15 +471,15 @@ func TestDeleteVolumeFailedPurgeKeepsRecord(t *testing.T) {
 	if _, err := e.c.DeleteVolume(ctx, req); err == nil {
 		t.Fatal("DeleteVolume succeeded with a failing purge")
 	}
-	if len(e.records(t, journal.Volume)) != 1 || len(e.pool.Trashed()) != 1 {
-		t.Fatalf("after a failed purge: %d records, trash %v; want the record and the trashed image", len(e.records(t, journal.Volume)), e.pool.Trashed())
+	if len(e.records(t, journal.Volume)) != 1 || len(e.pool.TrashNames()) != 1 {
+		t.Fatalf("after a failed purge: %d records, trash %v; want the record and the trashed image", len(e.records(t, journal.Volume)), e.pool.TrashNames())
 	}
 	e.pool.SetFail("Purge", nil)
 	if _, err := e.c.DeleteVolume(ctx, req); err != nil {
 		t.Fatal(err)
 	}
-	if len(e.records(t, journal.Volume)) != 0 || len(e.pool.Trashed()) != 0 {
-		t.Errorf("after the retry: %d records, trash %v", len(e.records(t, journal.Volume)), e.pool.Trashed())
+	if len(e.records(t, journal.Volume)) != 0 || len(e.pool.TrashNames()) != 0 {
+		t.Errorf("after the retry: %d records, trash %v", len(e.records(t, journal.Volume)), e.pool.TrashNames())
 	}
 }
 

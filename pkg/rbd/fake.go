@@ -95,6 +95,8 @@ type FakeImage struct {
 	watchers []Watcher
 	meta     map[string]string
 	trashed  bool
+	created  time.Time
+	dataPool int64
 }
 
 // FakePool keeps images by ID (trashed ones too) next to an in-memory journal.
@@ -102,12 +104,13 @@ type FakePool struct {
 	*ceph.FakePool
 	*journal.Memory
 
-	mu     sync.Mutex
-	images map[string]*FakeImage
-	seq    int
-	fail   map[string]error // method name -> error to return
-	calls  map[string]int   // method name -> number of calls
-	hang   bool
+	mu      sync.Mutex
+	images  map[string]*FakeImage
+	cephCSI map[string]*journal.Memory // by instance ID
+	seq     int
+	fail    map[string]error // method name -> error to return
+	calls   map[string]int   // method name -> number of calls
+	hang    bool
 	// BeforeUpdate, when set, runs inside UpdateRecords before the version
 	// check (with the pool unlocked): tests use it to change the records
 	// under a caller, as another process would.
@@ -163,7 +166,7 @@ func (p *FakePool) add(spec ImageSpec, parent *ParentRef) error {
 	p.seq++
 	id := fmt.Sprintf("%x", 0x1000+p.seq)
 	p.images[id] = &FakeImage{id: id, name: spec.Name, size: spec.Size, features: spec.Features,
-		parent: parent, snaps: map[string]SnapInfo{}, meta: map[string]string{}}
+		parent: parent, snaps: map[string]SnapInfo{}, meta: map[string]string{}, created: time.Now(), dataPool: p.ID()}
 	return nil
 }
 
@@ -189,16 +192,32 @@ func (p *FakePool) Clone(_ context.Context, parentImage, snap string, spec Image
 	if _, ok := parent.snaps[snap]; !ok {
 		return fmt.Errorf("%w: %s@%s", ErrSnapNotFound, parentImage, snap)
 	}
-	return p.add(spec, &ParentRef{Pool: p.Name(), Image: parent.name, ImageID: parent.id, Snap: snap})
+	if err := p.add(spec, &ParentRef{Pool: p.Name(), Image: parent.name, ImageID: parent.id, Snap: snap}); err != nil {
+		return err
+	}
+	// librbd copies the parent's image metadata into the clone.
+	child, _ := p.byName(spec.Name)
+	maps.Copy(child.meta, parent.meta)
+	return nil
 }
 
+// info is what Stat tells of img; a parent in the trash is marked so, as
+// librbd marks it. p.mu must be held.
 func (p *FakePool) info(img *FakeImage) ImageInfo {
-	info := ImageInfo{Name: img.name, ID: img.id, Size: img.size, Features: img.features}
+	info := img.info()
+	if info.Parent != nil {
+		if parent, ok := p.images[info.Parent.ImageID]; ok {
+			info.Parent.Trashed = parent.trashed
+		}
+	}
+	return info
+}
+
+func (img *FakeImage) info() ImageInfo {
+	info := ImageInfo{Name: img.name, ID: img.id, Size: img.size, Features: img.features, Created: img.created,
+		DataPoolID: img.dataPool, ObjectSize: defaultObjectSize, StripeUnit: defaultObjectSize, StripeCount: 1}
 	if img.parent != nil {
 		ref := *img.parent
-		if parent, ok := p.images[ref.ImageID]; ok {
-			ref.Trashed = parent.trashed
-		}
 		info.Parent = &ref
 	}
 	return info
@@ -484,20 +503,6 @@ func (p *FakePool) hasChildren(id string) bool {
 	return false
 }
 
-// Trashed lists the names of trashed images, sorted.
-func (p *FakePool) Trashed() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []string
-	for _, img := range p.images {
-		if img.trashed {
-			out = append(out, img.name)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
 func (p *FakePool) CreateSnap(_ context.Context, imageID, snap string) (SnapInfo, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -551,9 +556,14 @@ func (p *FakePool) Snap(_ context.Context, imageID, snap string) (SnapInfo, erro
 func (p *FakePool) ImageNames() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.names(false)
+}
+
+// names lists the images in the trash or not, sorted; p.mu must be held.
+func (p *FakePool) names(trashed bool) []string {
 	var out []string
 	for _, img := range p.images {
-		if !img.trashed {
+		if img.trashed == trashed {
 			out = append(out, img.name)
 		}
 	}

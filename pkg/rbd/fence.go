@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -68,12 +69,13 @@ func (c *Controller) renewsInPlace(ctx context.Context, cl Cluster) (bool, error
 		return v.(bool), nil
 	}
 	addr := fmt.Sprintf("192.0.2.1:0/%d", 1+rand.Uint32()/2)
+	// Short expiries: a user allowed only to add entries cannot remove the probe's.
 	defer func() { _ = cl.Unblocklist(context.WithoutCancel(ctx), addr) }()
 	var first, second time.Time
 	for _, step := range []struct {
 		expiry time.Duration
 		until  *time.Time
-	}{{time.Minute, &first}, {time.Hour, &second}} {
+	}{{30 * time.Second, &first}, {5 * time.Minute, &second}} {
 		if err := cl.Blocklist(ctx, addr, step.expiry); err != nil {
 			return false, fmt.Errorf("probing blocklist renewal: %w", err)
 		}
@@ -83,7 +85,7 @@ func (c *Controller) renewsInPlace(ctx context.Context, cl Cluster) (bool, error
 		}
 		*step.until = until
 	}
-	renews := second.After(first.Add(30 * time.Minute))
+	renews := second.After(first.Add(time.Minute))
 	c.renewable.Store(cl.ClusterID(), renews)
 	klog.FromContext(ctx).Info("blocklist renewal probed", "cluster", cl.ClusterID(), "inPlace", renews)
 	return renews, nil
@@ -112,6 +114,12 @@ func pendingFences(recs *Records) []Fence {
 // completed, so a controller that dies in between leaves a pending record
 // that the next publish, or the fence keeper, finishes.
 func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason string) error {
+	return c.fenceHolder(ctx, r, h, reason, false)
+}
+
+// fenceHolder is fence; force also fences a holder whose attachment is
+// current or that no node recorded, which only an operator may ask for.
+func (c *Controller) fenceHolder(ctx context.Context, r *resolved, h Holder, reason string, force bool) error {
 	addr := h.ClientAddr()
 	ttl, err := c.blocklistTTL(ctx, r.cluster)
 	if err != nil {
@@ -128,7 +136,8 @@ func (c *Controller) fence(ctx context.Context, r *resolved, h Holder, reason st
 	m, mapped := recs.Mappings[h.Node]
 	_, attached := recs.Attachments[h.Node]
 	cur, fenced := recs.Fences[addr]
-	if !mapped || !ceph.SameClient(m.ClientAddr, addr) || attached || (fenced && cur.InForce(now)) {
+	stillStale := mapped && ceph.SameClient(m.ClientAddr, addr) && !attached
+	if (!stillStale && !force) || addr == "" || (fenced && cur.InForce(now)) {
 		return nil // the holder changed since it was judged: the caller judges again
 	}
 	change := (&recordChange{}).put(metaFencePrefix+addr, f)
@@ -285,7 +294,13 @@ func (c *Controller) keepFence(ctx context.Context, r *resolved, u *Usage, addr 
 	_, mapped := u.mappingOf(addr)
 	if !mapped && !watchedBy(u.Watchers, addr) {
 		if err := r.cluster.Unblocklist(ctx, addr); err != nil {
-			return err
+			if ceph.Errno(err) != syscall.EACCES {
+				return err
+			}
+			// The entry stays until it expires: harmless, since its client
+			// holds nothing and its nonce is never reused.
+			log.Info("cannot remove the blocklist entry of a lifted fence: the Ceph user lacks "+
+				"\"allow command 'osd blocklist'\"", "image", r.rec.Backing, "client", addr)
 		}
 		log.Info("lifted fence: the client holds nothing", "image", r.rec.Backing, "client", addr, "node", f.Node)
 		return c.changeFence(ctx, r, addr, nil)

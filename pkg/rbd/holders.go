@@ -129,7 +129,10 @@ func (h Holder) Describe() string {
 	case h.Mapping != nil:
 		parts = append(parts, "mapped since "+h.Mapping.Since.Format(time.RFC3339))
 	}
-	if h.Mapping != nil && h.Watcher == nil {
+	switch {
+	case h.Mapping != nil && h.Mapping.ReadOnly:
+		parts = append(parts, "read-only")
+	case h.Mapping != nil && h.Watcher == nil:
 		parts = append(parts, "its watch is gone but its mapping was never released")
 	}
 	return strings.Join(parts, ", ")

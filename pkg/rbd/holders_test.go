@@ -140,6 +140,7 @@ func TestHoldersClassify(t *testing.T) {
 			"node-g": {Node: "node-g", ClientAddr: "10.0.0.6:0/666"},                   // fence expired
 			"node-p": {Node: "node-p", ClientAddr: "10.0.0.7:0/777", Since: since},     // fence pending
 			"node-e": {Node: "node-e", ClientAddr: "10.0.0.8:0/888", ClientID: "c.88"}, // attached, fenced by hand
+			"node-r": {Node: "node-r", ClientAddr: "10.0.0.10:0/1", ReadOnly: true},    // krbd read-only: no watch
 		},
 		Fences: map[string]Fence{
 			"10.0.0.5:0/555": {Node: "node-f", ClientAddr: "10.0.0.5:0/555", Expires: now.Add(time.Hour), State: FenceDone},
@@ -167,7 +168,7 @@ func TestHoldersClassify(t *testing.T) {
 	}
 	want := map[string]HolderState{
 		"node-a": HolderAttached, "node-b": HolderStale, "node-x": HolderStale, "node-c": HolderSameNode,
-		"node-f": HolderFenced, "node-g": HolderStale, "node-p": HolderStale, "node-e": HolderAttached,
+		"node-f": HolderFenced, "node-g": HolderStale, "node-p": HolderStale, "node-e": HolderAttached, "node-r": HolderStale,
 		"10.0.0.9:0/333": HolderUnknown, "10.0.0.4:0/444": HolderFenced, "10.0.0.1:0/77": HolderController,
 	}
 	for k, v := range want {
@@ -182,6 +183,11 @@ func TestHoldersClassify(t *testing.T) {
 		switch h.Node {
 		case "node-a":
 			assertDescribes(t, h, "node node-a", "client.41", "10.0.0.2:0/111", "2026-11-22T01:00:00Z")
+		case "node-r":
+			assertDescribes(t, h, "node node-r", "read-only")
+			if strings.Contains(h.Describe(), "watch is gone") {
+				t.Errorf("a read-only mapping, which holds no watch, is described as a lost watch: %q", h.Describe())
+			}
 		case "node-x":
 			assertDescribes(t, h, "node node-x", "10.0.0.3:0/999", "its watch is gone")
 			if h.ClientAddr() != "10.0.0.3:0/999" || h.Watcher != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
@@ -131,9 +132,19 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		if rec, err = n.keepMappingUsable(ctx, req, rec); err != nil {
 			return nil, err
 		}
+		if rec.CephCSIStash && rec.MountPath != "" {
+			if err := n.recordAdopted(ctx, req, rec); err != nil {
+				return nil, err
+			}
+		}
 	case errors.Is(err, os.ErrNotExist):
-		if rec, err = n.mapImage(ctx, req, nil); err != nil {
+		if rec, err = n.adoptCephCSIStage(ctx, req); err != nil {
 			return nil, err
+		}
+		if rec == nil {
+			if rec, err = n.mapImage(ctx, req, nil); err != nil {
+				return nil, err
+			}
 		}
 	default:
 		return nil, status.Error(codes.Internal, err.Error())
@@ -175,7 +186,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	if err != nil {
 		return nil, volume.Status(err)
 	}
-	pool, err := cl.Pool(ctx, vctx[ParamPool], cc.RBD.RadosNamespace)
+	pool, err := cl.Pool(ctx, imagePool(ctx, cl, req.GetVolumeId(), vctx), cc.RBD.RadosNamespace)
 	if err != nil {
 		return nil, nodeStatus(err, req.GetVolumeId())
 	}
@@ -215,6 +226,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	}
 	if prev != nil {
 		rec.Targets = prev.Targets // bound again by the caller
+		rec.CephCSIStash = prev.CephCSIStash
 	}
 	// The stage record only after the image's mapping record: it makes a
 	// retry skip mapping, so it must only exist once the controller can
@@ -295,7 +307,8 @@ func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, 
 func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode,
 	m mapper.Mapping, before []Watcher) (NodeMapping, error) {
 	rec := NodeMapping{Node: n.opts.NodeID, ClientAddr: m.ClientAddr, ClientID: m.ClientID, Mapper: m.Mapper,
-		Since: time.Now().UTC()}
+		ReadOnly: readOnlyMode(&csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}),
+		Since:    time.Now().UTC()}
 	if rec.ClientAddr == "" {
 		after, err := pool.Watchers(ctx, image)
 		if err != nil {
@@ -346,9 +359,10 @@ func fsTypeOf(c *csi.VolumeCapability) string {
 	return DefaultFSType
 }
 
-// mountFilesystem formats a blank device and mounts it at the staging path.
+// mountFilesystem formats a blank device and mounts it at the staging path
+// (or where ceph-csi mounted a volume Pelagic adopted).
 func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequest, rec *stageRecord) error {
-	staging := req.GetStagingTargetPath()
+	staging := rec.fsPath(req.GetStagingTargetPath())
 	mounted, err := n.opts.Mounter.IsMountPoint(ctx, staging)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return status.Error(codes.Internal, err.Error())
@@ -360,9 +374,17 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return status.Error(codes.Internal, err.Error())
 	}
 	dev := rec.Mapping.Device
-	fstype, err := n.ensureFilesystem(ctx, req, dev, rec.FSType)
+	fstype, formatted, err := n.ensureFilesystem(ctx, req, dev, rec.FSType)
 	if err != nil {
 		return err
+	}
+	grow := !formatted && !readOnlyMode(req.GetVolumeCapability()) && n.filesystemSmaller(ctx, dev, fstype)
+	if grow && fstype != "xfs" {
+		// An expansion the node could not do online (resize2fs needs
+		// CAP_SYS_RESOURCE there) is done here, before the mount.
+		if err := n.opts.Mounter.ResizeFS(ctx, dev, ""); err != nil {
+			return status.Errorf(codes.Internal, "growing the %s filesystem on %s: %v", fstype, dev, err)
+		}
 	}
 	options := append([]string{}, req.GetVolumeCapability().GetMount().GetMountFlags()...)
 	if fstype == "xfs" {
@@ -375,34 +397,59 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if err := n.opts.Mounter.Mount(ctx, dev, staging, fstype, options); err != nil {
 		return status.Errorf(codes.Internal, "mounting %s at %s: %v", dev, staging, err)
 	}
+	if grow && fstype == "xfs" { // xfs grows only while mounted
+		if err := n.opts.Mounter.ResizeFS(ctx, dev, staging); err != nil {
+			return status.Errorf(codes.Internal, "growing the xfs filesystem on %s: %v", dev, err)
+		}
+	}
 	return nil
 }
 
 // ensureFilesystem formats a blank device with fstype and returns the
-// filesystem to mount: a device that holds one is never formatted again,
-// whatever the request asks for. The device is probed once, by Format
-// itself, unless it is staged read-only and must not be formatted at all.
-func (n *Node) ensureFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequest, dev, fstype string) (string, error) {
+// filesystem to mount, and whether it has just been made: a device that
+// holds one is never formatted again, whatever the request asks for. The
+// device is probed once, by Format itself, unless it is staged read-only
+// and must not be formatted at all.
+func (n *Node) ensureFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequest, dev, fstype string) (string, bool, error) {
 	if readOnlyMode(req.GetVolumeCapability()) {
 		existing, err := n.opts.Mounter.GetFormat(ctx, dev)
 		if err != nil {
-			return "", status.Errorf(codes.Internal, "probing %s for a filesystem: %v", dev, err)
+			return "", false, status.Errorf(codes.Internal, "probing %s for a filesystem: %v", dev, err)
 		}
 		if existing == "" {
-			return "", status.Errorf(codes.FailedPrecondition, "volume %s has no filesystem and is staged read-only", req.GetVolumeId())
+			return "", false, status.Errorf(codes.FailedPrecondition, "volume %s has no filesystem and is staged read-only", req.GetVolumeId())
 		}
-		return existing, nil
+		return existing, false, nil
 	}
 	opts := strings.Fields(req.GetVolumeContext()[ParamMkfsOptions])
 	err := n.opts.Mounter.Format(ctx, dev, fstype, opts)
 	var found *mount.NotEmptyError
 	switch {
 	case err == nil:
-		return fstype, nil
+		return fstype, true, nil
 	case errors.As(err, &found) && found.FSType != "":
-		return found.FSType, nil
+		return found.FSType, false, nil
 	}
-	return "", status.Errorf(codes.Internal, "formatting %s as %s: %v", dev, fstype, err)
+	return "", false, status.Errorf(codes.Internal, "formatting %s as %s: %v", dev, fstype, err)
+}
+
+// filesystemSmaller reports whether the filesystem on dev is smaller than
+// the device: the image was expanded and the filesystem not yet grown. A
+// size it cannot read only means no growth now: the volume still mounts.
+func (n *Node) filesystemSmaller(ctx context.Context, dev, fstype string) bool {
+	fsSize, err := n.opts.Mounter.FilesystemSize(ctx, dev, fstype)
+	if err == nil {
+		var devSize int64
+		if devSize, err = n.opts.Mounter.DeviceSize(ctx, dev); err == nil {
+			// Filesystems end on a whole block or allocation group; less
+			// than a MiB short is as grown as they get.
+			return devSize-fsSize >= 1<<20
+		}
+	}
+	if !errors.Is(err, mount.ErrUnsupportedFilesystem) {
+		klog.FromContext(ctx).Info("not growing the filesystem at stage: its size is unknown", "device", dev, "error", err.Error())
+	}
+	return false
 }
 
 // NodeUnstageVolume unmounts and unmaps. It succeeds when nothing is staged.
@@ -414,16 +461,25 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 	defer unlock()
 	staging := req.GetStagingTargetPath()
 	rec, err := readStageRecord(staging)
+	fromStash := false // staged by ceph-csi's node plugin, never seen by this one
+	if errors.Is(err, os.ErrNotExist) {
+		rec, err = n.cephCSIStaged(ctx, req.GetVolumeId(), staging)
+		fromStash = err == nil
+	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, status.Convert(err).Err()
 	}
 	// Check whose staging path this is before touching its mount.
 	if rec != nil && rec.VolumeID != req.GetVolumeId() {
 		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s",
 			staging, rec.VolumeID, req.GetVolumeId())
 	}
-	if err := n.opts.Mounter.Unmount(ctx, staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
+	mounted := staging
+	if rec != nil {
+		mounted = rec.fsPath(staging)
+	}
+	if err := n.opts.Mounter.Unmount(ctx, mounted); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", mounted, err)
 	}
 	if rec == nil {
 		return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
@@ -440,9 +496,14 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 		}
 		return nil, mapperStatus(err, "unmapping "+rec.Mapping.Device)
 	}
-	n.forgetMapping(ctx, rec)
+	if !fromStash {
+		n.forgetMapping(ctx, rec)
+	}
 	if err := nodefs.RemoveRecord(staging); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if err := unstageCephCSILeftovers(rec, staging); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
 }
@@ -480,6 +541,12 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	defer unlock()
 	target := req.GetTargetPath()
 	rec, err := readStageRecord(req.GetStagingTargetPath())
+	if errors.Is(err, os.ErrNotExist) {
+		rec, err = n.adoptCephCSIPublish(ctx, req)
+	}
+	if status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.Internal {
+		return nil, err
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
 	}
@@ -531,7 +598,7 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 // bindTarget binds the staged filesystem, or the device of a block
 // volume, at a publication's target.
 func (n *Node) bindTarget(ctx context.Context, staging string, rec *stageRecord, pub nodefs.Publication) error {
-	source := staging
+	source := rec.fsPath(staging)
 	if rec.Block {
 		source = rec.Mapping.Device
 	}
@@ -604,7 +671,7 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 		if err := n.opts.Mounter.ResizeFS(ctx, dev, path); err != nil {
 			if errors.Is(err, mount.ErrOnlineResizeNotPermitted) {
 				return nil, status.Errorf(codes.FailedPrecondition,
-					"growing the filesystem on %s online is not permitted on this node (resize2fs needs CAP_SYS_RESOURCE); it can only grow while unmounted: %v", dev, err)
+					"growing the filesystem on %s online is not permitted on this node (resize2fs needs CAP_SYS_RESOURCE); it grows at the next stage, before it is mounted (restart the pod): %v", dev, err)
 			}
 			return nil, status.Errorf(codes.Internal, "growing the filesystem on %s: %v", dev, err)
 		}
@@ -689,8 +756,8 @@ func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 	case err != nil:
 		problem("MappingUnknown", "cannot tell whether %s still carries I/O: %v", rec.Mapping.Device, err)
 	}
-	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, staging); !rec.Block && !mounted {
-		problem("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, staging)
+	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, rec.fsPath(staging)); !rec.Block && !mounted {
+		problem("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, rec.fsPath(staging))
 	}
 	if p := req.GetVolumePublishPath(); p != "" {
 		if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p); !mounted {

@@ -1159,6 +1159,43 @@ func targetPaths(rec *stageRecord) []string {
 	return out
 }
 
+// TestStageGrowsAnExpandedFilesystem: an expansion the node could not do
+// online (ext4 without CAP_SYS_RESOURCE) is done at the next stage, before
+// the mount; xfs grows once mounted.
+func TestStageGrowsAnExpandedFilesystem(t *testing.T) {
+	for _, fstype := range []string{"ext4", "xfs"} {
+		t.Run(fstype, func(t *testing.T) {
+			e := newNodeEnv(t)
+			e.mnt.Formats[nodeTestDev] = fstype
+			e.mnt.Sizes[nodeTestDev] = 2 * gib
+			e.mnt.FSSizes[nodeTestDev] = gib
+			e.stage(t, e.stageReq(mountCapFS(rwo, fstype)))
+			var order []string
+			for _, c := range e.mnt.CallLog() {
+				if strings.HasPrefix(c, "ResizeFS ") || strings.HasPrefix(c, "Mount ") {
+					order = append(order, strings.Fields(c)[0])
+				}
+			}
+			want := []string{"ResizeFS", "Mount"}
+			if fstype == "xfs" {
+				want = []string{"Mount", "ResizeFS"}
+			}
+			if !slices.Equal(order, want) {
+				t.Fatalf("calls %v, want %v", order, want)
+			}
+			// Grown: the next stage has nothing to do.
+			e.unstage(t)
+			e.mnt.Formats[nodeTestDev] = fstype
+			e.mnt.Sizes[nodeTestDev] = 2 * gib
+			calls := len(e.calls("ResizeFS"))
+			e.stage(t, e.stageReq(mountCapFS(rwo, fstype)))
+			if len(e.calls("ResizeFS")) != calls {
+				t.Fatal("grew a filesystem that already fills its device")
+			}
+		})
+	}
+}
+
 // TestNodeStageChecksMapperUntilItWorks: a mapper's check runs again after
 // it failed, and never again once it passed.
 func TestNodeStageChecksMapperUntilItWorks(t *testing.T) {

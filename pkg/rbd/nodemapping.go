@@ -50,25 +50,35 @@ func (n *Node) stagedMappingFenced(ctx context.Context, req *csi.NodeStageVolume
 	if rec.Mapping.ClientAddr == "" {
 		return false, nil
 	}
-	creds, err := ceph.CredentialsFrom(req.GetSecrets(), req.GetVolumeContext())
+	pool, err := n.mappedPool(ctx, req, rec.ClusterID, rec)
 	if err != nil {
-		return false, status.Error(codes.InvalidArgument, err.Error())
+		return false, err
 	}
-	cl, err := n.opts.Connector.Connect(ctx, rec.ClusterID, creds)
-	if err != nil {
-		return false, volume.Status(err)
-	}
-	pool, err := cl.Pool(ctx, rec.Mapping.Pool, rec.Mapping.RadosNamespace)
-	if err != nil {
-		return false, nodeStatus(err, rec.VolumeID)
-	}
-	n.known.Remember(cl, pool.Name(), rec.Mapping.RadosNamespace)
 	recs, err := readRecords(ctx, pool, rec.Mapping.Image)
 	if err != nil {
 		return false, nodeStatus(err, rec.VolumeID)
 	}
 	_, fenced := recs.fenceOf(rec.Mapping.ClientAddr)
 	return fenced, nil
+}
+
+// mappedPool opens, with a stage request's credentials, the pool of the
+// image a stage record's mapping maps, and remembers it for unstage.
+func (n *Node) mappedPool(ctx context.Context, req *csi.NodeStageVolumeRequest, clusterID string, rec *stageRecord) (Pool, error) {
+	creds, err := ceph.CredentialsFrom(req.GetSecrets(), req.GetVolumeContext())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	cl, err := n.opts.Connector.Connect(ctx, clusterID, creds)
+	if err != nil {
+		return nil, volume.Status(err)
+	}
+	pool, err := cl.Pool(ctx, rec.Mapping.Pool, rec.Mapping.RadosNamespace)
+	if err != nil {
+		return nil, nodeStatus(err, rec.VolumeID)
+	}
+	n.known.Remember(cl, pool.Name(), rec.Mapping.RadosNamespace)
+	return pool, nil
 }
 
 // mappingDead returns why the mapping a stage record names can no longer
@@ -137,8 +147,8 @@ func (n *Node) replaceMapping(ctx context.Context, req *csi.NodeStageVolumeReque
 	for _, p := range rec.Targets {
 		mounts = append(mounts, p.Path)
 	}
-	if !rec.Block {
-		mounts = append(mounts, staging)
+	if !rec.Block || rec.MountPath != "" {
+		mounts = append(mounts, rec.fsPath(staging))
 	}
 	for _, p := range mounts {
 		if err := n.opts.Mounter.Detach(ctx, p); err != nil {
@@ -223,13 +233,7 @@ func (n *Node) removeMappingRecord(ctx context.Context, cl Cluster, f pendingFor
 	if err != nil {
 		return err
 	}
-	_, err = updateRecords(ctx, pool, f.Image, func(recs *Records) (*recordChange, error) {
-		m, ok := recs.Mappings[n.opts.NodeID]
-		if !ok || (m.ClientAddr != f.ClientAddr && !ceph.SameClient(m.ClientAddr, f.ClientAddr)) {
-			return nil, nil // gone, or a newer mapping's record
-		}
-		return (&recordChange{}).drop(metaMapPrefix + n.opts.NodeID), nil
-	})
+	_, err = RemoveMappingRecord(ctx, pool, f.Image, n.opts.NodeID, f.ClientAddr)
 	if errors.Is(err, ErrImageNotFound) || errors.Is(err, ceph.ErrPoolNotFound) {
 		return nil
 	}

@@ -37,6 +37,13 @@ type stageRecord struct {
 	// VolumeContext is the stage's volume context (no secrets), for
 	// mapping the volume again when its mapping dies.
 	VolumeContext map[string]string `json:"volumeContext,omitempty"`
+	// MountPath is where the filesystem (or a block volume's device bind)
+	// is mounted when not at the staging path: <staging>/<volume ID>, for
+	// a volume ceph-csi's node plugin staged (see fsPath).
+	MountPath string `json:"mountPath,omitempty"`
+	// CephCSIStash: ceph-csi's image-meta.json is at the staging path, to
+	// remove with its mount point at unstage.
+	CephCSIStash bool `json:"cephCSIStash,omitempty"`
 }
 
 // capabilityKey is nodefs.CapabilityKey with RBD's default filesystem.

@@ -90,16 +90,18 @@ var refusedParams = map[string]refusal{
 }
 
 // inertParams are accepted and change nothing, exactly as in ceph-csi: the
-// encryption details matter only with encrypted: "true", which is refused,
-// and cephLogDir places rbd-nbd's per-volume log, which Pelagic does not write.
+// encryption details matter only with encrypted: "true", which is refused;
+// cephLogDir places rbd-nbd's per-volume log, which Pelagic does not write;
+// and journalPool places no journal (ceph-csi, as measured, kept every
+// entry in the image's pool whatever it said, and Pelagic does too).
 var inertParams = map[string]bool{
 	"encryptionKMSID": true, "encryptionType": true, "encryptionSectorSize": true, "encryptionCipher": true,
-	"encryptionKeySize": true, "integrityMode": true, "cephLogDir": true,
+	"encryptionKeySize": true, "integrityMode": true, "cephLogDir": true, ParamJournalPool: true,
 }
 
 // readParams are the parameters ParseVolumeParams reads.
 var readParams = map[string]bool{
-	ParamClusterID: true, ParamPool: true, ParamDataPool: true, ParamJournalPool: true, ParamImageFormat: true,
+	ParamClusterID: true, ParamPool: true, ParamDataPool: true, ParamImageFormat: true,
 	ParamImageFeatures: true, ParamNamePrefix: true, ParamMounter: true, ParamTryOtherMounters: true,
 	ParamMapOptions: true, ParamUnmapOptions: true, ParamMkfsOptions: true, ParamStripeUnit: true,
 	ParamStripeCount: true, ParamObjectSize: true, ParamAdminID: true, ParamUserID: true,
@@ -161,9 +163,6 @@ func ParseVolumeParams(in map[string]string) (*VolumeParams, error) {
 	p.Pool = params[ParamPool]
 	if p.Pool == "" {
 		return nil, fmt.Errorf("parameter %q is required", ParamPool)
-	}
-	if jp := params[ParamJournalPool]; jp != "" && jp != p.Pool {
-		return nil, fmt.Errorf("parameter %q=%q: Pelagic keeps a volume's journal in its pool (%s)", ParamJournalPool, jp, p.Pool)
 	}
 	p.DataPool = params[ParamDataPool]
 	if f := params[ParamImageFormat]; f != "" && f != "2" {
@@ -429,6 +428,9 @@ func (p *VolumeParams) volumeContext(image string) map[string]string {
 type volumeFacts struct {
 	clusterID, pool, namespace, image string
 	params                            map[string]string // journalParams as recorded at creation
+	// cephCSI: the volume ceph-csi provisioned, whose context holds every
+	// class parameter (params are then read from its image).
+	cephCSI bool
 }
 
 // contextKeys are the volume context keys CreateVolume may return besides
@@ -486,7 +488,12 @@ func (v volumeFacts) contextMismatch(vctx map[string]string) []string {
 		switch {
 		case isDefining && got != want:
 			why = append(why, fmt.Sprintf("volume context %q is %q, but the volume's is %q", k, vctx[k], want))
-		case !isDefining && !contextKeys[k]:
+		case isDefining, contextKeys[k]:
+		case v.cephCSI && k == ParamNamePrefix && got != v.params[ParamNamePrefix]:
+			why = append(why, fmt.Sprintf("volume context %q is %q, but the volume's image is named %s", k, got, v.image))
+		case v.cephCSI && !cephCSIContextKey(k, got):
+			why = append(why, fmt.Sprintf("volume context key %q=%q is not a parameter Pelagic accepts", k, got))
+		case !v.cephCSI:
 			why = append(why, fmt.Sprintf("volume context key %q is not one Pelagic returns", k))
 		}
 	}

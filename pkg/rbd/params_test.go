@@ -127,7 +127,7 @@ func TestParseVolumeParams(t *testing.T) {
 		{"ceph log settings", with("cephLogDir", "/var/log/ceph", "cephLogStrategy", "remove"), nil, ""},
 		{"ceph log kept", with("cephLogStrategy", "preserve"), nil, `"cephLogStrategy"`},
 		{"journal pool is the pool", with(ParamJournalPool, "p"), nil, ""},
-		{"journal pool elsewhere", with(ParamJournalPool, "meta"), nil, `"journalPool"`},
+		{"journal pool elsewhere, which ceph-csi ignored too", with(ParamJournalPool, "meta"), nil, ""},
 		{"radosNamespace", with(ParamRadosNamespace, "ns"), nil, `"radosNamespace"`},
 		{"in-tree secret name", with("adminSecretName", "ceph-secret"), nil, `"adminSecretName"`},
 		{"unknown parameter", with("imageFeature", "layering"), nil, `"imageFeature"`},

@@ -155,8 +155,8 @@ func (c *Controller) clearHolders(ctx context.Context, r *resolved, usage *Usage
 		}
 	}
 	if len(refuse) > 0 {
-		return false, status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is already in use: %s",
-			r.id, r.pool.Name(), r.rec.Backing, describeAll(refuse))
+		return false, status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is already in use: %s%s",
+			r.id, r.pool.Name(), r.rec.Backing, describeAll(refuse), cephCSIHolderHint(r.rec, refuse))
 	}
 	for _, h := range fence {
 		reason := "node " + h.Node + " still maps the volume after it was unpublished; published to " + node

@@ -255,6 +255,20 @@ func TestFenceKeeper(t *testing.T) {
 	}
 }
 
+// TestFenceLiftedWhereEntriesCannotBeRemoved: a user allowed only to add
+// blocklist entries still lifts the fence record once its client holds
+// nothing; the entry of that dead client expires by itself.
+func TestFenceLiftedWhereEntriesCannotBeRemoved(t *testing.T) {
+	e := newPublishEnv(t)
+	e.fenceStaleA(t)
+	e.cluster.AddOnlyBlocklist = true
+	_ = e.pool.RemoveMetadata(context.Background(), e.image, metaMapPrefix+"node-a")
+	e.c.KeepFences(context.Background())
+	if len(e.records(t).Fences) != 0 {
+		t.Fatal("the fence record stays although its client holds nothing")
+	}
+}
+
 // TestFenceLastsUntilLiftedWhereEntriesCannotRenew: on Pacific a
 // blocklisted instance cannot have its expiry moved, so a fence lasts
 // until the keeper lifts it, however short the configured expiry.
@@ -317,5 +331,30 @@ func TestPublishUnknownNode(t *testing.T) {
 	nodes.Err = errors.New("cache not synced")
 	if err := e.publish(e.c, "node-a"); status.Code(err) != codes.Unavailable {
 		t.Fatalf("publishing while nodes cannot be checked = %v, want Unavailable", err)
+	}
+}
+
+// TestCloneDoesNotInheritHolders: librbd copies a parent's metadata into a
+// clone; the parent's attachment, mapping and fence records must not make
+// the clone look held (publishing it would fence the parent's node).
+func TestCloneDoesNotInheritHolders(t *testing.T) {
+	e := newPublishEnv(t)
+	e.fenceStaleA(t) // the parent: attached to B, mapped by A, A fenced
+	e.mapOn(t, "node-b", addrB)
+	snap := e.snapshot(t, "snap-of-held", e.vol.GetVolumeId())
+	for _, src := range []*csi.VolumeContentSource{fromSnapshot(snap.GetSnapshotId()), fromVolume(e.vol.GetVolumeId())} {
+		req := createReq("pvc-copy-"+src.String()[:4], gib)
+		req.VolumeContentSource = src
+		clone := e.create(t, req)
+		recs, err := readRecords(context.Background(), e.pool, clone.GetVolumeContext()[CtxImageName])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs.Attachments)+len(recs.Mappings)+len(recs.Fences) != 0 {
+			t.Fatalf("a copy of a held volume carries its holders: %+v", recs)
+		}
+		if err := e.publish(e.c, "node-c"); status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("the parent is still held: publish to node-c = %v", err)
+		}
 	}
 }

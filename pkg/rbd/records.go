@@ -34,11 +34,13 @@ type Attachment struct {
 // the mapped device is first written and removes it only after a clean
 // unmap, so while it exists the node may still write.
 type NodeMapping struct {
-	Node       string    `json:"node"`
-	ClientAddr string    `json:"clientAddr"`
-	ClientID   string    `json:"clientID,omitempty"`
-	Mapper     string    `json:"mapper,omitempty"`
-	Since      time.Time `json:"since"`
+	Node       string `json:"node"`
+	ClientAddr string `json:"clientAddr"`
+	ClientID   string `json:"clientID,omitempty"`
+	Mapper     string `json:"mapper,omitempty"`
+	// ReadOnly mappings cannot write; krbd maps them without a watch.
+	ReadOnly bool      `json:"readOnly,omitempty"`
+	Since    time.Time `json:"since"`
 }
 
 // Fence states: the intent is recorded before the blocklist call and

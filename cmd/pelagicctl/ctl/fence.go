@@ -16,7 +16,7 @@ import (
 
 // fenceListReport lists the fences recorded on a pool's images.
 type fenceListReport struct {
-	Pool   string      `json:"pool"`
+	Pool   string      `json:"pool,omitempty"` // when one pool was listed
 	Fences []fenceLine `json:"fences"`
 	// Errors name images whose records could not be read; the rest are listed.
 	Errors []string `json:"errors,omitempty"`
@@ -24,32 +24,32 @@ type fenceListReport struct {
 
 type fenceLine struct {
 	VolumeID string `json:"volumeID"`
+	Pool     string `json:"pool"`
 	Image    string `json:"image"`
 	fenceReport
 }
 
-func runFenceList(ctx context.Context, s *session, tgt target, _ []string) (report, error) {
-	pool, err := s.openPool(ctx, tgt)
+func runFenceList(ctx context.Context, s *session, args []string) (report, error) {
+	poolName := firstArg(args)
+	if s.ref != nil {
+		img, err := s.openImage(ctx, s.ref)
+		if err != nil {
+			return nil, err
+		}
+		poolName = img.pool.Name()
+	}
+	pools, err := s.pools(ctx, poolName)
 	if err != nil {
 		return nil, err
 	}
-	r := &fenceListReport{Pool: pool.Name(), Fences: []fenceLine{}}
-	err = s.forEachVolume(ctx, pool, func(rec *journal.Record, id string) {
-		u, err := rbd.ReadUsage(ctx, pool, rec.Backing)
-		if errors.Is(err, rbd.ErrImageNotFound) {
-			return // a reservation whose image is not created yet, or gone: nothing fenced
+	r := &fenceListReport{Fences: []fenceLine{}}
+	for _, pool := range pools {
+		if err := s.listFences(ctx, pool, r); err != nil {
+			return nil, err
 		}
-		if err != nil {
-			r.Errors = append(r.Errors, fmt.Sprintf("%s: %v", rec.Backing, err))
-			return
-		}
-		for _, f := range u.Fences {
-			r.Fences = append(r.Fences, fenceLine{VolumeID: id, Image: rec.Backing,
-				fenceReport: fenceReport{Fence: f, InForce: f.Expires.After(s.now)}})
-		}
-	})
-	if err != nil {
-		return nil, err
+	}
+	if len(pools) == 1 {
+		r.Pool = pools[0].Name()
 	}
 	sort.Slice(r.Fences, func(i, j int) bool {
 		if !r.Fences[i].At.Equal(r.Fences[j].At) {
@@ -60,19 +60,36 @@ func runFenceList(ctx context.Context, s *session, tgt target, _ []string) (repo
 	return r, nil
 }
 
+func (s *session) listFences(ctx context.Context, pool rbd.Pool, r *fenceListReport) error {
+	return s.forEachVolume(ctx, pool, func(rec *journal.Record, id string) {
+		u, err := rbd.ReadUsage(ctx, pool, rec.Backing)
+		if errors.Is(err, rbd.ErrImageNotFound) {
+			return // a reservation whose image is not created yet, or gone: nothing fenced
+		}
+		if err != nil {
+			r.Errors = append(r.Errors, fmt.Sprintf("%s: %v", rec.Backing, err))
+			return
+		}
+		for _, f := range u.Fences {
+			r.Fences = append(r.Fences, fenceLine{VolumeID: id, Pool: pool.Name(), Image: rec.Backing,
+				fenceReport: fenceReport{Fence: f, InForce: f.InForce(s.now)}})
+		}
+	})
+}
+
 func (r *fenceListReport) writeText(w io.Writer, _ time.Time) {
 	if len(r.Fences) == 0 {
-		fmt.Fprintf(w, "no fences recorded in pool %s\n", r.Pool)
+		fmt.Fprintln(w, "no fences recorded")
 	} else {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "IMAGE\tNODE\tCLIENT\tADDR\tAT\tEXPIRES\tSTATE\tREASON")
+		fmt.Fprintln(tw, "IMAGE\tNODE\tCLIENT\tADDR\tEXPIRES\tSTATE\tREASON")
 		for _, f := range r.Fences {
 			state := "in force"
 			if !f.InForce {
 				state = "expired"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Image, orDash(f.Node), orDash(f.ClientID), f.ClientAddr,
-				stamp(f.At), stamp(f.Expires), state, f.Reason)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortImage(f.Image), orDash(f.Node), orDash(f.ClientID), f.ClientAddr,
+				stamp(f.Expires), state, cut(f.Reason, 24))
 		}
 		tw.Flush()
 	}
@@ -93,12 +110,17 @@ type fenceLiftReport struct {
 
 // runFenceLift lifts the blocklist entry first and removes the record only
 // after, so a failure leaves the record telling the truth.
-func runFenceLift(ctx context.Context, s *session, tgt target, args []string) (report, error) {
+func runFenceLift(ctx context.Context, s *session, args []string) (report, error) {
 	addr := args[1]
-	v, err := s.openVolume(ctx, tgt)
+	img, err := s.openImage(ctx, s.ref)
 	if err != nil {
 		return nil, err
 	}
+	v := &struct {
+		pool  rbd.Pool
+		image string
+		id    string
+	}{img.pool, img.name, img.id}
 	u, err := rbd.ReadUsage(ctx, v.pool, v.image)
 	if err != nil {
 		return nil, err
@@ -109,7 +131,8 @@ func runFenceLift(ctx context.Context, s *session, tgt target, args []string) (r
 			fence = &f
 		}
 	}
-	if fence == nil && !s.force {
+	force := s.opts.force
+	if fence == nil && !force {
 		return nil, fmt.Errorf("no fence of %s is recorded on %s/%s (see pelagicctl status); "+
 			"pass --force to remove a blocklist entry anyway", addr, v.pool.Name(), v.image)
 	}
@@ -118,12 +141,12 @@ func runFenceLift(ctx context.Context, s *session, tgt target, args []string) (r
 		lift = fence.ClientAddr // exactly what the controller blocklisted
 	}
 	for _, w := range u.Watchers {
-		if ceph.SameClient(w.Addr, lift) && !s.force {
+		if ceph.SameClient(w.Addr, lift) && !force {
 			return nil, fmt.Errorf("%s still watches %s/%s: lifting its fence lets it write again; "+
 				"wait for its watch to go, or pass --force", w, v.pool.Name(), v.image)
 		}
 	}
-	if m, ok := u.MappingOf(lift); ok && !s.force {
+	if m, ok := u.MappingOf(lift); ok && !force {
 		return nil, fmt.Errorf("node %s still holds a mapping of %s/%s through %s: lifting its fence lets it write again "+
 			"once it is back; unstage it there (the controller then lifts the fence itself), or pass --force",
 			m.Node, v.pool.Name(), v.image, lift)
@@ -148,4 +171,13 @@ func (r *fenceLiftReport) writeText(w io.Writer, _ time.Time) {
 	}
 	fmt.Fprintf(w, "lifted the fence on %s%s: blocklist entry and record on %s removed\n",
 		clientName(*r.Fence), onNode(r.Fence.Node), r.Image)
+}
+
+// cut shortens s to n runes, marking the cut; the JSON output has it whole.
+func cut(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
 }

@@ -16,8 +16,9 @@ import (
 // notRecorded is what a watcher no node recorded is flagged with.
 const notRecorded = "not recorded by any node — mapped outside Pelagic?"
 
-// statusReport is everything status found about one volume.
+// statusReport is everything status found about one RBD volume.
 type statusReport struct {
+	Type        string           `json:"type"` // "rbd"
 	VolumeID    string           `json:"volumeID,omitempty"`
 	Pool        string           `json:"pool"`
 	Namespace   string           `json:"namespace,omitempty"`
@@ -28,7 +29,11 @@ type statusReport struct {
 	Attachments []rbd.Attachment `json:"attachments"`
 	Mappings    []mappingReport  `json:"mappings"`
 	Fences      []fenceReport    `json:"fences"`
-	Verdict     verdict          `json:"verdict"`
+	// Kubernetes is what the API says, nil without Kubernetes access.
+	Kubernetes *kubeFacts `json:"kubernetes,omitempty"`
+	// Unresolved says what could not be looked up, and why.
+	Unresolved []string `json:"unresolved,omitempty"`
+	Verdict    verdict  `json:"verdict"`
 }
 
 // watcherReport is a watcher matched to the node whose mapping record
@@ -42,7 +47,8 @@ type watcherReport struct {
 }
 
 // mappingReport is a node's mapping record; Live tells whether a watcher
-// still matches it (a record without one is left over from a dead node).
+// still matches it (a writable mapping without one is on a node that is cut
+// off, or gone; a read-only krbd mapping never holds one).
 type mappingReport struct {
 	rbd.NodeMapping
 	Live bool `json:"live"`
@@ -54,29 +60,112 @@ type fenceReport struct {
 	InForce bool `json:"inForce"`
 }
 
-func runStatus(ctx context.Context, s *session, tgt target, _ []string) (report, error) {
-	v, err := s.openVolume(ctx, tgt)
+func runStatus(ctx context.Context, s *session, _ []string) (report, error) {
+	if s.ref.Kind == kindCephFS || (s.ref.Kind == "" && s.opts.fsName != "") {
+		return s.cephfsStatus(ctx, s.ref)
+	}
+	img, err := s.openImage(ctx, s.ref)
+	if err != nil && s.ref.Kind == "" && s.ref.VolumeID != "" {
+		// A volume ID alone does not say RBD or CephFS: its location
+		// may be a filesystem's FSCID.
+		if r, ferr := s.cephfsStatus(ctx, s.ref); ferr == nil {
+			return r, nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	info, err := v.pool.Stat(ctx, v.image)
+	return s.rbdStatus(ctx, img)
+}
+
+// rbdStatus reads everything about one image.
+func (s *session) rbdStatus(ctx context.Context, img *image) (*statusReport, error) {
+	info, err := img.pool.Stat(ctx, img.name)
 	if err != nil {
 		return nil, err
 	}
-	owner, err := rbd.ReadOwner(ctx, v.pool, v.image)
+	owner, err := rbd.ReadOwner(ctx, img.pool, img.name)
 	if err != nil {
 		return nil, err
 	}
-	usage, err := rbd.ReadUsage(ctx, v.pool, v.image)
+	usage, err := rbd.ReadUsage(ctx, img.pool, img.name)
 	if err != nil {
 		return nil, err
 	}
-	if v.id == "" {
-		v.id = s.volumeIDOf(ctx, v.pool, v.image, owner)
+	if img.id == "" {
+		img.id = s.volumeIDFor(ctx, img.pool, img.name, owner)
+	}
+	ref := s.ref
+	if ref == nil {
+		ref = &volumeRef{}
+	}
+	if ref.PVC == "" && ref.PV == nil && s.kube != nil && img.id != "" {
+		if pv, err := s.kube.pvByHandle(ctx, img.id); err == nil && pv != nil {
+			_ = s.fromPV(ctx, ref, pv)
+		}
 	}
 	r := describeUsage(usage, s.now)
-	r.VolumeID, r.Pool, r.Namespace, r.Image, r.SizeBytes, r.Owner = v.id, v.pool.Name(), s.namespace, v.image, info.Size, owner
+	r.Type, r.VolumeID, r.Pool, r.Namespace, r.Image, r.SizeBytes, r.Owner = kindRBD, img.id, img.pool.Name(), s.namespace,
+		img.name, info.Size, owner
+	r.Kubernetes, r.Unresolved = s.gatherKube(ctx, ref, recordNodes(usage))
+	r.Unresolved = append(append([]string{}, ref.Notes...), r.Unresolved...)
+	if s.kube == nil && len(ref.Notes) == 0 {
+		r.Unresolved = append(r.Unresolved, s.kubeNote)
+	}
+	r.Verdict.Text += kubeVerdict(r.Kubernetes, usage)
 	return r, nil
+}
+
+// recordNodes lists the nodes the records name.
+func recordNodes(u *rbd.Usage) []string {
+	var out []string
+	for n := range u.Attachments {
+		out = append(out, n)
+	}
+	for n := range u.Mappings {
+		if _, dup := u.Attachments[n]; !dup {
+			out = append(out, n)
+		}
+	}
+	for _, f := range u.Fences {
+		if f.Node != "" && !contains(out, f.Node) {
+			out = append(out, f.Node)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// kubeVerdict adds to the verdict what Kubernetes shows: holders on nodes
+// that are not Ready, pods that do not start, attachments Kubernetes and
+// Ceph disagree on.
+func kubeVerdict(k *kubeFacts, u *rbd.Usage) string {
+	if k == nil {
+		return ""
+	}
+	var parts []string
+	for _, n := range k.Nodes {
+		id := n.Name
+		if n.NodeID != "" {
+			id = n.NodeID
+		}
+		_, holds := u.Mappings[id]
+		if _, att := u.Attachments[id]; att {
+			holds = true
+		}
+		if holds && n.notReady() {
+			parts = append(parts, fmt.Sprintf("node %s is not Ready (%s)", n.Name, n.Ready))
+		}
+	}
+	for _, p := range k.Pods {
+		if p.Stuck != "" {
+			parts = append(parts, fmt.Sprintf("pod %s/%s on %s: %s", p.Namespace, p.Name, orDash(p.Node), p.Stuck))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(parts, "; ")
 }
 
 // describeUsage turns the records and watchers into the report, matching
@@ -293,6 +382,7 @@ func (r *statusReport) writeText(w io.Writer, _ time.Time) {
 	fmt.Fprintf(tw, "image:\t%s\n", image)
 	fmt.Fprintf(tw, "size:\t%s\n", humanBytes(r.SizeBytes))
 	fmt.Fprintf(tw, "owner:\t%s\n", ownerText(r.Owner))
+	writeKube(tw, r.Kubernetes)
 	fmt.Fprintln(tw, "watchers:")
 	for _, x := range r.Watchers {
 		who := x.Note
@@ -314,7 +404,10 @@ func (r *statusReport) writeText(w io.Writer, _ time.Time) {
 	fmt.Fprintln(tw, "mappings:")
 	for _, m := range r.Mappings {
 		state := "live"
-		if !m.Live {
+		switch {
+		case !m.Live && m.ReadOnly:
+			state = "read-only, no watch"
+		case !m.Live:
 			state = "no live watch"
 		}
 		fmt.Fprintf(tw, "  %s\t%s at %s\t%s, since %s, %s\n", m.Node, orDash(m.ClientID), m.ClientAddr, orDash(m.Mapper), stamp(m.Since), state)
@@ -330,6 +423,9 @@ func (r *statusReport) writeText(w io.Writer, _ time.Time) {
 			orDash(f.Node), orDash(f.ClientID), f.ClientAddr, stamp(f.At), stamp(f.Expires), state, f.Reason)
 	}
 	none(tw, len(r.Fences))
+	for _, u := range r.Unresolved {
+		fmt.Fprintf(tw, "unresolved:\t%s\n", u)
+	}
 	fmt.Fprintf(tw, "verdict:\t%s\n", r.Verdict.Text)
 }
 

@@ -86,3 +86,57 @@ func (p timedPool) List(ctx context.Context, kind journal.Kind, startAfter strin
 	defer cancel()
 	return p.Pool.List(ctx, kind, startAfter, max)
 }
+
+func (c timedCluster) Blocklist(ctx context.Context, addr string, expiry time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return c.Cluster.Blocklist(ctx, addr, expiry)
+}
+
+func (c timedCluster) BlocklistExpiry(ctx context.Context, addr string) (time.Time, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return c.Cluster.BlocklistExpiry(ctx, addr)
+}
+
+func (c timedCluster) PoolsHolding(ctx context.Context, namespace string, oids ...string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return c.Cluster.PoolsHolding(ctx, namespace, oids...)
+}
+
+func (c timedCluster) AvailableBytes(ctx context.Context, pool string) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return c.Cluster.AvailableBytes(ctx, pool)
+}
+
+func (p timedPool) Records(ctx context.Context, image string) (map[string]string, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	return p.Pool.Records(ctx, image)
+}
+
+func (p timedPool) UpdateRecords(ctx context.Context, image string, version uint64, set map[string]string, remove []string) error {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	return p.Pool.UpdateRecords(ctx, image, version, set, remove)
+}
+
+func (p timedPool) ReadObjectMap(ctx context.Context, oid string) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	return p.Pool.ReadObjectMap(ctx, oid)
+}
+
+func (p timedPool) UpdateObjectMap(ctx context.Context, oid string, set map[string]string, remove []string) error {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	return p.Pool.UpdateObjectMap(ctx, oid, set, remove)
+}
+
+func (p timedPool) StatByID(ctx context.Context, id string) (rbd.ImageInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	return p.Pool.StatByID(ctx, id)
+}

@@ -1,20 +1,23 @@
-// Package ctl is pelagicctl: it reads the records the Pelagic controller and
-// nodes keep in RBD image metadata and tells an operator who holds a volume,
-// and lifts fences. It lives outside package main so the integration tests
-// can run it in-process against a real cluster.
+// Package ctl is pelagicctl (also installed as the kubectl plugin
+// kubectl-pelagic): it reads the records the Pelagic controller and nodes
+// keep in Ceph, matches them with what Kubernetes says, and tells an
+// operator who holds a volume and what to do about it. It lives outside
+// package main so the integration tests can run it in-process against a
+// real cluster.
 package ctl
 
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strings"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
@@ -25,8 +28,13 @@ const (
 	DefaultConfigPath = "/etc/ceph-csi-config/config.json"
 	DefaultUser       = "admin"
 	DefaultTimeout    = 30 * time.Second
+	DefaultStateDir   = "/var/lib/pelagic"
+	DefaultKubeletDir = "/var/lib/kubelet"
 	// KeyEnv names the environment variable read for the key without --keyfile.
 	KeyEnv = "PELAGIC_KEY"
+	// PluginName is the name kubectl finds the plugin by; the same binary
+	// under that name speaks as "kubectl pelagic".
+	PluginName = "kubectl-pelagic"
 )
 
 // Exit codes.
@@ -36,47 +44,66 @@ const (
 	ExitUsage  = 2 // the command line is wrong
 )
 
-const usageText = `usage: pelagicctl [flags] COMMAND
-
-commands:
-  status VOLUME               who holds the volume, and what publishing elsewhere would do
-  fence ls POOL|VOLUME        fences recorded on the images of a pool
-  fence lift VOLUME ADDR      remove the blocklist entry and fence record of client ADDR
-  volumes POOL|VOLUME         the pool's volumes, their PVCs and whether they are in use
-
-VOLUME is a CSI volume ID (0001-...) or POOL/IMAGE.
-
-flags (anywhere on the line):
-`
-
-// Tool is pelagicctl with its outputs and its way to Ceph. The zero value of
-// every field but Stdout and Stderr picks the real thing.
+// Tool is pelagicctl with its outputs and its ways to Ceph, Kubernetes and
+// the node. The zero value of every field but Stdout and Stderr picks the
+// real thing.
 type Tool struct {
 	Stdout, Stderr io.Writer
+	// Name is how the tool calls itself in messages: "pelagicctl" (the
+	// default) or "kubectl pelagic".
+	Name string
 	// Connector opens clusters; nil connects through librados with the
 	// --timeout set on every RADOS operation.
 	Connector rbd.Connector
+	// Kube is the Kubernetes API; nil finds one from --kubeconfig,
+	// $KUBECONFIG or the in-cluster config, and works without one when
+	// there is none.
+	Kube kubernetes.Interface
+	// Catalog reads a pool's images, trash, snapshots and clone trees; nil
+	// reads them with librbd.
+	Catalog func(rbd.Pool) (Catalog, error)
+	// FileSystems reaches the CephFS side of a cluster; nil uses the mgr
+	// volumes module and the MDS sessions.
+	FileSystems func(rbd.Cluster) (FileSystems, error)
+	// Origins tells which provisioner made a volume (the ORIGIN column);
+	// nil knows only Pelagic's own journal.
+	Origins Origins
+	// Host is the node the node commands (showmapped, unmap) look at; nil
+	// is this machine.
+	Host *Host
 	// Getenv reads the environment; nil is os.Getenv.
 	Getenv func(string) string
 	// Now tells whether fences are still in force; nil is time.Now.
 	Now func() time.Time
 }
 
-// Run runs pelagicctl with the real cluster connector and returns the exit code.
+// Run runs pelagicctl with the real connectors and returns the exit code.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return Tool{Stdout: stdout, Stderr: stderr}.Run(ctx, args)
 }
 
-// options are the parsed command line.
-type options struct {
-	configPath string
-	clusterID  string
-	user       string
-	keyFile    string
-	timeout    time.Duration
-	output     string
-	force      bool
-	args       []string // the command and its arguments
+// ProgramName is how a binary run as arg0 calls itself: as
+// kubectl-pelagic it speaks as "kubectl pelagic".
+func ProgramName(arg0 string) string {
+	base := arg0[strings.LastIndex(arg0, "/")+1:]
+	if strings.HasPrefix(base, PluginName) || strings.HasPrefix(base, "kubectl_complete-pelagic") {
+		return "kubectl pelagic"
+	}
+	return "pelagicctl"
+}
+
+func (t Tool) name() string {
+	if t.Name == "" {
+		return "pelagicctl"
+	}
+	return t.Name
+}
+
+func (t Tool) getenv(k string) string {
+	if t.Getenv == nil {
+		return os.Getenv(k)
+	}
+	return t.Getenv(k)
 }
 
 // usageError is a wrong command line: exit code 2 and a usage hint.
@@ -86,10 +113,17 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
+// refusal is a command that declined to act and printed why on stdout
+// already; it exits non-zero with the message on stderr.
+type refusal struct{ msg string }
+
+func (e refusal) Error() string { return e.msg }
+
 // Run runs one command line and returns the exit code.
 func (t Tool) Run(ctx context.Context, args []string) int {
-	o, err := parseOptions(args, t.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	o, err := parseOptions(args)
+	if err == nil && o.help {
+		t.writeHelp(o)
 		return ExitOK
 	}
 	if err == nil {
@@ -100,104 +134,12 @@ func (t Tool) Run(ctx context.Context, args []string) int {
 	case err == nil:
 		return ExitOK
 	case errors.As(err, &ue):
-		fmt.Fprintf(t.Stderr, "pelagicctl: %v\nrun 'pelagicctl -h' for usage\n", err)
+		fmt.Fprintf(t.Stderr, "%s: %v\nrun '%s --help' for usage\n", t.name(), err, t.name())
 		return ExitUsage
 	default:
-		fmt.Fprintf(t.Stderr, "pelagicctl: %v\n", err)
+		fmt.Fprintf(t.Stderr, "%s: %v\n", t.name(), err)
 		return ExitFailed
 	}
-}
-
-func parseOptions(args []string, stderr io.Writer) (*options, error) {
-	o := &options{}
-	fs := flag.NewFlagSet("pelagicctl", flag.ContinueOnError)
-	// Parse errors are printed once, by Run, with a hint; -h prints the usage.
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&o.configPath, "config", DefaultConfigPath, "ceph-csi cluster config (config.json)")
-	fs.StringVar(&o.clusterID, "cluster-id", "", "cluster ID in the config (default: the only one, or the volume ID's)")
-	fs.StringVar(&o.user, "id", DefaultUser, "cephx user, without the client. prefix")
-	fs.StringVar(&o.keyFile, "keyfile", "", "file holding the user's base64 key, or a keyring (default: $"+KeyEnv+")")
-	fs.DurationVar(&o.timeout, "timeout", DefaultTimeout, "bound on every Ceph call")
-	fs.StringVar(&o.output, "o", "text", "output format: text or json")
-	fs.BoolVar(&o.force, "force", false, "fence lift: lift even without a fence record, or while the client still watches")
-	pos, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(stderr, usageText)
-		fs.SetOutput(stderr)
-		fs.PrintDefaults()
-		return nil, err
-	}
-	if err != nil {
-		return nil, usageError{err.Error()}
-	}
-	o.args = pos
-	switch {
-	case o.output != "text" && o.output != "json":
-		return nil, usagef("-o must be text or json, not %q", o.output)
-	case o.timeout <= 0:
-		return nil, usagef("--timeout must be positive")
-	}
-	return o, nil
-}
-
-// parseInterspersed parses flags before, between and after positional
-// arguments, since operators append "-o json" after the volume.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-}
-
-// command is one pelagicctl command: its words, the names of its
-// arguments, and what it does once connected. The first argument is
-// always the VOLUME or POOL, which decides the cluster.
-type command struct {
-	words     []string
-	params    []string
-	wantImage bool // the first argument must name an image, not only a pool
-	run       func(ctx context.Context, s *session, tgt target, args []string) (report, error)
-}
-
-func commands() []command {
-	return []command{
-		{words: []string{"status"}, params: []string{"VOLUME"}, wantImage: true, run: runStatus},
-		{words: []string{"fence", "ls"}, params: []string{"POOL|VOLUME"}, run: runFenceList},
-		{words: []string{"fence", "lift"}, params: []string{"VOLUME", "ADDR"}, wantImage: true, run: runFenceLift},
-		{words: []string{"volumes"}, params: []string{"POOL|VOLUME"}, run: runVolumes},
-	}
-}
-
-// findCommand matches the leading words of args to a command.
-func findCommand(args []string) (*command, []string, error) {
-	if len(args) == 0 {
-		return nil, nil, usagef("no command given")
-	}
-	for _, c := range commands() {
-		if len(args) < len(c.words) || strings.Join(args[:len(c.words)], " ") != strings.Join(c.words, " ") {
-			continue
-		}
-		rest := args[len(c.words):]
-		if len(rest) != len(c.params) {
-			return nil, nil, usagef("usage: pelagicctl %s %s", strings.Join(c.words, " "), strings.Join(c.params, " "))
-		}
-		return &c, rest, nil
-	}
-	if args[0] == "fence" {
-		return nil, nil, usagef("usage: pelagicctl fence ls POOL|VOLUME, or pelagicctl fence lift VOLUME ADDR")
-	}
-	return nil, nil, usagef("unknown command %q", args[0])
 }
 
 func (t Tool) dispatch(ctx context.Context, o *options) error {
@@ -205,18 +147,66 @@ func (t Tool) dispatch(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	if o.force && strings.Join(cmd.words, " ") != "fence lift" {
-		return usagef("--force only applies to fence lift")
+	if err := cmd.checkFlags(o); err != nil {
+		return err
 	}
-	tgt, err := parseTarget(args[0], cmd.wantImage)
+	if cmd.local != nil {
+		return cmd.local(ctx, t, o, args)
+	}
+	s, err := t.open(ctx, o, cmd, args)
 	if err != nil {
 		return err
 	}
+	defer s.close()
+	r, err := cmd.run(ctx, s, args)
+	if r != nil && !reflect.ValueOf(r).IsNil() {
+		if werr := emit(t.Stdout, o.output, r, s.now); werr != nil {
+			return werr
+		}
+	}
+	return err
+}
+
+// open connects what cmd needs: Ceph (unless the command can do without
+// and no key is given), and Kubernetes when it can be found.
+func (t Tool) open(ctx context.Context, o *options, cmd *command, args []string) (*session, error) {
+	now := time.Now
+	if t.Now != nil {
+		now = t.Now
+	}
+	s := &session{tool: t, opts: o, now: now().UTC()}
+	s.kube, s.kubeNote = t.kubeView(o)
+	if cmd.ceph == cephNever || (cmd.ceph == cephIfKey && !t.haveKey(o)) {
+		return s, nil
+	}
+	var clusterArg string
+	if len(args) > 0 && cmd.firstIsVolume && !cmd.namesPool(args[0], o) {
+		ref, err := s.resolveNames(ctx, args[0])
+		if err != nil {
+			return nil, err
+		}
+		s.ref, clusterArg = ref, ref.VolumeID
+	}
+	if err := s.connect(ctx, clusterArg); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// haveKey tells whether a key was given, for commands that use Ceph only
+// when they can.
+func (t Tool) haveKey(o *options) bool { return o.keyFile != "" || t.getenv(KeyEnv) != "" }
+
+// connect opens the cluster the volume ID names, else --cluster-id, else
+// the only one configured.
+func (s *session) connect(ctx context.Context, arg string) error {
+	o, t := s.opts, s.tool
 	cfg, err := ceph.LoadConfig(o.configPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (pass --config with ceph-csi's config.json: the ConfigMap ceph-csi-config)", err)
 	}
-	cc, err := pickCluster(cfg, o.clusterID, tgt)
+	cc, err := pickCluster(cfg, o.clusterID, arg)
 	if err != nil {
 		return err
 	}
@@ -227,7 +217,7 @@ func (t Tool) dispatch(ctx context.Context, o *options) error {
 	connector := t.Connector
 	if connector == nil {
 		conns := ceph.NewConnPool(ceph.Timeouts{OSDOp: o.timeout, MonOp: o.timeout, Mount: o.timeout})
-		defer conns.Close()
+		s.closers = append(s.closers, conns.Close)
 		connector = &rbd.CephConnector{Config: cfg, Conns: conns}
 	}
 	cctx, cancel := context.WithTimeout(ctx, o.timeout)
@@ -242,39 +232,22 @@ func (t Tool) dispatch(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now
-	if t.Now != nil {
-		now = t.Now
-	}
-	s := &session{cluster: timedCluster{Cluster: cl, timeout: o.timeout}, namespace: cc.RBD.RadosNamespace,
-		now: now().UTC(), force: o.force}
-	r, err := cmd.run(ctx, s, tgt, args)
-	if err != nil {
-		return err
-	}
-	if o.output == "json" {
-		enc := json.NewEncoder(t.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
-	}
-	r.writeText(t.Stdout, s.now)
+	s.raw = cl
+	s.cluster = timedCluster{Cluster: cl, timeout: o.timeout}
+	s.cc = cc
+	s.namespace = cc.RBD.RadosNamespace
 	return nil
-}
-
-// report is what a command found, printable as text or JSON.
-type report interface {
-	writeText(w io.Writer, now time.Time)
 }
 
 // pickCluster chooses the cluster: the volume ID's, else --cluster-id, else
 // the only one configured.
-func pickCluster(cfg *ceph.Config, flagID string, tgt target) (*ceph.ClusterConfig, error) {
+func pickCluster(cfg *ceph.Config, flagID, arg string) (*ceph.ClusterConfig, error) {
 	id := flagID
-	if tgt.volumeID != nil {
-		if flagID != "" && flagID != tgt.volumeID.ClusterID {
-			return nil, usagef("volume %s belongs to cluster %q, not --cluster-id %q", tgt.arg, tgt.volumeID.ClusterID, flagID)
+	if vid, ok := volumeIDOf(arg); ok {
+		if flagID != "" && flagID != vid.ClusterID {
+			return nil, usagef("volume %s belongs to cluster %q, not --cluster-id %q", arg, vid.ClusterID, flagID)
 		}
-		id = tgt.volumeID.ClusterID
+		id = vid.ClusterID
 	}
 	if id != "" {
 		return cfg.Cluster(id)
@@ -296,10 +269,6 @@ func pickCluster(cfg *ceph.Config, flagID string, tgt target) (*ceph.ClusterConf
 // credentials reads the key from --keyfile or $PELAGIC_KEY. No error built
 // here or later contains the key: Credentials prints only the user.
 func (t Tool) credentials(o *options) (ceph.Credentials, error) {
-	getenv := t.Getenv
-	if getenv == nil {
-		getenv = os.Getenv
-	}
 	var key string
 	if o.keyFile != "" {
 		data, err := os.ReadFile(o.keyFile)
@@ -309,7 +278,7 @@ func (t Tool) credentials(o *options) (ceph.Credentials, error) {
 		if key = keyFromFile(string(data)); key == "" {
 			return ceph.Credentials{}, fmt.Errorf("%s holds no cephx key (want the bare base64 key or a keyring)", o.keyFile)
 		}
-	} else if key = strings.TrimSpace(getenv(KeyEnv)); key == "" {
+	} else if key = strings.TrimSpace(t.getenv(KeyEnv)); key == "" {
 		return ceph.Credentials{}, usagef("no cephx key: pass --keyfile FILE or set %s", KeyEnv)
 	}
 	creds := ceph.Credentials{ID: strings.TrimPrefix(o.user, "client."), Key: key}
