@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -298,6 +299,42 @@ func TestCloneChainIsBounded(t *testing.T) {
 			t.Fatalf("generation %d has clone depth %d, more than the hard limit 2", gen, d)
 		}
 		prev = next
+	}
+}
+
+// TestSnapshotDuringBackgroundFlattenRestores snapshots a clone at once,
+// while it is being flattened in the background, and restores the
+// snapshot: a snapshot taken mid-flatten names a parent snapshot the
+// flatten frees, so the controller waits for the flatten first.
+func TestSnapshotDuringBackgroundFlattenRestores(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controllerWith(rbd.ControllerOptions{SoftCloneDepth: 1, HardCloneDepth: 8})
+	ctx := testContext(t, 3*time.Minute)
+	const size = 128 << 20
+	prev, err := ctrl.CreateVolume(ctx, e.createReq("pvc-data", size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeImage(t, e.adminIOContext(t), prev.GetVolume().GetVolumeContext()[rbd.CtxImageName],
+		bytes.Repeat([]byte{0xa5}, size)) // data for the flatten to copy up
+	for gen := 1; gen <= 2; gen++ { // the second clone is past the soft depth
+		req := e.createReq(fmt.Sprintf("pvc-copy%d", gen), size)
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: prev.GetVolume().GetVolumeId()}}}
+		if prev, err = ctrl.CreateVolume(ctx, req); err != nil {
+			t.Fatalf("clone %d: %v", gen, err)
+		}
+	}
+	snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-flattening",
+		SourceVolumeId: prev.GetVolume().GetVolumeId(), Secrets: e.secrets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := e.createReq("pvc-restore", size)
+	restore.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}}
+	if _, err := ctrl.CreateVolume(ctx, restore); err != nil {
+		t.Fatalf("restoring a snapshot taken during the flatten: %v", err)
 	}
 }
 

@@ -93,7 +93,7 @@ func (c *Controller) cloneImage(ctx context.Context, pool Pool, rec *journal.Rec
 			src.pool.Name(), pool.Name())
 	}
 	if src.kind == journal.Volume {
-		unlock, err := c.lockAgainstFlatten(pool, parent)
+		unlock, err := c.lockAgainstFlatten(ctx, pool, parent)
 		if err != nil {
 			return err
 		}
@@ -205,14 +205,14 @@ func flattenKey(pool Pool, image string) string {
 	return "flatten/" + pool.Name() + "/" + pool.Namespace() + "/" + image
 }
 
-// lockAgainstFlatten takes image's flatten lock for a snapshot of it, or
-// fails with Aborted while the image is being flattened.
-func (c *Controller) lockAgainstFlatten(pool Pool, image string) (func(), error) {
+// lockAgainstFlatten takes image's flatten lock for a snapshot of it,
+// waiting while the image is being flattened; Unavailable when the flatten
+// outlasts ctx, and the caller retries.
+func (c *Controller) lockAgainstFlatten(ctx context.Context, pool Pool, image string) (func(), error) {
 	key := flattenKey(pool, image)
-	if !c.locks.TryLock(key) {
-		return nil, status.Errorf(codes.Aborted,
-			"image %s/%s is being flattened (its clone chain is deeper than the soft limit); it can be snapshotted or cloned once that is done: retry",
-			pool.Name(), image)
+	if !waitLock(ctx, &c.locks, key) {
+		return nil, status.Errorf(codes.Unavailable, "image %s/%s is being flattened, which a snapshot must wait for; try again: %v",
+			pool.Name(), image, ctx.Err())
 	}
 	return func() { c.locks.Unlock(key) }, nil
 }

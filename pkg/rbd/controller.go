@@ -798,7 +798,7 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	if snap, err := c.cephCSISnapshot(ctx, src, req); snap != nil || err != nil {
 		return &csi.CreateSnapshotResponse{Snapshot: snap}, err
 	}
-	unlockFlatten, err := c.lockAgainstFlatten(src.pool, src.rec.Backing)
+	unlockFlatten, err := c.lockAgainstFlatten(ctx, src.pool, src.rec.Backing)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -687,9 +688,9 @@ func TestCloneChainFlattenedBeyondHardDepth(t *testing.T) {
 }
 
 // TestSnapshotWaitsForFlatten: while a volume's background flatten runs,
-// snapshots and clones of it are Aborted, and go ahead once it is done.
+// snapshots and clones of it wait; Unavailable when it outlasts the call,
+// and they go ahead once it is done.
 func TestSnapshotWaitsForFlatten(t *testing.T) {
-	ctx := context.Background()
 	e := newEnv(t)
 	vol := e.create(t, createReq("pvc-1", gib))
 	key := flattenKey(e.pool, vol.GetVolumeContext()[CtxImageName])
@@ -699,16 +700,26 @@ func TestSnapshotWaitsForFlatten(t *testing.T) {
 	snapReq := &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: vol.GetVolumeId(), Secrets: testSecrets}
 	cloneReq := createReq("pvc-clone", gib)
 	cloneReq.VolumeContentSource = fromVolume(vol.GetVolumeId())
-	_, err := e.c.CreateSnapshot(ctx, snapReq)
-	wantCode(t, err, codes.Aborted)
-	_, err = e.c.CreateVolume(ctx, cloneReq)
-	wantCode(t, err, codes.Aborted)
-	if imgs := e.pool.ImageNames(); len(imgs) != 1 || len(e.records(t, journal.Volume)) != 1 {
-		t.Errorf("aborted clone left images %v, records %d", imgs, len(e.records(t, journal.Volume)))
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
 	}
-	e.c.locks.Unlock(key)
-	if _, err := e.c.CreateSnapshot(ctx, snapReq); err != nil {
-		t.Fatal(err)
+	_, err := e.c.CreateSnapshot(short(), snapReq)
+	wantCode(t, err, codes.Unavailable)
+	_, err = e.c.CreateVolume(short(), cloneReq)
+	wantCode(t, err, codes.Unavailable)
+	if imgs := e.pool.ImageNames(); len(imgs) != 1 || len(e.records(t, journal.Volume)) != 1 {
+		t.Errorf("a clone that timed out left images %v, records %d", imgs, len(e.records(t, journal.Volume)))
+	}
+	snapped := make(chan error, 1)
+	go func() {
+		_, err := e.c.CreateSnapshot(context.Background(), snapReq)
+		snapped <- err
+	}()
+	e.c.locks.Unlock(key) // the flatten ends
+	if err := <-snapped; err != nil {
+		t.Fatalf("snapshot after the flatten: %v", err)
 	}
 	e.create(t, cloneReq)
 }
