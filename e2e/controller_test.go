@@ -285,7 +285,13 @@ func TestCloneChainIsBounded(t *testing.T) {
 		req := e.createReq(fmt.Sprintf("pvc-gen%d", gen), 16<<20)
 		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: prev.GetVolume().GetVolumeId()}}}
+		// Cloning a volume whose background flatten still runs is Aborted
+		// until it is done; the provisioner retries, and so does this.
 		next, err := ctrl.CreateVolume(ctx, req)
+		for status.Code(err) == codes.Aborted && ctx.Err() == nil {
+			time.Sleep(100 * time.Millisecond)
+			next, err = ctrl.CreateVolume(ctx, req)
+		}
 		if err != nil {
 			t.Fatalf("generation %d: %v", gen, err)
 		}
