@@ -62,6 +62,7 @@ func TestCephCSISwapRBD(t *testing.T) {
 	s.ctrl = startPelagicFor(t, e)
 
 	s.checkFound(ctx, t)
+	s.checkPelagicctl(ctx, t)
 	s.checkPublishAndExpand(ctx, t)
 	s.checkSnapshots(ctx, t)
 	s.checkCopies(ctx, t)
@@ -116,6 +117,39 @@ func (s *swapRBD) provision(ctx context.Context, t *testing.T) {
 }
 
 func (s *swapRBD) image(v *csi.Volume) string { return v.GetVolumeContext()["imageName"] }
+
+// checkPelagicctl: pelagicctl lists ceph-csi's volumes as ceph-csi's and
+// finds one by its volume ID through ceph-csi's journal.
+func (s *swapRBD) checkPelagicctl(ctx context.Context, t *testing.T) {
+	cfgJSON, err := cephcsi.ConfigJSON(s.e.clusters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(cfgPath, cfgJSON, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := cephtest.Get(t)
+	run := newCtlRunner(t, cfgPath, c.AdminID, c.AdminKey, nil)
+	var list struct {
+		Volumes []struct{ Image, Origin string }
+	}
+	run.allFormats(ctx, &list, "ls", "--cluster-id", cephcsiClusterID, "--pool", s.e.pool)
+	origins := map[string]string{}
+	for _, v := range list.Volumes {
+		origins[v.Image] = v.Origin
+	}
+	for _, v := range []*csi.Volume{s.plain, s.data, s.restore, s.clone} {
+		if got := origins[s.image(v)]; got != "ceph-csi" {
+			t.Errorf("pelagicctl ls: %s has origin %q, want ceph-csi (listed: %v)", s.image(v), got, origins)
+		}
+	}
+	var st struct{ Image, VolumeID string }
+	run.allFormats(ctx, &st, "status", s.plain.GetVolumeId())
+	if st.Image != s.image(s.plain) {
+		t.Errorf("pelagicctl status %s found image %q, want %s", s.plain.GetVolumeId(), st.Image, s.image(s.plain))
+	}
+}
 
 // checkFound: CreateVolume with ceph-csi's names returns its volumes; they are found by ID,
 // validated with the volume context their PVs carry, and listed with their snapshots.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -284,7 +285,13 @@ func TestCloneChainIsBounded(t *testing.T) {
 		req := e.createReq(fmt.Sprintf("pvc-gen%d", gen), 16<<20)
 		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: prev.GetVolume().GetVolumeId()}}}
+		// Cloning a volume whose background flatten still runs is Aborted
+		// until it is done; the provisioner retries, and so does this.
 		next, err := ctrl.CreateVolume(ctx, req)
+		for status.Code(err) == codes.Aborted && ctx.Err() == nil {
+			time.Sleep(100 * time.Millisecond)
+			next, err = ctrl.CreateVolume(ctx, req)
+		}
 		if err != nil {
 			t.Fatalf("generation %d: %v", gen, err)
 		}
@@ -292,6 +299,42 @@ func TestCloneChainIsBounded(t *testing.T) {
 			t.Fatalf("generation %d has clone depth %d, more than the hard limit 2", gen, d)
 		}
 		prev = next
+	}
+}
+
+// TestSnapshotDuringBackgroundFlattenRestores snapshots a clone at once,
+// while it is being flattened in the background, and restores the
+// snapshot: a snapshot taken mid-flatten names a parent snapshot the
+// flatten frees, so the controller waits for the flatten first.
+func TestSnapshotDuringBackgroundFlattenRestores(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controllerWith(rbd.ControllerOptions{SoftCloneDepth: 1, HardCloneDepth: 8})
+	ctx := testContext(t, 3*time.Minute)
+	const size = 128 << 20
+	prev, err := ctrl.CreateVolume(ctx, e.createReq("pvc-data", size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeImage(t, e.adminIOContext(t), prev.GetVolume().GetVolumeContext()[rbd.CtxImageName],
+		bytes.Repeat([]byte{0xa5}, size)) // data for the flatten to copy up
+	for gen := 1; gen <= 2; gen++ { // the second clone is past the soft depth
+		req := e.createReq(fmt.Sprintf("pvc-copy%d", gen), size)
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: prev.GetVolume().GetVolumeId()}}}
+		if prev, err = ctrl.CreateVolume(ctx, req); err != nil {
+			t.Fatalf("clone %d: %v", gen, err)
+		}
+	}
+	snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-flattening",
+		SourceVolumeId: prev.GetVolume().GetVolumeId(), Secrets: e.secrets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := e.createReq("pvc-restore", size)
+	restore.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}}
+	if _, err := ctrl.CreateVolume(ctx, restore); err != nil {
+		t.Fatalf("restoring a snapshot taken during the flatten: %v", err)
 	}
 }
 
@@ -369,5 +412,23 @@ func TestListAfterRestart(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("the restarted controller does not list %s: %v", first.GetVolume().GetVolumeId(), vols.GetEntries())
+	}
+}
+
+// TestGetCapacityOfANewPool asks for the capacity of a pool created a moment
+// ago, before the mgr's statistics list it: the answer waits for them.
+func TestGetCapacityOfANewPool(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controller(nil)
+	ctx := testContext(t, time.Minute)
+	if _, err := ctrl.CreateVolume(ctx, e.createReq("pvc-capacity", 16<<20)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ctrl.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: e.params})
+	if err != nil {
+		t.Fatalf("GetCapacity of the new pool %s: %v", e.pool, err)
+	}
+	if resp.GetAvailableCapacity() <= 0 {
+		t.Errorf("GetCapacity of the new pool %s = %d bytes, want some", e.pool, resp.GetAvailableCapacity())
 	}
 }

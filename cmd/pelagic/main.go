@@ -6,10 +6,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
@@ -17,6 +19,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/daemonhost"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 	"github.com/pelagic-csi/pelagic/pkg/kubeletplugin"
+	"github.com/pelagic-csi/pelagic/pkg/metrics"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -100,9 +103,15 @@ func run(ctx context.Context, o *Options) error {
 	defer d.Close()
 	klog.InfoS("starting", "driver", o.DriverName, "version", version, "type", o.Type,
 		"controller", o.Controller, "node", o.Node, "nodeID", o.NodeID)
-	servers := []func(context.Context) error{func(ctx context.Context) error {
-		return csiserver.Serve(ctx, o.Endpoint, d.Services, o.CallTimeout)
-	}}
+	var outer []grpc.UnaryServerInterceptor
+	var servers []func(context.Context) error
+	if o.MetricsAddress != "" {
+		interceptor, serve := metricsServer(o, d.Services.Identity)
+		outer, servers = append(outer, interceptor), append(servers, serve)
+	}
+	servers = append(servers, func(ctx context.Context) error {
+		return csiserver.Serve(ctx, o.Endpoint, d.Services, o.CallTimeout, outer...)
+	})
 	if o.HealthzAddress != "" {
 		servers = append(servers, func(ctx context.Context) error {
 			return kubeletplugin.ServeHealthz(ctx, o.HealthzAddress, d.Services.Identity, o.ProbeTimeout)
@@ -115,6 +124,18 @@ func run(ctx context.Context, o *Options) error {
 		servers = append(servers, reg.Serve)
 	}
 	return serveAll(ctx, servers...)
+}
+
+// metricsServer returns the interceptor that measures the CSI calls and
+// the server of the metrics, and of /healthz from prober.
+func metricsServer(o *Options, prober kubeletplugin.Prober) (grpc.UnaryServerInterceptor, func(context.Context) error) {
+	reg, rpc := metrics.NewRegistry()
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics.Handler(reg))
+	mux.Handle("GET /healthz", kubeletplugin.Healthz(prober, o.ProbeTimeout))
+	return rpc.Interceptor, func(ctx context.Context) error {
+		return kubeletplugin.ServeHTTP(ctx, o.MetricsAddress, mux, "metrics")
+	}
 }
 
 // serveAll runs every server until ctx ends or one of them fails, which

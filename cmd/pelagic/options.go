@@ -41,6 +41,9 @@ type Options struct {
 	RegistrationDir string
 	// HealthzAddress serves GET /healthz, answered by Probe ("": off).
 	HealthzAddress string
+	// MetricsAddress serves GET /metrics in the Prometheus text format,
+	// and /healthz as HealthzAddress does ("": off).
+	MetricsAddress string
 	// Clone chain limits, named as ceph-csi names them.
 	SoftCloneDepth int
 	HardCloneDepth int
@@ -85,6 +88,7 @@ func ParseOptions(args []string, output io.Writer) (*Options, *flag.FlagSet, err
 		"the --instanceid of the ceph-csi this driver replaces: its volumes' names are in csi.volumes.<instanceid>")
 	fs.StringVar(&o.RegistrationDir, "registration-dir", "", "kubelet plugin registration directory (<kubelet root>/plugins_registry): register the node plugin there")
 	fs.StringVar(&o.HealthzAddress, "healthz-address", "", "host:port to serve /healthz on for liveness probes (empty: off)")
+	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "host:port to serve Prometheus /metrics (and /healthz) on (empty: off)")
 	fs.DurationVar(&o.FenceExpiry, "fence-expiry", 24*time.Hour,
 		"how long one blocklisting of a stale holder's client lasts; renewed while its node still holds the mapping")
 	fs.DurationVar(&o.FenceCheck, "fence-check-interval", 0,
@@ -149,6 +153,9 @@ func (o *Options) Validate() error {
 	}
 	if strings.TrimSpace(o.InstanceID) == "" {
 		errs = append(errs, errors.New("--instanceid must not be empty (ceph-csi's default is \"default\")"))
+	}
+	if o.MetricsAddress != "" && o.MetricsAddress == o.HealthzAddress {
+		errs = append(errs, errors.New("--metrics-address serves /healthz too: leave out --healthz-address, or give it another port"))
 	}
 	if o.MaxVolumes < 0 {
 		errs = append(errs, errors.New("--max-volumes must not be negative"))

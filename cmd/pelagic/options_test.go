@@ -36,6 +36,8 @@ func TestParseOptions(t *testing.T) {
 		{name: "registration without node", args: []string{"--type=rbd", "--controller", "--registration-dir=/var/lib/kubelet/plugins_registry"}, wantErr: "--registration-dir needs --node"},
 		{name: "relative registration dir", args: []string{"--type=rbd", "--node", "--nodeid=n", "--registration-dir=plugins_registry"}, wantErr: "must be an absolute path"},
 		{name: "registration of a tcp endpoint", args: []string{"--type=rbd", "--node", "--nodeid=n", "--endpoint=tcp://127.0.0.1:10000", "--registration-dir=/r"}, wantErr: "unix socket"},
+		{name: "metrics", args: []string{"--type=rbd", "--controller", "--metrics-address=127.0.0.1:9090", "--healthz-address=127.0.0.1:9808"}, wantDriver: DefaultRBDDriverName},
+		{name: "metrics and healthz on one port", args: []string{"--type=rbd", "--controller", "--metrics-address=:9808", "--healthz-address=:9808"}, wantErr: "--metrics-address serves /healthz too"},
 		{name: "unknown flag", args: []string{"--type=rbd", "--bogus"}, wantErr: "bogus"},
 		{name: "node through a daemon host", args: []string{"--type=rbd", "--node", "--nodeid=n", "--daemon-socket=/var/lib/pelagic/daemons.sock"},
 			wantDriver: DefaultRBDDriverName},

@@ -548,3 +548,42 @@ func TestEveryCallIsBounded(t *testing.T) {
 		t.Errorf("status took %v with --timeout 100ms", took)
 	}
 }
+
+// TestCephCSIVolumes lists a volume ceph-csi provisioned (in its journal,
+// under --instanceid) beside Pelagic's and finds it by its volume ID.
+func TestCephCSIVolumes(t *testing.T) {
+	e := newEnv(t)
+	own, _ := e.addVolume(nil)
+	const uuid = "0c7a11e5-0000-4000-8000-00000000c5c1"
+	theirs := "csi-vol-" + uuid
+	rec := &journal.Record{Kind: journal.Volume, Name: "pvc-from-ceph-csi", UUID: uuid, Backing: theirs}
+	if err := e.pool.CephCSI("storage").Reserve(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	e.pool.AddImage(theirs, 2<<30, attachRec("node-b"))
+	id := volumeid.ID{ClusterID: testClusterID, PoolID: testPoolID, UUID: uuid}.String()
+
+	code, out, errOut := e.run("ls", "--instanceid", "storage")
+	if code != ctl.ExitOK {
+		t.Fatalf("ls: exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"rbd csi-vol-…" + own[len(own)-12:] + " default data-1 1 GiB 0 B - free pelagic",
+		"rbd csi-vol-…" + theirs[len(theirs)-12:] + " - - 2 GiB 0 B node-b attached ceph-csi",
+	} {
+		if !strings.Contains(squash(out), want) {
+			t.Errorf("ls output lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, errOut = e.run("status", "--instanceid", "storage", "-o", "json", id)
+	if code != ctl.ExitOK {
+		t.Fatalf("status: exit %d: %s", code, errOut)
+	}
+	if s := decodeStatus(t, out); s.Image != theirs || s.VolumeID != id {
+		t.Errorf("status = %+v, want image %s, volume %s", s, theirs, id)
+	}
+	// Under another instance ID the volume is not ceph-csi's journaled one.
+	if code, _, errOut = e.run("status", id); code == ctl.ExitOK || !strings.Contains(errOut, "neither") {
+		t.Errorf("status without --instanceid: exit %d, %s; want a failure naming both journals", code, errOut)
+	}
+}

@@ -129,10 +129,30 @@ func (c *RadosCluster) OpenPool(ctx context.Context, pool, namespace string) (*R
 	return p, nil
 }
 
+// AvailableBytes is the pool's max_avail from "df". The mgr reports a new
+// pool there only with its next statistics digest, a few seconds after the
+// pool exists: for a pool the OSD map has, it asks again until then.
 func (c *RadosCluster) AvailableBytes(ctx context.Context, pool string) (int64, error) {
+	for {
+		avail, found, err := c.dfMaxAvail(ctx, pool)
+		if err != nil || found {
+			return avail, err
+		}
+		if _, err := c.PoolID(ctx, pool); err != nil {
+			return 0, err // ErrPoolNotFound when the OSD map has no such pool either
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("pool %q in cluster %q is not in the mgr's statistics yet: %w", pool, c.conn.ClusterID, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (c *RadosCluster) dfMaxAvail(ctx context.Context, pool string) (avail int64, found bool, err error) {
 	out, err := c.conn.MonCommand(ctx, map[string]any{"prefix": "df", "format": "json"})
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	var df struct {
 		Pools []struct {
@@ -143,14 +163,14 @@ func (c *RadosCluster) AvailableBytes(ctx context.Context, pool string) (int64, 
 		} `json:"pools"`
 	}
 	if err := json.Unmarshal(out, &df); err != nil {
-		return 0, fmt.Errorf("decoding df: %w", err)
+		return 0, false, fmt.Errorf("decoding df: %w", err)
 	}
 	for _, p := range df.Pools {
 		if p.Name == pool {
-			return p.Stats.MaxAvail, nil
+			return p.Stats.MaxAvail, true, nil
 		}
 	}
-	return 0, fmt.Errorf("%w: %q in cluster %q", ErrPoolNotFound, pool, c.conn.ClusterID)
+	return 0, false, nil
 }
 
 func (c *RadosCluster) Blocklist(ctx context.Context, addr string, expiry time.Duration) error {

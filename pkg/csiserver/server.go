@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,9 +77,11 @@ func Listen(endpoint string) (net.Listener, error) {
 
 // NewServer returns a gRPC server with the services registered, every
 // call bounded by callTimeout when the caller set no deadline (0: none),
-// and every request logged with secrets stripped.
-func NewServer(s Services, callTimeout time.Duration) *grpc.Server {
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(LogInterceptor, DeadlineInterceptor(callTimeout)))
+// and every request logged with secrets stripped. Interceptors in outer
+// (metrics) see each call before all that.
+func NewServer(s Services, callTimeout time.Duration, outer ...grpc.UnaryServerInterceptor) *grpc.Server {
+	chain := slices.Concat(outer, []grpc.UnaryServerInterceptor{LogInterceptor, DeadlineInterceptor(callTimeout)})
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	if s.Identity != nil {
 		csi.RegisterIdentityServer(srv, s.Identity)
 	}
@@ -104,13 +107,13 @@ func DeadlineInterceptor(d time.Duration) grpc.UnaryServerInterceptor {
 	}
 }
 
-// Serve serves s on endpoint until ctx is cancelled.
-func Serve(ctx context.Context, endpoint string, s Services, callTimeout time.Duration) error {
+// Serve serves s on endpoint until ctx is cancelled (see NewServer).
+func Serve(ctx context.Context, endpoint string, s Services, callTimeout time.Duration, outer ...grpc.UnaryServerInterceptor) error {
 	lis, err := Listen(endpoint)
 	if err != nil {
 		return err
 	}
-	srv := NewServer(s, callTimeout)
+	srv := NewServer(s, callTimeout, outer...)
 	go func() {
 		<-ctx.Done()
 		srv.GracefulStop()

@@ -139,6 +139,7 @@ func newRBDNode(o Options, connector rbd.Connector) (*rbd.Node, error) {
 	}
 	mappers, err := mapper.NewRegistry(mapper.Config{
 		Runner: runner, Daemons: daemons, Mounts: mounter, StateDir: o.StateDir, Default: o.Mounter, FuseNetNS: o.FuseNetNS,
+		Watchers: rbd.MapperWatchers{Connector: connector},
 	})
 	if err != nil {
 		return nil, err

@@ -38,18 +38,24 @@ func Healthz(p Prober, timeout time.Duration) http.Handler {
 
 // ServeHealthz serves Healthz on addr (host:port) until ctx ends.
 func ServeHealthz(ctx context.Context, addr string, p Prober, timeout time.Duration) error {
+	return ServeHTTP(ctx, addr, Healthz(p, timeout), "liveness")
+}
+
+// ServeHTTP serves h on addr (host:port) until ctx ends; what names it in
+// the log.
+func ServeHTTP(ctx context.Context, addr string, h http.Handler, what string) error {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: Healthz(p, timeout), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdownCtx)
 	}()
-	klog.InfoS("serving liveness", "address", lis.Addr().String(), "path", "/healthz")
+	klog.InfoS("serving "+what, "address", lis.Addr().String())
 	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -27,6 +27,7 @@ type FakeMapper struct {
 	next       int
 	mapCalls   []FakeMapCall
 	unmapCalls []FakeUnmapCall
+	checks     int
 }
 
 // FakeMapCall records one Map call.
@@ -50,7 +51,19 @@ func NewFakeMapper(name string) *FakeMapper {
 
 func (f *FakeMapper) Name() string { return f.MapperName }
 
-func (f *FakeMapper) Check(context.Context) error { return f.CheckErr }
+func (f *FakeMapper) Check(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checks++
+	return f.CheckErr
+}
+
+// CheckCalls counts the Check calls so far.
+func (f *FakeMapper) CheckCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.checks
+}
 
 // Map returns the existing mapping of img, or a new one on /dev/fakeN.
 // A dead mapping of img is replaced, as the real mappers clear one.

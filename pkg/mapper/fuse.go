@@ -187,7 +187,7 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 	if err != nil {
 		return st, err
 	}
-	// Only needed until rbd-fuse and `rbd status` have authenticated.
+	// Only needed until rbd-fuse (and `rbd status`, see watchers) have authenticated.
 	defer removeKey()
 
 	if err := f.runFuse(ctx, dir, img, conf, keyfile, st.Mountpoint); err != nil {
@@ -300,7 +300,7 @@ func (f *fuse) clientIdentity(ctx context.Context, dir string, img Image, conf, 
 		return "", ""
 	}
 	for _, w := range watchers {
-		for _, a := range ceph.PlainAddrs(w.Address) {
+		for _, a := range ceph.PlainAddrs(w.Addr) {
 			if ours[a] {
 				return a, "client." + strconv.FormatUint(w.Client, 10)
 			}
@@ -331,13 +331,12 @@ func (f *fuse) learnedAddrs(ctx context.Context, socket, logFile string) (map[st
 	return addrs, err
 }
 
-// rbdWatcher is one entry of `rbd status --format json`.
-type rbdWatcher struct {
-	Address string `json:"address"`
-	Client  uint64 `json:"client"`
-}
-
-func (f *fuse) watchers(ctx context.Context, img Image, conf, keyfile string) ([]rbdWatcher, error) {
+// watchers lists the image's watchers through Config.Watchers, or else
+// with `rbd status`.
+func (f *fuse) watchers(ctx context.Context, img Image, conf, keyfile string) ([]Watcher, error) {
+	if f.cfg.Watchers != nil {
+		return f.cfg.Watchers.Watchers(ctx, img)
+	}
 	args := []string{"-c", conf, "--id", img.Creds.ID, "--keyfile", keyfile,
 		"status", "--format", "json", "--pool", img.Pool}
 	if img.RadosNamespace != "" {
@@ -349,12 +348,19 @@ func (f *fuse) watchers(ctx context.Context, img Image, conf, keyfile string) ([
 		return nil, err
 	}
 	var status struct {
-		Watchers []rbdWatcher `json:"watchers"`
+		Watchers []struct {
+			Address string `json:"address"`
+			Client  uint64 `json:"client"`
+		} `json:"watchers"`
 	}
 	if err := decodeJSON(out, &status); err != nil {
 		return nil, fmt.Errorf("rbd status: %w", err)
 	}
-	return status.Watchers, nil
+	ws := make([]Watcher, 0, len(status.Watchers))
+	for _, w := range status.Watchers {
+		ws = append(ws, Watcher{Addr: w.Address, Client: w.Client})
+	}
+	return ws, nil
 }
 
 // attachLoop puts a loop device on the image file.

@@ -83,6 +83,12 @@ func (rc realCluster) createNamespace(t *testing.T, namespace string) {
 	t.Cleanup(func() { rc.rbd(t, "namespace", "remove", "--pool", rc.c.Pool, "--namespace", namespace) })
 }
 
+// rbdWatcher is one entry of `rbd status --format json`.
+type rbdWatcher struct {
+	Address string `json:"address"`
+	Client  uint64 `json:"client"`
+}
+
 // watchers returns the addresses and client ids watching an image.
 func (rc realCluster) watchers(t *testing.T, img Image) []rbdWatcher {
 	t.Helper()

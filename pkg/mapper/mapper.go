@@ -64,6 +64,17 @@ type Mapping struct {
 	ClientID string `json:"clientID,omitempty"`
 }
 
+// Watcher is one Ceph client watching an image: a mapping somewhere.
+type Watcher struct {
+	Addr   string // "IP:PORT/NONCE"
+	Client uint64 // global ID, as in client.4123
+}
+
+// WatcherLister lists the watchers of an image.
+type WatcherLister interface {
+	Watchers(ctx context.Context, img Image) ([]Watcher, error)
+}
+
 // Mapper maps images to block devices.
 type Mapper interface {
 	// Name is "krbd", "rbd-nbd" or "fuse".

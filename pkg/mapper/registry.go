@@ -53,6 +53,11 @@ type Config struct {
 	LosetupBinary  string // default losetup
 	ModprobeBinary string // default modprobe
 
+	// Watchers lists an image's watchers, among which the fuse mapper
+	// finds its rbd-fuse's client, over a connection the caller already
+	// has. Default: `rbd status`, a Ceph client process of its own.
+	Watchers WatcherLister
+
 	// FuseNetNS, when set (e.g. /run/netns/NAME), runs rbd-fuse in that
 	// network namespace, so its Ceph traffic leaves from that namespace's
 	// address: a node whose storage network lives in a namespace, or a

@@ -84,7 +84,9 @@ func (f *FakeMounter) Format(_ context.Context, device, fstype string, options [
 		return err
 	}
 	if existing := f.Formats[device]; existing != "" {
-		return fmt.Errorf("%w: %s holds a %s filesystem", ErrDeviceNotEmpty, device, existing)
+		// Logged as what it was: a probe that formatted nothing.
+		f.Calls[len(f.Calls)-1] = "RefusedFormat " + device + " " + existing
+		return &NotEmptyError{Device: device, FSType: existing}
 	}
 	f.Formats[device] = fstype
 	return nil

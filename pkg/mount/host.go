@@ -90,7 +90,7 @@ func (m *HostMounter) Format(ctx context.Context, device, fstype string, options
 		return err
 	}
 	if fsType != "" || ptType != "" {
-		return fmt.Errorf("%w: %s holds %s; refusing to format it", ErrDeviceNotEmpty, device, describeContent(fsType, ptType))
+		return &NotEmptyError{Device: device, FSType: fsType, PTType: ptType}
 	}
 	if _, err := m.runner.Run(ctx, "mkfs."+fstype, append(args, device)...); err != nil {
 		return fmt.Errorf("formatting %s as %s: %w", device, fstype, err)
@@ -134,13 +134,6 @@ func withExtendedOption(options []string, opt string) []string {
 		}
 	}
 	return append(out, "-E", opt)
-}
-
-func describeContent(fsType, ptType string) string {
-	if fsType != "" {
-		return "a " + fsType + " filesystem"
-	}
-	return "a " + ptType + " partition table"
 }
 
 // Mount implements Mounter.

@@ -122,6 +122,27 @@ func TestFormat(t *testing.T) {
 	}
 }
 
+// TestFormatRefusalSaysWhatItFound: the node mounts the filesystem a
+// refusal names instead of probing the device a second time.
+func TestFormatRefusalSaysWhatItFound(t *testing.T) {
+	probe := "blkid -p -s TYPE -s PTTYPE -o export /dev/x"
+	tests := []struct {
+		out  string
+		want NotEmptyError
+	}{
+		{"TYPE=xfs\n", NotEmptyError{Device: "/dev/x", FSType: "xfs"}},
+		{"PTTYPE=dos\n", NotEmptyError{Device: "/dev/x", PTType: "dos"}},
+	}
+	for _, tt := range tests {
+		r := &fakeRunner{replies: map[string]reply{probe: {out: tt.out}}}
+		err := NewHostMounter(Config{Runner: r}).Format(context.Background(), "/dev/x", "ext4", nil)
+		var found *NotEmptyError
+		if !errors.As(err, &found) || *found != tt.want {
+			t.Errorf("probe %q: Format error = %#v, want %#v", tt.out, err, tt.want)
+		}
+	}
+}
+
 func TestMountCommands(t *testing.T) {
 	tests := []struct {
 		name    string

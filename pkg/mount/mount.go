@@ -7,6 +7,7 @@ package mount
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // Mounter is every filesystem operation the node service performs.
@@ -14,7 +15,9 @@ type Mounter interface {
 	// GetFormat returns the filesystem type on device, "" when there is none.
 	GetFormat(ctx context.Context, device string) (string, error)
 	// Format makes a filesystem of fstype on device. It refuses a device
-	// that already holds a filesystem or a partition table.
+	// that already holds a filesystem or a partition table with a
+	// *NotEmptyError, which says what it found: probing once, it is also
+	// how a caller learns the filesystem of a device it may format.
 	Format(ctx context.Context, device, fstype string, options []string) error
 	Mount(ctx context.Context, source, target, fstype string, options []string) error
 	// BindMount binds source onto target, read-only when asked. A block
@@ -70,3 +73,20 @@ var (
 	// cannot format or resize.
 	ErrUnsupportedFilesystem = errors.New("unsupported filesystem type")
 )
+
+// NotEmptyError is Format's refusal of a device that holds something: a
+// filesystem (FSType) or a partition table (PTType).
+type NotEmptyError struct {
+	Device, FSType, PTType string
+}
+
+func (e *NotEmptyError) Error() string {
+	what := "a " + e.FSType + " filesystem"
+	if e.FSType == "" {
+		what = "a " + e.PTType + " partition table"
+	}
+	return fmt.Sprintf("%s: %s holds %s; refusing to format it", ErrDeviceNotEmpty, e.Device, what)
+}
+
+// Unwrap lets errors.Is(err, ErrDeviceNotEmpty) match.
+func (e *NotEmptyError) Unwrap() error { return ErrDeviceNotEmpty }

@@ -50,6 +50,31 @@ type ImageInfo struct {
 	ObjectSize, StripeUnit, StripeCount uint64
 }
 
+// ImageHead is what an image's ID and header objects tell without
+// opening the image.
+type ImageHead struct {
+	ID     string
+	Size   int64
+	Parent *HeadParent // nil when the image is not a clone
+}
+
+// parentIn is the ID of the image's parent when that parent is in pool
+// (and its namespace), the only parent a purge there can reach; "" else.
+func (h ImageHead) parentIn(pool Pool) string {
+	if h.Parent == nil || h.Parent.PoolID != pool.ID() || h.Parent.Namespace != pool.Namespace() {
+		return ""
+	}
+	return h.Parent.ImageID
+}
+
+// HeadParent is a clone's parent as its header records it: by IDs.
+type HeadParent struct {
+	PoolID    int64
+	Namespace string
+	ImageID   string
+	SnapID    uint64
+}
+
 // ParentRef names a clone's parent snapshot.
 type ParentRef struct {
 	Pool, Namespace, Image, ImageID, Snap string
@@ -84,7 +109,17 @@ type Pool interface {
 	Stat(ctx context.Context, image string) (ImageInfo, error)
 	// StatByID reaches an image by ID, in the trash too.
 	StatByID(ctx context.Context, id string) (ImageInfo, error)
+	// Inspect is Stat and Watchers from one open of the image.
+	Inspect(ctx context.Context, image string) (ImageInfo, []Watcher, error)
+	// Head reads the image's ID, size and parent without opening it.
+	Head(ctx context.Context, image string) (ImageHead, error)
+	// HeadByID is Head of an image reached by ID, in the trash too.
+	HeadByID(ctx context.Context, id string) (ImageHead, error)
 	Resize(ctx context.Context, image string, size int64) error
+	// Grow opens the image once, lets check judge its size and watchers
+	// (its own open's watch among them), and grows it to size unless it
+	// is that large already. It returns the size the image has then.
+	Grow(ctx context.Context, image string, size int64, check func(ImageInfo, []Watcher) error) (int64, error)
 	Flatten(ctx context.Context, image string) error
 	Watchers(ctx context.Context, image string) ([]Watcher, error)
 	Metadata(ctx context.Context, image string) (map[string]string, error)
@@ -97,11 +132,17 @@ type Pool interface {
 	// applies only while the header is still at version: ErrConflict
 	// otherwise, and then nothing changed.
 	UpdateRecords(ctx context.Context, image string, version uint64, set map[string]string, remove []string) error
-	// Delete moves the image to the trash and purges it when nothing
-	// (snapshots, clone children) still needs it.
-	Delete(ctx context.Context, image string) error
-	// PurgeTrash removes trashed images with the prefix that nothing needs any more.
-	PurgeTrash(ctx context.Context, prefix string) error
+	// Trash moves the image to the trash (ErrImageNotFound when no image
+	// has that name).
+	Trash(ctx context.Context, image string) error
+	// TrashedID finds the ID of a trashed image by its name ("" when the
+	// trash holds none).
+	TrashedID(ctx context.Context, image string) (string, error)
+	// Purge removes the trashed image with id unless snapshots or clone
+	// children still need it; removed says whether it did.
+	Purge(ctx context.Context, id string) (removed bool, err error)
+	// CreateSnap snapshots the image (a snapshot that exists is a retry)
+	// and describes the snapshot, in one open of the image.
 	CreateSnap(ctx context.Context, imageID, snap string) (SnapInfo, error)
 	// RemoveSnap removes a snapshot of the image with imageID (possibly
 	// trashed); clone v2 keeps it in the trash namespace while children need it.

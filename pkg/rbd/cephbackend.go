@@ -214,22 +214,67 @@ func (p *cephPool) Flatten(ctx context.Context, image string) error {
 
 func (p *cephPool) Watchers(ctx context.Context, image string) ([]Watcher, error) {
 	var out []Watcher
-	err := p.withImage(ctx, "listing watchers of", image, false, func(img *librbd.Image) error {
-		ws, err := img.ListWatchers()
-		for _, w := range ws {
-			out = append(out, Watcher{Addr: w.Addr, ID: w.Id, Cookie: w.Cookie})
-		}
+	err := p.withImage(ctx, "listing watchers of", image, false, func(img *librbd.Image) (err error) {
+		out, err = listWatchers(img)
 		return err
 	})
 	return out, err
+}
+
+func (p *cephPool) Inspect(ctx context.Context, image string) (ImageInfo, []Watcher, error) {
+	var info ImageInfo
+	var watchers []Watcher
+	err := p.withImage(ctx, "inspecting", image, false, func(img *librbd.Image) (err error) {
+		if info, err = statImage(img); err != nil {
+			return err
+		}
+		watchers, err = listWatchers(img)
+		return err
+	})
+	return info, watchers, err
+}
+
+func listWatchers(img *librbd.Image) ([]Watcher, error) {
+	ws, err := img.ListWatchers()
+	out := make([]Watcher, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, Watcher{Addr: w.Addr, ID: w.Id, Cookie: w.Cookie})
+	}
+	return out, err
+}
+
+func (p *cephPool) Grow(ctx context.Context, image string, size int64, check func(ImageInfo, []Watcher) error) (int64, error) {
+	var now int64
+	err := p.withWritableImage(ctx, "growing", image, false, func(img *librbd.Image) error {
+		info, err := statImage(img)
+		if err != nil {
+			return err
+		}
+		watchers, err := listWatchers(img)
+		if err != nil {
+			return err
+		}
+		if err := check(info, watchers); err != nil {
+			return err
+		}
+		if now = info.Size; now >= size {
+			return nil
+		}
+		if err := img.Resize(uint64(size)); err != nil {
+			return err
+		}
+		now = size
+		return nil
+	})
+	return now, err
 }
 
 // Image metadata lives in the image header's omap under "metadata_<key>"
 // (RBD image format 2). Reading and writing it there costs one RADOS op,
 // where opening the image costs a header read and a watch round trip.
 
-// headerObject returns the header object name of image.
-func (p *cephPool) headerObject(ctx context.Context, image string) (string, error) {
+// imageID reads the ID of image from its ID object.
+func (p *cephPool) imageID(ctx context.Context, image string) (string, error) {
 	return util.Do(ctx, "reading the ID of "+image, func() (string, error) {
 		buf := make([]byte, 256)
 		n, err := p.ioctx.Read("rbd_id."+image, buf, 0)
@@ -243,14 +288,62 @@ func (p *cephPool) headerObject(ctx context.Context, image string) (string, erro
 		if n < 4 || int(binary.LittleEndian.Uint32(buf))+4 != n {
 			return "", fmt.Errorf("image %s/%s has a malformed ID object", p.Name(), image)
 		}
-		return "rbd_header." + string(buf[4:n]), nil
+		return string(buf[4:n]), nil
 	})
+}
+
+// headerOf returns the header object name of image.
+func (p *cephPool) headerOf(ctx context.Context, image string) (string, error) {
+	id, err := p.imageID(ctx, image)
+	return headerObject(id), err
+}
+
+func (p *cephPool) Head(ctx context.Context, image string) (ImageHead, error) {
+	id, err := p.imageID(ctx, image)
+	if err != nil {
+		return ImageHead{}, err
+	}
+	return p.HeadByID(ctx, id)
+}
+
+// HeadByID reads size and parent in one operation on the header, with
+// the rbd class methods librbd's open calls.
+func (p *cephPool) HeadByID(ctx context.Context, id string) (ImageHead, error) {
+	head := ImageHead{ID: id}
+	err := util.Run(ctx, "reading the header of image "+id, func() error {
+		op := rados.CreateReadOp()
+		defer op.Release()
+		size := op.Exec("rbd", "get_size", sizeArg())
+		parent := op.Exec("rbd", "parent_get", nil)
+		if err := op.Operate(p.ioctx, headerObject(id), rados.OperationNoFlag); err != nil {
+			return err
+		}
+		b, err := size.Bytes()
+		if err != nil {
+			return err
+		}
+		if head.Size, err = decodeSize(b); err != nil {
+			return err
+		}
+		if b, err = parent.Bytes(); err != nil {
+			return err
+		}
+		head.Parent, err = decodeParent(b)
+		return err
+	})
+	if ceph.Errno(err) == syscall.ENOENT {
+		return head, fmt.Errorf("%w: %s id %s", ErrImageNotFound, p.Name(), id)
+	}
+	if err != nil {
+		return head, fmt.Errorf("image %s/%s: %w", p.Name(), id, err)
+	}
+	return head, nil
 }
 
 const metadataPrefix = "metadata_"
 
 func (p *cephPool) Metadata(ctx context.Context, image string) (map[string]string, error) {
-	header, err := p.headerObject(ctx, image)
+	header, err := p.headerOf(ctx, image)
 	if err != nil {
 		return nil, err
 	}
@@ -268,7 +361,7 @@ func (p *cephPool) Metadata(ctx context.Context, image string) (map[string]strin
 }
 
 func (p *cephPool) SetMetadata(ctx context.Context, image string, kv map[string]string) error {
-	header, err := p.headerObject(ctx, image)
+	header, err := p.headerOf(ctx, image)
 	if err != nil {
 		return err
 	}
@@ -286,7 +379,7 @@ func (p *cephPool) SetMetadata(ctx context.Context, image string, kv map[string]
 }
 
 func (p *cephPool) RemoveMetadata(ctx context.Context, image, key string) error {
-	header, err := p.headerObject(ctx, image)
+	header, err := p.headerOf(ctx, image)
 	if err != nil {
 		return err
 	}
@@ -299,7 +392,7 @@ func (p *cephPool) RemoveMetadata(ctx context.Context, image, key string) error 
 // last object version is then the header's as read: the shared context's
 // would be overwritten by concurrent calls.
 func (p *cephPool) Records(ctx context.Context, image string) (map[string]string, uint64, error) {
-	header, err := p.headerObject(ctx, image)
+	header, err := p.headerOf(ctx, image)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -388,7 +481,7 @@ func readOmapPage(ioctx *rados.IOContext, oid, prefix, after string, vals map[st
 // UpdateRecords asserts the header version inside the write operation, so
 // the check and the change are one atomic step on the OSD.
 func (p *cephPool) UpdateRecords(ctx context.Context, image string, version uint64, set map[string]string, remove []string) error {
-	header, err := p.headerObject(ctx, image)
+	header, err := p.headerOf(ctx, image)
 	if err != nil {
 		return err
 	}
@@ -423,68 +516,51 @@ func (p *cephPool) UpdateRecords(ctx context.Context, image string, version uint
 	return nil
 }
 
-func (p *cephPool) Delete(ctx context.Context, image string) error {
-	watchers, err := p.Watchers(ctx, image)
-	if errors.Is(err, ErrImageNotFound) {
-		return nil
-	}
+func (p *cephPool) Trash(ctx context.Context, image string) error {
+	err := util.Run(ctx, "trashing image "+image, func() error { return librbd.GetImage(p.ioctx, image).Trash(0) })
 	if err != nil {
-		return err
-	}
-	if len(watchers) > 0 {
-		return &InUseError{Image: p.Name() + "/" + image, Watchers: watchers}
-	}
-	info, err := p.Stat(ctx, image)
-	if errors.Is(err, ErrImageNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	err = util.Run(ctx, "trashing image "+image, func() error { return librbd.GetImage(p.ioctx, image).Trash(0) })
-	if err != nil && !errors.Is(err, librbd.ErrNotFound) {
 		return p.imageErr(image, err)
-	}
-	return p.purge(ctx, info.ID)
-}
-
-// purge removes a trashed image unless snapshots or clone children still
-// need it; then it stays in the trash until PurgeTrash finds it free.
-func (p *cephPool) purge(ctx context.Context, id string) error {
-	err := util.Run(ctx, "purging image "+id, func() error { return librbd.TrashRemove(p.ioctx, id, false) })
-	switch ceph.Errno(err) {
-	case 0, syscall.ENOENT: // gone
-		return nil
-	case syscall.EBUSY, syscall.ENOTEMPTY: // snapshots or children remain
-		return nil
-	}
-	return fmt.Errorf("purging trashed image %s: %w", id, err)
-}
-
-func (p *cephPool) PurgeTrash(ctx context.Context, prefix string) error {
-	items, err := util.Do(ctx, "listing trash", func() ([]librbd.TrashInfo, error) { return librbd.GetTrashList(p.ioctx) })
-	if err != nil {
-		return err
-	}
-	for _, it := range items {
-		if strings.HasPrefix(it.Name, prefix) {
-			if err := p.purge(ctx, it.Id); err != nil {
-				return err
-			}
-		}
 	}
 	return nil
 }
 
+func (p *cephPool) TrashedID(ctx context.Context, image string) (string, error) {
+	items, err := util.Do(ctx, "listing trash", func() ([]librbd.TrashInfo, error) { return librbd.GetTrashList(p.ioctx) })
+	if err != nil {
+		return "", fmt.Errorf("listing the trash of %s: %w", p.Name(), err)
+	}
+	for _, it := range items {
+		if it.Name == image {
+			return it.Id, nil
+		}
+	}
+	return "", nil
+}
+
+func (p *cephPool) Purge(ctx context.Context, id string) (bool, error) {
+	err := util.Run(ctx, "purging image "+id, func() error { return librbd.TrashRemove(p.ioctx, id, false) })
+	switch ceph.Errno(err) {
+	case 0:
+		return true, nil
+	case syscall.ENOENT: // not in the trash
+		return false, nil
+	case syscall.EBUSY, syscall.ENOTEMPTY: // snapshots or children remain
+		return false, nil
+	}
+	return false, fmt.Errorf("purging trashed image %s/%s: %w", p.Name(), id, err)
+}
+
 func (p *cephPool) CreateSnap(ctx context.Context, imageID, snap string) (SnapInfo, error) {
+	var out SnapInfo
 	err := p.withWritableImage(ctx, "snapshotting", imageID, true, func(img *librbd.Image) error {
-		_, err := img.CreateSnapshot(snap)
+		if _, err := img.CreateSnapshot(snap); err != nil && ceph.Errno(err) != syscall.EEXIST { // a retry after a crash
+			return err
+		}
+		var err error
+		out, err = findSnap(img, imageID, snap)
 		return err
 	})
-	if err != nil && ceph.Errno(err) != syscall.EEXIST { // a retry after a crash
-		return SnapInfo{}, err
-	}
-	return p.Snap(ctx, imageID, snap)
+	return out, err
 }
 
 func (p *cephPool) RemoveSnap(ctx context.Context, imageID, snap string) error {
@@ -499,22 +575,28 @@ func (p *cephPool) RemoveSnap(ctx context.Context, imageID, snap string) error {
 
 func (p *cephPool) Snap(ctx context.Context, imageID, snap string) (SnapInfo, error) {
 	var out SnapInfo
-	err := p.withImage(ctx, "reading snapshot of", imageID, true, func(img *librbd.Image) error {
-		snaps, err := img.GetSnapshotNames()
-		if err != nil {
-			return err
-		}
-		for _, s := range snaps {
-			if s.Name != snap {
-				continue
-			}
-			out = SnapInfo{Name: s.Name, ID: s.Id, Size: int64(s.Size)}
-			if ts, err := img.GetSnapTimestamp(s.Id); err == nil {
-				out.Created = time.Unix(ts.Sec, ts.Nsec)
-			}
-			return nil
-		}
-		return fmt.Errorf("%w: %s@%s", ErrSnapNotFound, imageID, snap)
+	err := p.withImage(ctx, "reading snapshot of", imageID, true, func(img *librbd.Image) (err error) {
+		out, err = findSnap(img, imageID, snap)
+		return err
 	})
 	return out, err
+}
+
+// findSnap describes the snapshot named snap of the open image.
+func findSnap(img *librbd.Image, imageID, snap string) (SnapInfo, error) {
+	snaps, err := img.GetSnapshotNames()
+	if err != nil {
+		return SnapInfo{}, err
+	}
+	for _, s := range snaps {
+		if s.Name != snap {
+			continue
+		}
+		out := SnapInfo{Name: s.Name, ID: s.Id, Size: int64(s.Size)}
+		if ts, err := img.GetSnapTimestamp(s.Id); err == nil {
+			out.Created = time.Unix(ts.Sec, ts.Nsec)
+		}
+		return out, nil
+	}
+	return SnapInfo{}, fmt.Errorf("%w: %s@%s", ErrSnapNotFound, imageID, snap)
 }

@@ -162,7 +162,7 @@ func (c *Controller) cephCSIVolume(ctx context.Context, cl Cluster, pool Pool, r
 func (c *Controller) undoCephCSIVolume(ctx context.Context, pool Pool, rec *journal.Record) error {
 	klog.FromContext(ctx).Info("removing a reservation ceph-csi left without its image", "name", rec.Name, "uuid", rec.UUID)
 	if rec.Backing != "" {
-		if err := pool.Delete(ctx, rec.Backing+cephCSITempSuffix); err != nil {
+		if err := removeImage(ctx, pool, rec.Backing+cephCSITempSuffix); err != nil {
 			return volume.Status(err)
 		}
 	}
@@ -203,91 +203,21 @@ func (c *Controller) cephCSISnapshot(ctx context.Context, src *resolved, req *cs
 	return snapshotOf(id.String(), rec, SnapInfo{Size: rec.SizeBytes, Created: rec.Created}), nil
 }
 
-// deleteCephCSIVolume deletes a ceph-csi volume's image and, after it, the
-// "-temp" image between a clone and its source, then the trashed ancestors
-// they were the last to need. Each step is idempotent, and the entry is
-// removed only after them, so a retry finishes what a crash cut short.
-func (c *Controller) deleteCephCSIVolume(ctx context.Context, r *resolved) error {
-	temp := r.rec.Backing + cephCSITempSuffix
-	var above *ParentRef
-	if info, err := r.pool.Stat(ctx, r.rec.Backing); err == nil {
-		above = info.Parent
-	}
-	if info, err := r.pool.Stat(ctx, temp); err == nil {
-		above = info.Parent
-	}
-	for _, image := range []string{r.rec.Backing, temp} {
-		if err := r.pool.Delete(ctx, image); err != nil {
-			return err
-		}
-	}
-	// An image ceph-csi moved to the trash before its deletion was cut short.
-	if err := r.pool.PurgeTrash(ctx, r.rec.Backing); err != nil {
-		klog.FromContext(ctx).V(2).Info("trash purge deferred", "image", r.rec.Backing, "error", err.Error())
-	}
-	purgeTrashedAncestors(ctx, r.pool, above)
-	return nil
-}
-
 // deleteCephCSISnapshot removes a ceph-csi snapshot as ceph-csi does: the
 // snapshot in its image (into the trash namespace while restores need
-// it), the image, then the entry; and the trashed ancestors it was the last
-// to need (its source volume, deleted since).
+// it), the image, with the trashed ancestors it was the last to need (its
+// source volume, deleted since), then the entry, so that a retry finishes
+// what a crash cut short.
 func (c *Controller) deleteCephCSISnapshot(ctx context.Context, r *resolved) error {
-	var above *ParentRef
 	if r.rec.BackingID != "" {
-		if info, err := r.pool.StatByID(ctx, r.rec.BackingID); err == nil {
-			above = info.Parent
-		}
 		if err := r.pool.RemoveSnap(ctx, r.rec.BackingID, r.rec.SnapName); err != nil {
 			return err
 		}
 	}
-	if err := r.pool.Delete(ctx, r.rec.Backing); err != nil {
+	if err := removeImage(ctx, r.pool, r.rec.Backing); err != nil {
 		return err
 	}
-	if err := r.pool.PurgeTrash(ctx, r.rec.Backing); err != nil {
-		klog.FromContext(ctx).V(2).Info("trash purge deferred", "image", r.rec.Backing, "error", err.Error())
-	}
-	if err := c.cephCSIJournal(r.pool).Remove(ctx, r.rec); err != nil {
-		return err
-	}
-	purgeTrashedAncestors(ctx, r.pool, above)
-	return nil
-}
-
-// parentBeforeDelete returns the parent of the image a volume deletion is
-// about to remove when a trashed ancestor may then be left with nothing
-// needing it: the volume is a clone (of a snapshot or a volume). Nil for a
-// plain Pelagic volume, which costs no extra read.
-func parentBeforeDelete(ctx context.Context, r *resolved) *ParentRef {
-	if r.rec.Source == "" {
-		return nil
-	}
-	info, err := r.pool.Stat(ctx, r.rec.Backing)
-	if err != nil {
-		return nil
-	}
-	return info.Parent
-}
-
-// purgeTrashedAncestors removes, child first, the ancestors of an image
-// (from parent up) that are in the trash and that nothing needs any more;
-// it stops at the first one that is not trashed, which still needs the
-// rest. Purging by name prefix catches the clone's own name only: images
-// are named after a UUID. Failure only leaves them for a later deletion.
-func purgeTrashedAncestors(ctx context.Context, pool Pool, parent *ParentRef) {
-	for ref := parent; ref != nil && ref.Trashed && ref.Pool == pool.Name() && ref.Namespace == pool.Namespace(); {
-		var next *ParentRef
-		if info, err := pool.StatByID(ctx, ref.ImageID); err == nil {
-			next = info.Parent
-		}
-		if err := pool.PurgeTrash(ctx, ref.Image); err != nil {
-			klog.FromContext(ctx).V(2).Info("trash purge deferred", "image", ref.Image, "error", err.Error())
-			return
-		}
-		ref = next
-	}
+	return c.cephCSIJournal(r.pool).Remove(ctx, r.rec)
 }
 
 // deleteUnknown answers a DeleteVolume whose ID names an existing pool but

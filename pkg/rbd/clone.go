@@ -23,12 +23,14 @@ func cloneSnapName(childUUID string) string { return "csi-clone-" + childUUID }
 
 // contentSource is a resolved snapshot or volume to copy from.
 type contentSource struct {
-	kind    journal.Kind
-	csiID   string
-	pool    Pool
-	rec     *journal.Record
-	imageID string
-	size    int64
+	kind  journal.Kind
+	csiID string
+	pool  Pool
+	rec   *journal.Record
+	// head is the header of the source image (for a snapshot, of the image
+	// it was taken of): its ID, and the parents that make its clone depth.
+	head ImageHead
+	size int64 // of the snapshot, or of the volume
 }
 
 func (s *contentSource) id() string {
@@ -38,6 +40,8 @@ func (s *contentSource) id() string {
 	return string(s.kind) + ":" + s.csiID
 }
 
+// resolveSource finds a content source and its image from their records
+// and the image's header, without opening the image.
 func (c *Controller) resolveSource(ctx context.Context, src *csi.VolumeContentSource, secrets map[string]string) (*contentSource, error) {
 	var kind journal.Kind
 	var id string
@@ -57,24 +61,24 @@ func (c *Controller) resolveSource(ctx context.Context, src *csi.VolumeContentSo
 	}
 	s := &contentSource{kind: kind, csiID: id, pool: r.pool, rec: r.rec}
 	if kind == journal.Snapshot {
-		snap, err := r.pool.Snap(ctx, r.rec.BackingID, r.rec.SnapName)
-		if err != nil {
-			if errors.Is(err, ErrSnapNotFound) || errors.Is(err, ErrImageNotFound) {
+		// The record holds the snapshot's size; a snapshot that is gone
+		// fails the clone with NotFound.
+		if s.head, err = r.pool.HeadByID(ctx, r.rec.BackingID); err != nil {
+			if errors.Is(err, ErrImageNotFound) {
 				return nil, status.Errorf(codes.NotFound, "snapshot %q is gone: %v", id, err)
 			}
 			return nil, volume.Status(err)
 		}
-		s.imageID, s.size = r.rec.BackingID, snap.Size
+		s.size = r.rec.SizeBytes
 		return s, nil
 	}
-	info, err := r.pool.Stat(ctx, r.rec.Backing)
-	if err != nil {
+	if s.head, err = r.pool.Head(ctx, r.rec.Backing); err != nil {
 		if errors.Is(err, ErrImageNotFound) {
 			return nil, status.Errorf(codes.NotFound, "source volume %q has no image: %v", id, err)
 		}
 		return nil, volume.Status(err)
 	}
-	s.imageID, s.size = info.ID, info.Size
+	s.size = s.head.Size
 	return s, nil
 }
 
@@ -83,46 +87,61 @@ func (c *Controller) resolveSource(ctx context.Context, src *csi.VolumeContentSo
 // trash namespace while the child needs it), grows it to the requested
 // size and bounds the clone chain by flattening.
 func (c *Controller) cloneImage(ctx context.Context, pool Pool, rec *journal.Record, spec ImageSpec, src *contentSource) error {
-	parent, snap := src.rec.Backing, src.rec.SnapName
+	parent, snap, size := src.rec.Backing, src.rec.SnapName, src.size
 	if src.pool.Name() != pool.Name() {
 		return status.Errorf(codes.InvalidArgument, "source is in pool %q, the new volume in %q: clones stay in one pool",
 			src.pool.Name(), pool.Name())
 	}
 	if src.kind == journal.Volume {
-		snap = cloneSnapName(rec.UUID)
-		if _, err := pool.CreateSnap(ctx, src.imageID, snap); err != nil {
+		unlock, err := c.lockAgainstFlatten(ctx, pool, parent)
+		if err != nil {
 			return err
 		}
+		defer unlock()
+		snap = cloneSnapName(rec.UUID)
+		info, err := pool.CreateSnap(ctx, src.head.ID, snap)
+		if err != nil {
+			return err
+		}
+		size = info.Size
 	}
 	if err := pool.Clone(ctx, parent, snap, spec); err != nil {
 		if src.kind == journal.Volume {
-			if rerr := pool.RemoveSnap(context.WithoutCancel(ctx), src.imageID, snap); rerr != nil {
+			if rerr := pool.RemoveSnap(context.WithoutCancel(ctx), src.head.ID, snap); rerr != nil {
 				klog.FromContext(ctx).Error(rerr, "removing temporary clone snapshot", "image", parent, "snap", snap)
 			}
 		}
 		return err
 	}
-	if info, err := pool.Stat(ctx, spec.Name); err == nil && info.Size < spec.Size {
+	// A clone starts at the size of its parent snapshot.
+	if size < spec.Size {
 		if err := pool.Resize(ctx, spec.Name, spec.Size); err != nil {
 			return err
 		}
 	}
-	return c.applyFlattenPolicy(ctx, pool, spec.Name)
+	depth, err := cloneDepth(ctx, pool, src.head, c.opts.HardCloneDepth)
+	if err != nil {
+		return err
+	}
+	return c.applyFlattenPolicy(ctx, pool, spec.Name, src.head.ID, depth+1)
 }
 
-// cloneDepth counts the ancestors of image, up to limit+1.
-func cloneDepth(ctx context.Context, pool Pool, image string, limit int) (int, error) {
+// cloneDepth counts the ancestors of the image whose header is head, up to
+// limit+1, from header to header. A parent in another pool or namespace
+// (no clone Pelagic makes) ends the count.
+func cloneDepth(ctx context.Context, pool Pool, head ImageHead, limit int) (int, error) {
 	depth := 0
-	info, err := pool.Stat(ctx, image)
-	for err == nil && info.Parent != nil && depth <= limit {
+	for p := head.Parent; p != nil && depth <= limit; p = head.Parent {
 		depth++
-		if info.Parent.ImageID != "" {
-			info, err = pool.StatByID(ctx, info.Parent.ImageID)
-		} else {
-			info, err = pool.Stat(ctx, info.Parent.Image)
+		if p.PoolID != pool.ID() || p.Namespace != pool.Namespace() {
+			break
+		}
+		var err error
+		if head, err = pool.HeadByID(ctx, p.ImageID); err != nil {
+			return depth, err
 		}
 	}
-	return depth, err
+	return depth, nil
 }
 
 // flattenDecision says what a clone at depth needs.
@@ -145,22 +164,69 @@ func decideFlatten(depth, soft, hard int) flattenDecision {
 	}
 }
 
-func (c *Controller) applyFlattenPolicy(ctx context.Context, pool Pool, image string) error {
-	depth, err := cloneDepth(ctx, pool, image, c.opts.HardCloneDepth)
-	if err != nil {
-		return err
+// applyFlattenPolicy flattens image, a clone of parentID at depth, as the
+// depth limits ask. A flattened clone no longer needs its parent, which,
+// when trashed, may then be purged.
+func (c *Controller) applyFlattenPolicy(ctx context.Context, pool Pool, image, parentID string, depth int) error {
+	flatten := func(ctx context.Context) error {
+		if err := pool.Flatten(ctx, image); err != nil {
+			return err
+		}
+		purgeFreed(ctx, pool, parentID)
+		return nil
 	}
 	switch decideFlatten(depth, c.opts.SoftCloneDepth, c.opts.HardCloneDepth) {
 	case flattenNow:
-		return pool.Flatten(ctx, image)
+		return flatten(ctx)
 	case flattenInBackground:
+		key := flattenKey(pool, image)
+		held := c.locks.TryLock(key) // a new clone's is free: taken before CreateVolume returns
 		go func() {
 			bctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 			defer cancel()
-			if err := pool.Flatten(bctx, image); err != nil {
+			if !held && !waitLock(bctx, &c.locks, key) {
+				klog.ErrorS(bctx.Err(), "background flatten never started", "image", image)
+				return
+			}
+			defer c.locks.Unlock(key)
+			if err := flatten(bctx); err != nil {
 				klog.ErrorS(err, "background flatten failed", "image", image)
 			}
 		}()
 	}
 	return nil
+}
+
+// flattenKey is the lock a background flatten of image holds. A snapshot
+// taken during the flatten can still name the parent snapshot that the
+// flatten's end removes, and then never opens again (nor can a clone of it
+// be made), so snapshots and clones of the image wait for it.
+func flattenKey(pool Pool, image string) string {
+	return "flatten/" + pool.Name() + "/" + pool.Namespace() + "/" + image
+}
+
+// lockAgainstFlatten takes image's flatten lock for a snapshot of it,
+// waiting while the image is being flattened; Unavailable when the flatten
+// outlasts ctx, and the caller retries.
+func (c *Controller) lockAgainstFlatten(ctx context.Context, pool Pool, image string) (func(), error) {
+	key := flattenKey(pool, image)
+	if !waitLock(ctx, &c.locks, key) {
+		return nil, status.Errorf(codes.Unavailable, "image %s/%s is being flattened, which a snapshot must wait for; try again: %v",
+			pool.Name(), image, ctx.Err())
+	}
+	return func() { c.locks.Unlock(key) }, nil
+}
+
+// waitLock takes key once it is free, or gives up when ctx ends.
+func waitLock(ctx context.Context, locks *volume.Locks, key string) bool {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !locks.TryLock(key) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
 }

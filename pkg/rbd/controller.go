@@ -294,7 +294,7 @@ func (c *Controller) volumeOf(cl Cluster, pool Pool, rec *journal.Record, params
 func (c *Controller) undoReservation(pool Pool, rec *journal.Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := pool.Stat(ctx, rec.Backing); !errors.Is(err, ErrImageNotFound) {
+	if _, err := pool.Head(ctx, rec.Backing); !errors.Is(err, ErrImageNotFound) {
 		return // the image exists or we cannot tell: keep the reservation for the retry
 	}
 	if err := pool.Remove(ctx, rec); err != nil {
@@ -308,12 +308,14 @@ func (c *Controller) undoReservation(pool Pool, rec *journal.Record) {
 func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Record, params *VolumeParams,
 	source *contentSource, fresh bool) error {
 	exists := false
+	var head ImageHead
 	if !fresh {
-		info, err := pool.Stat(ctx, rec.Backing)
+		var err error
+		head, err = pool.Head(ctx, rec.Backing)
 		switch {
 		case err == nil:
 			exists = true
-			if info.Size < rec.SizeBytes {
+			if head.Size < rec.SizeBytes {
 				if err := pool.Resize(ctx, rec.Backing, rec.SizeBytes); err != nil {
 					return err
 				}
@@ -337,13 +339,17 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 		if err != nil {
 			return err
 		}
-	} else if source != nil {
-		if err := c.applyFlattenPolicy(ctx, pool, rec.Backing); err != nil {
+	} else if source != nil && head.Parent != nil {
+		depth, err := cloneDepth(ctx, pool, head, c.opts.HardCloneDepth)
+		if err != nil {
+			return err
+		}
+		if err := c.applyFlattenPolicy(ctx, pool, rec.Backing, head.Parent.ImageID, depth); err != nil {
 			return err
 		}
 	}
 	if source != nil && source.kind == journal.Volume {
-		if err := pool.RemoveSnap(ctx, source.imageID, cloneSnapName(rec.UUID)); err != nil {
+		if err := pool.RemoveSnap(ctx, source.head.ID, cloneSnapName(rec.UUID)); err != nil {
 			return err
 		}
 	}
@@ -403,38 +409,141 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 		return nil, err
 	}
 	defer unlockName()
-	if err := c.refuseHolders(ctx, r, "deleted", func(h Holder) bool {
-		return h.Watcher != nil && h.State != HolderFenced && h.State != HolderController
-	}); err != nil {
+	if err := c.deleteImage(ctx, r); err != nil {
 		return nil, err
 	}
-	var above *ParentRef
 	if r.rec.FromCephCSI() {
-		err = c.deleteCephCSIVolume(ctx, r)
-	} else {
-		above = parentBeforeDelete(ctx, r)
-		err = r.pool.Delete(ctx, r.rec.Backing)
-	}
-	if err != nil {
-		return nil, volume.Status(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
+		// A clone ceph-csi made is chained to its source through this
+		// image, which goes once the volume's own is gone.
+		if err := removeImage(ctx, r.pool, r.rec.Backing+cephCSITempSuffix); err != nil {
+			return nil, volume.Status(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
+		}
 	}
 	if err := c.journalOf(r.pool, r.rec).Remove(ctx, r.rec); err != nil {
 		return nil, volume.Status(err)
 	}
-	c.purgeTrash(ctx, r.pool, r.rec.Backing)
-	purgeTrashedAncestors(ctx, r.pool, above)
 	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// deleteImage moves the volume's image to the trash, unless a client
+// other than a fenced one or a controller watches it, and purges it
+// unless snapshots or clones still need it; then the trashed ancestors it
+// was the last child of. The image is opened once, for its watchers and
+// its parent. An image found only in the trash (a retry after a crash) is
+// purged the same way.
+func (c *Controller) deleteImage(ctx context.Context, r *resolved) error {
+	recs, err := readRecords(ctx, r.pool, r.rec.Backing)
+	if errors.Is(err, ErrImageNotFound) {
+		return volume.Status(purgeTrashed(ctx, r.pool, r.rec.Backing))
+	}
+	if err != nil {
+		return volume.Status(err)
+	}
+	info, watchers, err := r.pool.Inspect(ctx, r.rec.Backing)
+	if errors.Is(err, ErrImageNotFound) {
+		return volume.Status(purgeTrashed(ctx, r.pool, r.rec.Backing))
+	}
+	if err != nil {
+		return volume.Status(err)
+	}
+	err = c.refuseHolders(ctx, r, &Usage{Records: recs, Watchers: watchers, Now: time.Now()}, "deleted", func(h Holder) bool {
+		return h.Watcher != nil && h.State != HolderFenced && h.State != HolderController
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.pool.Trash(ctx, r.rec.Backing); err != nil && !errors.Is(err, ErrImageNotFound) {
+		return volume.Status(fmt.Errorf("deleting volume %s: %w", r.id, err))
+	}
+	var parentID string
+	if p := info.Parent; p != nil && p.Trashed && p.Pool == r.pool.Name() && p.Namespace == r.pool.Namespace() {
+		parentID = p.ImageID
+	}
+	if err := purgeWithAncestors(ctx, r.pool, info.ID, parentID); err != nil {
+		return volume.Status(fmt.Errorf("deleting volume %s: %w", r.id, err))
+	}
+	return nil
+}
+
+// removeImage is deleteImage for an image no client maps (what ceph-csi
+// chained its clones and snapshots through): to the trash, purged, then
+// the trashed ancestors it was the last child of. An image only in the
+// trash is purged; one that is nowhere is gone.
+func removeImage(ctx context.Context, pool Pool, image string) error {
+	head, err := pool.Head(ctx, image)
+	if errors.Is(err, ErrImageNotFound) {
+		return purgeTrashed(ctx, pool, image)
+	}
+	if err != nil {
+		return err
+	}
+	if err := pool.Trash(ctx, image); err != nil && !errors.Is(err, ErrImageNotFound) {
+		return err
+	}
+	return purgeWithAncestors(ctx, pool, head.ID, head.parentIn(pool))
+}
+
+// purgeTrashed purges the image the trash holds under that name, if any,
+// and the trashed ancestors it was the last child of.
+func purgeTrashed(ctx context.Context, pool Pool, image string) error {
+	id, err := pool.TrashedID(ctx, image)
+	if err != nil || id == "" {
+		return err // "": gone
+	}
+	head, err := pool.HeadByID(ctx, id)
+	if err != nil && !errors.Is(err, ErrImageNotFound) {
+		return err
+	}
+	return purgeWithAncestors(ctx, pool, id, head.parentIn(pool))
+}
+
+// purgeWithAncestors purges the trashed image id unless snapshots or
+// clones still need it; once it is gone, its parent parentID ("" for none)
+// and the trashed ancestors above are purged as they are freed (purgeFreed).
+// Failing to purge the image itself is the error.
+func purgeWithAncestors(ctx context.Context, pool Pool, id, parentID string) error {
+	removed, err := pool.Purge(ctx, id)
+	if err != nil {
+		return err
+	}
+	if removed && parentID != "" {
+		purgeFreed(ctx, pool, parentID)
+	}
+	return nil
+}
+
+// purgeFreed purges the trashed image id, which a call has just freed
+// (it removed its last snapshot or clone child), then each trashed
+// ancestor freed in turn, reading an image's parent before it goes. It
+// touches nothing else in the trash. An image that is not trashed, or is
+// still needed, ends the chain; so does an error, which only leaves an
+// image in the trash until the next call that frees it, and is logged.
+func purgeFreed(ctx context.Context, pool Pool, id string) {
+	for id != "" {
+		head, err := pool.HeadByID(ctx, id)
+		if err != nil {
+			if !errors.Is(err, ErrImageNotFound) {
+				klog.FromContext(ctx).Error(err, "reading a trashed parent before purging it", "pool", pool.Name(), "id", id)
+			}
+			return
+		}
+		removed, err := pool.Purge(ctx, id)
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "purging a freed trashed image", "pool", pool.Name(), "id", id)
+			return
+		}
+		if !removed {
+			return
+		}
+		id = head.parentIn(pool)
+	}
 }
 
 // refuseHolders fails with FailedPrecondition, naming them, when any
 // holder of the volume's image matches blocks.
-func (c *Controller) refuseHolders(ctx context.Context, r *resolved, verb string, blocks func(Holder) bool) error {
-	usage, err := c.usage(ctx, r)
-	if status.Code(err) == codes.NotFound {
-		return nil
-	}
-	if err != nil {
-		return err
+func (c *Controller) refuseHolders(ctx context.Context, r *resolved, usage *Usage, verb string, blocks func(Holder) bool) error {
+	if err := recognizeControllers(ctx, r.pool, usage); err != nil {
+		return volume.Status(err)
 	}
 	var in []Holder
 	for _, h := range usage.Holders("") {
@@ -447,18 +556,6 @@ func (c *Controller) refuseHolders(ctx context.Context, r *resolved, verb string
 			r.id, r.pool.Name(), r.rec.Backing, verb, describeAll(in))
 	}
 	return nil
-}
-
-// purgeTrash frees trashed images that nothing needs any more (parents
-// whose last clone or snapshot went away); failure only delays that.
-func (c *Controller) purgeTrash(ctx context.Context, pool Pool, image string) {
-	prefix := image
-	if len(prefix) > 36 {
-		prefix = prefix[:len(prefix)-36]
-	}
-	if err := pool.PurgeTrash(ctx, prefix); err != nil {
-		klog.FromContext(ctx).V(2).Info("trash purge deferred", "pool", pool.Name(), "error", err.Error())
-	}
 }
 
 // ControllerExpandVolume grows the image.
@@ -478,27 +575,29 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 		return nil, err
 	}
 	defer unlock()
-	// Growing an image a stale or unknown client still maps would change it
-	// under a holder the CO no longer accounts for.
-	// A client no node recorded on a volume ceph-csi provisioned is its node
-	// plugin's mapping, which ceph-csi grew in use as Pelagic grows its own.
-	if err := c.refuseHolders(ctx, r, "expanded", func(h Holder) bool {
-		return h.Watcher != nil && (h.State == HolderStale || (h.State == HolderUnknown && !r.rec.FromCephCSI()))
-	}); err != nil {
-		return nil, err
-	}
-	info, err := r.pool.Stat(ctx, r.rec.Backing)
+	recs, err := readRecords(ctx, r.pool, r.rec.Backing)
 	if err != nil {
 		return nil, volume.Status(err)
 	}
-	nodeExpansion := req.GetVolumeCapability().GetBlock() == nil
-	if info.Size >= size {
-		return &csi.ControllerExpandVolumeResponse{CapacityBytes: info.Size, NodeExpansionRequired: nodeExpansion}, nil
-	}
-	if err := r.pool.Resize(ctx, r.rec.Backing, size); err != nil {
+	own, err := r.cluster.ClientAddr(ctx)
+	if err != nil {
 		return nil, volume.Status(err)
 	}
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeExpansion}, nil
+	// Growing an image a stale or unknown client still maps would change it
+	// under a holder the CO no longer accounts for. The watch of the open
+	// that grows it is this controller's own. A client no node recorded on
+	// a volume ceph-csi provisioned is its node plugin's mapping, which
+	// ceph-csi grew in use as Pelagic grows its own.
+	now, err := r.pool.Grow(ctx, r.rec.Backing, size, func(_ ImageInfo, watchers []Watcher) error {
+		usage := &Usage{Records: recs, Watchers: watchers, Controllers: ceph.AddrVec(own), Now: time.Now()}
+		return c.refuseHolders(ctx, r, usage, "expanded", func(h Holder) bool {
+			return h.Watcher != nil && (h.State == HolderStale || (h.State == HolderUnknown && !r.rec.FromCephCSI()))
+		})
+	})
+	if err != nil {
+		return nil, volume.Status(err)
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: now, NodeExpansionRequired: req.GetVolumeCapability().GetBlock() == nil}, nil
 }
 
 // ValidateVolumeCapabilities confirms the capabilities an existing volume
@@ -515,7 +614,12 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	if err != nil {
 		return nil, err
 	}
-	info, err := r.pool.Stat(ctx, r.rec.Backing)
+	var info ImageInfo
+	if r.rec.FromCephCSI() {
+		info, err = r.pool.Stat(ctx, r.rec.Backing) // its parameters are read from the image
+	} else {
+		_, err = r.pool.Head(ctx, r.rec.Backing)
+	}
 	if err != nil {
 		return nil, volume.Status(err)
 	}
@@ -549,12 +653,12 @@ func (c *Controller) ControllerGetVolume(ctx context.Context, req *csi.Controlle
 	if err != nil {
 		return nil, err
 	}
-	info, err := r.pool.Stat(ctx, r.rec.Backing)
+	head, err := r.pool.Head(ctx, r.rec.Backing)
 	if err != nil {
 		return nil, volume.Status(err)
 	}
 	return &csi.ControllerGetVolumeResponse{
-		Volume: &csi.Volume{VolumeId: req.GetVolumeId(), CapacityBytes: info.Size},
+		Volume: &csi.Volume{VolumeId: req.GetVolumeId(), CapacityBytes: head.Size},
 		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{},
 	}, nil
 }
@@ -669,6 +773,11 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	if snap, err := c.cephCSISnapshot(ctx, src, req); snap != nil || err != nil {
 		return &csi.CreateSnapshotResponse{Snapshot: snap}, err
 	}
+	unlockFlatten, err := c.lockAgainstFlatten(ctx, src.pool, src.rec.Backing)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockFlatten()
 	rec, err := src.pool.LookupName(ctx, journal.Snapshot, req.GetName())
 	switch {
 	case err == nil:
@@ -676,14 +785,14 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for another volume", req.GetName())
 		}
 	case errors.Is(err, journal.ErrNotFound):
-		info, err := src.pool.Stat(ctx, src.rec.Backing)
+		head, err := src.pool.Head(ctx, src.rec.Backing)
 		if err != nil {
 			return nil, volume.Status(err)
 		}
 		uuid := volume.NewUUID()
 		rec = &journal.Record{Kind: journal.Snapshot, Name: req.GetName(), UUID: uuid, Backing: src.rec.Backing,
-			BackingID: info.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
-			SizeBytes: info.Size, Created: time.Now().UTC()}
+			BackingID: head.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
+			SizeBytes: head.Size, Created: time.Now().UTC()}
 		if err := src.pool.Reserve(ctx, rec); err != nil {
 			return nil, volume.Status(err)
 		}
@@ -693,6 +802,14 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	snap, err := src.pool.CreateSnap(ctx, rec.BackingID, rec.SnapName)
 	if err != nil {
 		return nil, volume.Status(err)
+	}
+	if snap.Size != rec.SizeBytes {
+		// The volume grew between its header read and the snapshot: restores
+		// size themselves by the record.
+		rec.SizeBytes = snap.Size
+		if err := src.pool.Repair(ctx, rec); err != nil {
+			return nil, volume.Status(err)
+		}
 	}
 	id := volumeid.ID{ClusterID: src.id.ClusterID, PoolID: src.id.PoolID, UUID: rec.UUID}
 	return &csi.CreateSnapshotResponse{Snapshot: snapshotOf(id.String(), rec, snap)}, nil
@@ -744,20 +861,17 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 	if r.rec.FromCephCSI() {
 		return &csi.DeleteSnapshotResponse{}, volume.Status(c.deleteCephCSISnapshot(ctx, r))
 	}
-	// The source image's own trashed ancestors (a clone ceph-csi chained
-	// through "-temp") may go with it.
-	var above *ParentRef
-	if info, err := r.pool.StatByID(ctx, r.rec.BackingID); err == nil {
-		above = info.Parent
-	}
 	if err := r.pool.RemoveSnap(ctx, r.rec.BackingID, r.rec.SnapName); err != nil {
 		return nil, volume.Status(err)
 	}
+	// The volume may be gone, its image kept in the trash by this snapshot;
+	// purged before the record goes, so that a retry gets to do it, and
+	// its trashed ancestors after it (a clone ceph-csi chained through
+	// "-temp").
+	purgeFreed(ctx, r.pool, r.rec.BackingID)
 	if err := r.pool.Remove(ctx, r.rec); err != nil {
 		return nil, volume.Status(err)
 	}
-	c.purgeTrash(ctx, r.pool, r.rec.Backing)
-	purgeTrashedAncestors(ctx, r.pool, above)
 	return &csi.DeleteSnapshotResponse{}, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -353,7 +354,18 @@ func TestDeleteVolume(t *testing.T) {
 		{"existing volume", func(t *testing.T, e *env) string { return e.create(t, createReq("pvc-1", gib)).GetVolumeId() }, codes.OK, ""},
 		{"image already gone", func(t *testing.T, e *env) string {
 			v := e.create(t, createReq("pvc-1", gib))
-			if err := e.pool.Delete(context.Background(), v.GetVolumeContext()[CtxImageName]); err != nil {
+			image := e.pool.Image(v.GetVolumeContext()[CtxImageName])
+			if err := e.pool.Trash(context.Background(), image.name); err != nil {
+				t.Fatal(err)
+			}
+			if removed, err := e.pool.Purge(context.Background(), image.id); !removed || err != nil {
+				t.Fatalf("purge: %t, %v", removed, err)
+			}
+			return v.GetVolumeId()
+		}, codes.OK, ""},
+		{"image left in the trash", func(t *testing.T, e *env) string {
+			v := e.create(t, createReq("pvc-1", gib))
+			if err := e.pool.Trash(context.Background(), v.GetVolumeContext()[CtxImageName]); err != nil {
 				t.Fatal(err)
 			}
 			return v.GetVolumeId()
@@ -370,12 +382,105 @@ func TestDeleteVolume(t *testing.T) {
 			}
 			recs := e.records(t, journal.Volume)
 			switch {
-			case tc.code == codes.OK && (len(recs) != 0 || len(e.pool.ImageNames()) != 0):
-				t.Errorf("after delete: journal %d records, images %v", len(recs), e.pool.ImageNames())
+			case tc.code == codes.OK && (len(recs) != 0 || len(e.pool.ImageNames()) != 0 || len(e.pool.TrashNames()) != 0):
+				t.Errorf("after delete: journal %d records, images %v, trash %v", len(recs), e.pool.ImageNames(), e.pool.TrashNames())
 			case tc.code == codes.FailedPrecondition && (len(recs) != 1 || len(e.pool.ImageNames()) != 1):
 				t.Errorf("refused delete changed state: journal %d records, images %v", len(recs), e.pool.ImageNames())
 			}
 		})
+	}
+}
+
+// TestDeletePurgesWhatItFrees: a deletion purges its own image and the
+// trashed ancestors it was the last user of, and no other trashed image.
+func TestDeletePurgesWhatItFrees(t *testing.T) {
+	ctx := context.Background()
+	type step struct {
+		op   string // "vol", "snap", "restore" (from the snapshot named by from), "clone" (of the volume named by from), "delvol", "delsnap"
+		name string
+		from string
+	}
+	tests := []struct {
+		name      string
+		steps     []step
+		wantTrash []string // volume names whose images stay in the trash
+	}{
+		{"another volume's trashed image stays", []step{{"vol", "kept", ""}, {"snap", "s", "kept"}, {"delvol", "kept", ""},
+			{"vol", "v", ""}, {"delvol", "v", ""}}, []string{"kept"}},
+		{"restore of a deleted volume's snapshot", []step{{"vol", "p", ""}, {"snap", "s", "p"}, {"restore", "r", "s"},
+			{"delvol", "p", ""}, {"delsnap", "s", ""}, {"delvol", "r", ""}}, nil},
+		{"parent kept by a live restore", []step{{"vol", "p", ""}, {"snap", "s", "p"}, {"restore", "r", "s"},
+			{"delvol", "p", ""}, {"delsnap", "s", ""}}, []string{"p"}},
+		{"clone of a deleted volume", []step{{"vol", "p", ""}, {"clone", "c", "p"}, {"delvol", "p", ""}, {"delvol", "c", ""}}, nil},
+		{"snapshot deleted last", []step{{"vol", "p", ""}, {"snap", "s", "p"}, {"restore", "r", "s"},
+			{"delvol", "p", ""}, {"delvol", "r", ""}, {"delsnap", "s", ""}}, nil},
+		{"chain of two trashed parents", []step{{"vol", "p", ""}, {"snap", "s1", "p"}, {"restore", "r1", "s1"},
+			{"snap", "s2", "r1"}, {"restore", "r2", "s2"}, {"delvol", "p", ""}, {"delsnap", "s1", ""},
+			{"delvol", "r1", ""}, {"delsnap", "s2", ""}, {"delvol", "r2", ""}}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			vols, snaps := map[string]*csi.Volume{}, map[string]*csi.Snapshot{}
+			for _, st := range tc.steps {
+				req := createReq("pvc-"+st.name, gib)
+				var err error
+				switch st.op {
+				case "vol":
+					vols[st.name] = e.create(t, req)
+				case "restore", "clone":
+					req.VolumeContentSource = fromVolume(vols[st.from].GetVolumeId())
+					if st.op == "restore" {
+						req.VolumeContentSource = fromSnapshot(snaps[st.from].GetSnapshotId())
+					}
+					vols[st.name] = e.create(t, req)
+				case "snap":
+					snaps[st.name] = e.snapshot(t, st.name, vols[st.from].GetVolumeId())
+				case "delvol":
+					purges := e.pool.Calls("Purge")
+					_, err = e.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vols[st.name].GetVolumeId(), Secrets: testSecrets})
+					if n := e.pool.Calls("Purge") - purges; n > 3 {
+						t.Errorf("deleting %s tried %d purges", st.name, n)
+					}
+				case "delsnap":
+					_, err = e.c.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snaps[st.name].GetSnapshotId(), Secrets: testSecrets})
+				}
+				if err != nil {
+					t.Fatalf("%s %s: %v", st.op, st.name, err)
+				}
+			}
+			var want []string
+			for _, n := range tc.wantTrash {
+				want = append(want, vols[n].GetVolumeContext()[CtxImageName])
+			}
+			if got := e.pool.TrashNames(); strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Errorf("trash %v, want %v (volumes %v)", got, want, tc.wantTrash)
+			}
+		})
+	}
+}
+
+// TestDeleteVolumeFailedPurgeKeepsRecord: a purge that fails for a reason
+// other than snapshots or children fails the call and keeps the journal
+// record, so that the retry purges the trashed image.
+func TestDeleteVolumeFailedPurgeKeepsRecord(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	req := &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: testSecrets}
+	e.pool.SetFail("Purge", errnoErr(-117)) // EUCLEAN
+	if _, err := e.c.DeleteVolume(ctx, req); err == nil {
+		t.Fatal("DeleteVolume succeeded with a failing purge")
+	}
+	if len(e.records(t, journal.Volume)) != 1 || len(e.pool.TrashNames()) != 1 {
+		t.Fatalf("after a failed purge: %d records, trash %v; want the record and the trashed image", len(e.records(t, journal.Volume)), e.pool.TrashNames())
+	}
+	e.pool.SetFail("Purge", nil)
+	if _, err := e.c.DeleteVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.records(t, journal.Volume)) != 0 || len(e.pool.TrashNames()) != 0 {
+		t.Errorf("after the retry: %d records, trash %v", len(e.records(t, journal.Volume)), e.pool.TrashNames())
 	}
 }
 
@@ -582,6 +687,43 @@ func TestCloneChainFlattenedBeyondHardDepth(t *testing.T) {
 	}
 }
 
+// TestSnapshotWaitsForFlatten: while a volume's background flatten runs,
+// snapshots and clones of it wait; Unavailable when it outlasts the call,
+// and they go ahead once it is done.
+func TestSnapshotWaitsForFlatten(t *testing.T) {
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	key := flattenKey(e.pool, vol.GetVolumeContext()[CtxImageName])
+	if !e.c.locks.TryLock(key) {
+		t.Fatal("flatten lock taken")
+	}
+	snapReq := &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: vol.GetVolumeId(), Secrets: testSecrets}
+	cloneReq := createReq("pvc-clone", gib)
+	cloneReq.VolumeContentSource = fromVolume(vol.GetVolumeId())
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	_, err := e.c.CreateSnapshot(short(), snapReq)
+	wantCode(t, err, codes.Unavailable)
+	_, err = e.c.CreateVolume(short(), cloneReq)
+	wantCode(t, err, codes.Unavailable)
+	if imgs := e.pool.ImageNames(); len(imgs) != 1 || len(e.records(t, journal.Volume)) != 1 {
+		t.Errorf("a clone that timed out left images %v, records %d", imgs, len(e.records(t, journal.Volume)))
+	}
+	snapped := make(chan error, 1)
+	go func() {
+		_, err := e.c.CreateSnapshot(context.Background(), snapReq)
+		snapped <- err
+	}()
+	e.c.locks.Unlock(key) // the flatten ends
+	if err := <-snapped; err != nil {
+		t.Fatalf("snapshot after the flatten: %v", err)
+	}
+	e.create(t, cloneReq)
+}
+
 func TestDecideFlatten(t *testing.T) {
 	tests := []struct {
 		depth, soft, hard int
@@ -644,6 +786,37 @@ func TestControllerExpandVolume(t *testing.T) {
 	_, err := e.c.ControllerExpandVolume(context.Background(), &csi.ControllerExpandVolumeRequest{
 		VolumeId: "garbage", CapacityRange: &csi.CapacityRange{RequiredBytes: gib}})
 	wantCode(t, err, codes.NotFound)
+}
+
+// TestControllerExpandVolumeHolders: an image a client no record explains
+// watches is not grown; the watch of the controller's own open is no holder.
+func TestControllerExpandVolumeHolders(t *testing.T) {
+	tests := []struct {
+		name    string
+		watcher string
+		code    codes.Code
+	}{
+		{"own open", "10.0.0.1:0/1", codes.OK},
+		{"unknown client", "10.0.0.9:0/7", codes.FailedPrecondition},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			vol := e.create(t, createReq("pvc-1", gib))
+			image := vol.GetVolumeContext()[CtxImageName]
+			e.pool.SetWatchers(image, Watcher{Addr: tc.watcher, ID: 7})
+			_, err := e.c.ControllerExpandVolume(context.Background(), &csi.ControllerExpandVolumeRequest{
+				VolumeId: vol.GetVolumeId(), CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * gib}, Secrets: testSecrets})
+			wantCode(t, err, tc.code)
+			want := 2 * gib
+			if tc.code != codes.OK {
+				want = gib
+			}
+			if size := e.pool.Image(image).size; size != want {
+				t.Errorf("image size %d, want %d", size, want)
+			}
+		})
+	}
 }
 
 func TestValidateVolumeCapabilities(t *testing.T) {

@@ -79,20 +79,29 @@ func (c *Controller) register(ctx context.Context, cl Cluster, pool Pool) {
 	}
 }
 
-// readUsageOf reads who uses image. Only when a watcher is left that no
-// record explains does it read the controller registry, to recognise the
-// short opens of Pelagic controllers.
+// readUsageOf reads who uses image, recognising the watches of Pelagic
+// controllers.
 func readUsageOf(ctx context.Context, pool Pool, image string) (*Usage, error) {
 	u, err := readUsage(ctx, pool, image)
-	if err != nil || !u.unexplainedWatcher() {
-		return u, err
+	if err != nil {
+		return nil, err
+	}
+	return u, recognizeControllers(ctx, pool, u)
+}
+
+// recognizeControllers reads the controller registry, only when a watcher
+// is left that no record explains, to tell the short opens of Pelagic
+// controllers from foreign holders.
+func recognizeControllers(ctx context.Context, pool Pool, u *Usage) error {
+	if !u.unexplainedWatcher() {
+		return nil
 	}
 	entries, err := pool.ReadObjectMap(ctx, controllersObject)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for addr := range entries {
 		u.Controllers = append(u.Controllers, addr)
 	}
-	return u, nil
+	return nil
 }

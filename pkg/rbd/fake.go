@@ -8,10 +8,10 @@ package rbd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -223,6 +223,14 @@ func (img *FakeImage) info() ImageInfo {
 	return info
 }
 
+func (p *FakePool) head(img *FakeImage) ImageHead {
+	h := ImageHead{ID: img.id, Size: img.size}
+	if img.parent != nil {
+		h.Parent = &HeadParent{PoolID: p.ID(), ImageID: img.parent.ImageID}
+	}
+	return h
+}
+
 func (p *FakePool) Stat(_ context.Context, image string) (ImageInfo, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -244,6 +252,70 @@ func (p *FakePool) StatByID(_ context.Context, id string) (ImageInfo, error) {
 		return ImageInfo{}, err
 	}
 	return p.info(img), nil
+}
+
+func (p *FakePool) Inspect(_ context.Context, image string) (ImageInfo, []Watcher, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.hook("Inspect"); err != nil {
+		return ImageInfo{}, nil, err
+	}
+	img, err := p.byName(image)
+	if err != nil {
+		return ImageInfo{}, nil, err
+	}
+	return p.info(img), append([]Watcher(nil), img.watchers...), nil
+}
+
+func (p *FakePool) Head(_ context.Context, image string) (ImageHead, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.hook("Head"); err != nil {
+		return ImageHead{}, err
+	}
+	img, err := p.byName(image)
+	if err != nil {
+		return ImageHead{}, err
+	}
+	return p.head(img), nil
+}
+
+func (p *FakePool) HeadByID(_ context.Context, id string) (ImageHead, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.hook("HeadByID"); err != nil {
+		return ImageHead{}, err
+	}
+	img, err := p.byID(id)
+	if err != nil {
+		return ImageHead{}, err
+	}
+	return p.head(img), nil
+}
+
+// Grow runs check outside the pool's lock, as it may read the pool.
+func (p *FakePool) Grow(_ context.Context, image string, size int64, check func(ImageInfo, []Watcher) error) (int64, error) {
+	p.mu.Lock()
+	err := p.hook("Grow")
+	img, ierr := p.byName(image)
+	var info ImageInfo
+	var watchers []Watcher
+	if ierr == nil {
+		info, watchers = p.info(img), append([]Watcher(nil), img.watchers...)
+	}
+	p.mu.Unlock()
+	if err = errors.Join(err, ierr); err != nil {
+		return 0, err
+	}
+	if err := check(info, watchers); err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if img.size < size {
+		img.size = size
+	}
+	return img.size, nil
 }
 
 func (p *FakePool) Resize(_ context.Context, image string, size int64) error {
@@ -268,7 +340,6 @@ func (p *FakePool) Flatten(_ context.Context, image string) error {
 	img, err := p.byName(image)
 	if err == nil {
 		img.parent = nil
-		p.purgeFree("")
 	}
 	return err
 }
@@ -379,39 +450,48 @@ func (p *FakePool) RemoveMetadata(_ context.Context, image, key string) error {
 	return err
 }
 
-// Delete behaves like the Ceph backend: gone is fine, watchers refuse,
-// otherwise trash and purge what nothing needs.
-func (p *FakePool) Delete(_ context.Context, image string) error {
+func (p *FakePool) Trash(_ context.Context, image string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.hook("Delete"); err != nil {
+	if err := p.hook("Trash"); err != nil {
 		return err
 	}
 	img, err := p.byName(image)
 	if err != nil {
-		return nil
-	}
-	if len(img.watchers) > 0 {
-		return &InUseError{Image: p.Name() + "/" + image, Watchers: img.watchers}
+		return err
 	}
 	img.trashed = true
-	p.purgeFree("")
 	return nil
 }
 
-// purgeFree removes trashed images (named with prefix) without snapshots
-// or children, repeatedly, since a purge can free a parent.
-func (p *FakePool) purgeFree(prefix string) {
-	for again := true; again; {
-		again = false
-		for id, img := range p.images {
-			if !img.trashed || !strings.HasPrefix(img.name, prefix) || len(img.snaps) > 0 || p.hasChildren(id) {
-				continue
-			}
-			delete(p.images, id)
-			again = true
+func (p *FakePool) TrashedID(_ context.Context, image string) (string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.hook("TrashedID"); err != nil {
+		return "", err
+	}
+	for id, img := range p.images {
+		if img.trashed && img.name == image {
+			return id, nil
 		}
 	}
+	return "", nil
+}
+
+// Purge removes a trashed image that nothing needs, as the Ceph backend
+// does: not trashed, watched, with snapshots or with children, it stays.
+func (p *FakePool) Purge(_ context.Context, id string) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.hook("Purge"); err != nil {
+		return false, err
+	}
+	img, ok := p.images[id]
+	if !ok || !img.trashed || len(img.watchers) > 0 || len(img.snaps) > 0 || p.hasChildren(id) {
+		return false, nil
+	}
+	delete(p.images, id)
+	return true, nil
 }
 
 func (p *FakePool) hasChildren(id string) bool {
@@ -421,16 +501,6 @@ func (p *FakePool) hasChildren(id string) bool {
 		}
 	}
 	return false
-}
-
-func (p *FakePool) PurgeTrash(_ context.Context, prefix string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.hook("PurgeTrash"); err != nil {
-		return err
-	}
-	p.purgeFree(prefix)
-	return nil
 }
 
 func (p *FakePool) CreateSnap(_ context.Context, imageID, snap string) (SnapInfo, error) {

@@ -38,12 +38,13 @@ func readUsage(ctx context.Context, pool Pool, image string, controllers ...stri
 	return &Usage{Records: recs, Watchers: watchers, Controllers: controllers, Now: time.Now()}, nil
 }
 
-// unexplainedWatcher reports a watcher that no mapping or fence record names.
+// unexplainedWatcher reports a watcher that no mapping or fence record
+// names, and that is not a known controller's.
 func (u *Usage) unexplainedWatcher() bool {
 	for _, w := range u.Watchers {
 		_, mapped := u.mappingOf(w.Addr)
 		_, fenced := u.fenceOf(w.Addr)
-		if !mapped && !fenced {
+		if !mapped && !fenced && !containsAddr(u.Controllers, w.Addr) {
 			return true
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -56,6 +57,7 @@ type Node struct {
 	forgets *forgetQueue
 	staged  nodefs.StagedIndex
 	secrets nodefs.StageSecrets
+	checked sync.Map // mapper name -> true once its Check succeeded
 }
 
 // NewNode returns the node service.
@@ -169,7 +171,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := m.Check(ctx); err != nil {
+	if err := n.checkMapper(ctx, m); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "mapper %s cannot work on node %s: %v", m.Name(), n.opts.NodeID, err)
 	}
 	cl, err := n.opts.Connector.Connect(ctx, cc.ClusterID, creds)
@@ -232,6 +234,19 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
 	}
 	return rec, nil
+}
+
+// checkMapper runs a mapper's Check until it has succeeded once: the tools
+// and modules a mapper found stay, and checking starts a process per tool.
+func (n *Node) checkMapper(ctx context.Context, m mapper.Mapper) error {
+	if _, ok := n.checked.Load(m.Name()); ok {
+		return nil
+	}
+	if err := m.Check(ctx); err != nil {
+		return err
+	}
+	n.checked.Store(m.Name(), true)
+	return nil
 }
 
 // nodeStatus is volume.Status for the node: a pool that does not exist means
@@ -351,25 +366,11 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return status.Error(codes.Internal, err.Error())
 	}
 	dev := rec.Mapping.Device
-	existing, err := n.opts.Mounter.GetFormat(ctx, dev)
+	fstype, formatted, err := n.ensureFilesystem(ctx, req, dev, rec.FSType)
 	if err != nil {
-		return status.Errorf(codes.Internal, "probing %s for a filesystem: %v", dev, err)
+		return err
 	}
-	fstype := rec.FSType
-	switch {
-	case existing == "":
-		if readOnlyMode(req.GetVolumeCapability()) {
-			return status.Errorf(codes.FailedPrecondition, "volume %s has no filesystem and is staged read-only", req.GetVolumeId())
-		}
-		opts := strings.Fields(req.GetVolumeContext()[ParamMkfsOptions])
-		if err := n.opts.Mounter.Format(ctx, dev, fstype, opts); err != nil {
-			return status.Errorf(codes.Internal, "formatting %s as %s: %v", dev, fstype, err)
-		}
-	case existing != fstype:
-		// Never reformat a volume that holds data; mount what is there.
-		fstype = existing
-	}
-	grow := existing != "" && !readOnlyMode(req.GetVolumeCapability()) && n.filesystemSmaller(ctx, dev, fstype)
+	grow := !formatted && !readOnlyMode(req.GetVolumeCapability()) && n.filesystemSmaller(ctx, dev, fstype)
 	if grow && fstype != "xfs" {
 		// An expansion the node could not do online (resize2fs needs
 		// CAP_SYS_RESOURCE there) is done here, before the mount.
@@ -394,6 +395,34 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 		}
 	}
 	return nil
+}
+
+// ensureFilesystem formats a blank device with fstype and returns the
+// filesystem to mount, and whether it has just been made: a device that
+// holds one is never formatted again, whatever the request asks for. The
+// device is probed once, by Format itself, unless it is staged read-only
+// and must not be formatted at all.
+func (n *Node) ensureFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequest, dev, fstype string) (string, bool, error) {
+	if readOnlyMode(req.GetVolumeCapability()) {
+		existing, err := n.opts.Mounter.GetFormat(ctx, dev)
+		if err != nil {
+			return "", false, status.Errorf(codes.Internal, "probing %s for a filesystem: %v", dev, err)
+		}
+		if existing == "" {
+			return "", false, status.Errorf(codes.FailedPrecondition, "volume %s has no filesystem and is staged read-only", req.GetVolumeId())
+		}
+		return existing, false, nil
+	}
+	opts := strings.Fields(req.GetVolumeContext()[ParamMkfsOptions])
+	err := n.opts.Mounter.Format(ctx, dev, fstype, opts)
+	var found *mount.NotEmptyError
+	switch {
+	case err == nil:
+		return fstype, true, nil
+	case errors.As(err, &found) && found.FSType != "":
+		return found.FSType, false, nil
+	}
+	return "", false, status.Errorf(codes.Internal, "formatting %s as %s: %v", dev, fstype, err)
 }
 
 // filesystemSmaller reports whether the filesystem on dev is smaller than

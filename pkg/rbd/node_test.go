@@ -566,7 +566,7 @@ func TestNodeStageRefused(t *testing.T) {
 		{name: "read-only stage of a blank device", cap: mountCap(multiReader), code: codes.FailedPrecondition, wantMap: true,
 			want: []string{"no filesystem"}},
 		{name: "image gone", cap: mountCap(rwo), code: codes.NotFound,
-			setup: func(_ *testing.T, e *nodeEnv) { _ = e.pool.Delete(ctx, nodeTestImage) }},
+			setup: func(_ *testing.T, e *nodeEnv) { _ = e.pool.Trash(ctx, nodeTestImage) }},
 		{name: "connect fails", cap: mountCap(rwo), code: codes.Internal,
 			setup: func(_ *testing.T, e *nodeEnv) {
 				e.n.opts.Connector = &FakeConnector{Err: errors.New("connection refused")}
@@ -1193,5 +1193,24 @@ func TestStageGrowsAnExpandedFilesystem(t *testing.T) {
 				t.Fatal("grew a filesystem that already fills its device")
 			}
 		})
+	}
+}
+
+// TestNodeStageChecksMapperUntilItWorks: a mapper's check runs again after
+// it failed, and never again once it passed.
+func TestNodeStageChecksMapperUntilItWorks(t *testing.T) {
+	ctx := context.Background()
+	e := newNodeEnv(t)
+	e.krbd.CheckErr = fmt.Errorf("%w: krbd: kernel has no rbd module", mapper.ErrUnavailable)
+	_, err := e.n.NodeStageVolume(ctx, e.stageReq(mountCap(rwo)))
+	wantCode(t, err, codes.FailedPrecondition)
+	e.krbd.CheckErr = nil
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	if _, err := e.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: e.volID, StagingTargetPath: e.staging}); err != nil {
+		t.Fatal(err)
+	}
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	if n := e.krbd.CheckCalls(); n != 2 {
+		t.Errorf("%d checks, want 2: the failed one and the first that passed", n)
 	}
 }

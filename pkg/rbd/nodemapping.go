@@ -315,3 +315,25 @@ func (q *forgetQueue) drain(ctx context.Context, cl Cluster) {
 	}
 	q.save(ctx, kept)
 }
+
+// MapperWatchers lists an image's watchers for the mappers over the node's
+// own cluster connections (mapper.Config.Watchers).
+type MapperWatchers struct{ Connector Connector }
+
+// Watchers implements mapper.WatcherLister.
+func (w MapperWatchers) Watchers(ctx context.Context, img mapper.Image) ([]mapper.Watcher, error) {
+	cl, err := w.Connector.Connect(ctx, img.ClusterID, img.Creds)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := cl.Pool(ctx, img.Pool, img.RadosNamespace)
+	if err != nil {
+		return nil, err
+	}
+	ws, err := pool.Watchers(ctx, img.Name)
+	out := make([]mapper.Watcher, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, mapper.Watcher{Addr: w.Addr, Client: uint64(w.ID)})
+	}
+	return out, err
+}

@@ -2,13 +2,17 @@ package rbd
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+
+	"github.com/pelagic-csi/pelagic/pkg/mapper"
 )
 
 func (e *nodeEnv) unstage(t *testing.T) {
@@ -135,5 +139,21 @@ func TestStageChecksAgainAfterMapping(t *testing.T) {
 	}
 	if _, err := readStageRecord(e.staging); !os.IsNotExist(err) {
 		t.Fatalf("stage record written: %v", err)
+	}
+}
+
+// TestMapperWatchers: the fuse mapper finds its rbd-fuse among the watchers
+// the node's own connection lists, with their global IDs.
+func TestMapperWatchers(t *testing.T) {
+	pool := NewFakePool("rbd", 1)
+	pool.AddImage("csi-vol-1", 1<<30, nil, Watcher{Addr: "10.0.0.1:0/123", ID: 4123, Cookie: 7})
+	w := MapperWatchers{Connector: NewFakeConnector(NewFakeCluster(testClusterID, pool))}
+	got, err := w.Watchers(context.Background(), mapper.Image{ClusterID: testClusterID, Pool: "rbd", Name: "csi-vol-1"})
+	want := []mapper.Watcher{{Addr: "10.0.0.1:0/123", Client: 4123}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("Watchers = %v, %v; want %v", got, err, want)
+	}
+	if _, err := w.Watchers(context.Background(), mapper.Image{ClusterID: testClusterID, Pool: "rbd", Name: "gone"}); !errors.Is(err, ErrImageNotFound) {
+		t.Fatalf("Watchers of a missing image = %v, want ErrImageNotFound", err)
 	}
 }

@@ -58,21 +58,28 @@ type Request struct {
 // have lost it), AlreadyExists when it describes another, and otherwise a
 // fresh reservation (reserved). Only a caller that reserved may take the
 // reservation back: another may be creating the backing of one it found.
+// A name is reserved first and looked up only when it is taken: a retry is
+// rarer than a new name.
 func Reserve(ctx context.Context, j journal.Journal, req Request) (rec *journal.Record, reserved bool, err error) {
-	rec, err = j.LookupName(ctx, journal.Volume, req.Name)
-	switch {
-	case err == nil:
-		return rec, false, reuse(ctx, j, rec, req)
-	case !errors.Is(err, journal.ErrNotFound):
-		return nil, false, Status(err)
-	}
 	uuid := NewUUID()
 	rec = &journal.Record{Kind: journal.Volume, Name: req.Name, UUID: uuid, Backing: req.BackingPrefix + uuid,
 		SizeBytes: req.Size, Params: req.Params, Source: req.Source, Created: time.Now().UTC()}
-	if err := j.Reserve(ctx, rec); err != nil {
+	err = j.Reserve(ctx, rec)
+	if err == nil {
+		return rec, true, nil
+	}
+	if !errors.Is(err, journal.ErrNameTaken) {
 		return nil, false, Status(err)
 	}
-	return rec, true, nil
+	rec, err = j.LookupName(ctx, journal.Volume, req.Name)
+	if errors.Is(err, journal.ErrNotFound) {
+		// Taken, then gone again: another call's undone reservation.
+		return nil, false, status.Errorf(codes.Aborted, "volume %q: another request reserved its name and gave it up; retry", req.Name)
+	}
+	if err != nil {
+		return nil, false, Status(err)
+	}
+	return rec, false, reuse(ctx, j, rec, req)
 }
 
 // reuse checks that an existing reservation is the volume req asks for.

@@ -124,3 +124,30 @@ func (j *lossyJournal) Repair(ctx context.Context, rec *journal.Record) error {
 	j.repaired, j.lost = rec.UUID, ""
 	return j.Memory.Repair(ctx, rec)
 }
+
+// A name found taken and then gone (another request gave its reservation
+// up in between) is Aborted, for the caller to retry.
+func TestReserveNameTakenThenGone(t *testing.T) {
+	ctx := context.Background()
+	j := &vanishingJournal{Memory: journal.NewMemory()}
+	req := Request{Name: "pvc-1", Size: gib, BackingPrefix: "csi-vol-"}
+	if _, _, err := Reserve(ctx, j, req); err != nil {
+		t.Fatal(err)
+	}
+	j.vanish = true
+	if _, _, err := Reserve(ctx, j, req); status.Code(err) != codes.Aborted {
+		t.Errorf("Reserve of a name given up meanwhile = %v, want Aborted", err)
+	}
+}
+
+type vanishingJournal struct {
+	*journal.Memory
+	vanish bool
+}
+
+func (j *vanishingJournal) LookupName(ctx context.Context, kind journal.Kind, name string) (*journal.Record, error) {
+	if j.vanish {
+		return nil, journal.ErrNotFound
+	}
+	return j.Memory.LookupName(ctx, kind, name)
+}

@@ -17,28 +17,12 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
 
-// Origins tells which provisioner made a volume, for the ORIGIN column:
-// "pelagic" for Pelagic's own journal, "ceph-csi" for one ceph-csi
-// provisioned. "" when it cannot tell.
-type Origins interface {
-	Origin(ctx context.Context, pool rbd.Pool, image string, inPelagicJournal bool) string
-}
-
-// journalOrigins knows only Pelagic's journal.
-type journalOrigins struct{}
-
-func (journalOrigins) Origin(_ context.Context, _ rbd.Pool, _ string, inPelagicJournal bool) string {
-	if inPelagicJournal {
-		return "pelagic"
+// originOf names the provisioner of a journaled volume, for the ORIGIN column.
+func originOf(rec *journal.Record) string {
+	if rec.FromCephCSI() {
+		return "ceph-csi"
 	}
-	return ""
-}
-
-func (s *session) origins() Origins {
-	if s.tool.Origins != nil {
-		return s.tool.Origins
-	}
-	return journalOrigins{}
+	return "pelagic"
 }
 
 // listReport is every volume, with the orphans when asked.
@@ -106,6 +90,7 @@ func (s *session) list(ctx context.Context, poolName string) (*listReport, error
 		err = s.forEachVolume(ctx, pool, func(rec *journal.Record, id string) {
 			seen[id], journaled[rec.Backing] = true, true
 			l := s.describeVolume(ctx, pool, cat, rec.Backing, id, pvs[id])
+			l.Origin = originOf(rec)
 			if l.Problem != "" && errors.Is(l.problem, rbd.ErrImageNotFound) {
 				if s.opts.orphans {
 					r.Orphans = append(r.Orphans, orphanLine{Kind: "journal", Pool: pool.Name(), Image: rec.Backing,
@@ -257,7 +242,6 @@ func (s *session) describeVolume(ctx context.Context, pool rbd.Pool, cat Catalog
 	if err == nil {
 		l.UsedBytes, err = cat.UsedBytes(ctx, image)
 	}
-	l.Origin = s.origins().Origin(ctx, pool, image, owner != nil || pv == nil)
 	if owner != nil {
 		l.Namespace, l.PVC, l.PV = owner.Namespace, owner.PVC, owner.PV
 	}

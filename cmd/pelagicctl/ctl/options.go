@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/pkg/journal"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
 )
 
@@ -25,6 +26,7 @@ type options struct {
 	pool       string
 	node       string
 	fsName     string
+	instanceID string
 	stateDir   string
 	kubeletDir string
 	reason     string
@@ -41,7 +43,7 @@ type options struct {
 
 // globalFlags apply to every command.
 var globalFlags = map[string]bool{"config": true, "cluster-id": true, "id": true, "keyfile": true, "timeout": true,
-	"o": true, "output": true, "kubeconfig": true, "n": true, "namespace": true, "h": true, "help": true}
+	"o": true, "output": true, "kubeconfig": true, "instanceid": true, "n": true, "namespace": true, "h": true, "help": true}
 
 func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("pelagicctl", flag.ContinueOnError)
@@ -57,6 +59,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, else in-cluster, else none)")
 	fs.StringVar(&o.namespace, "n", "", "namespace of the PVC named alone")
 	fs.StringVar(&o.namespace, "namespace", "", "same as -n")
+	fs.StringVar(&o.instanceID, "instanceid", journal.DefaultCephCSIInstance,
+		"the --instanceid of the ceph-csi whose volumes Pelagic serves, to find them in its journal")
 	fs.StringVar(&o.pool, "pool", "", "ls, du, trash, fence: only this pool")
 	fs.StringVar(&o.node, "node", "", "ls: only volumes attached to or mapped on this node; showmapped, unmap: this node's ID")
 	fs.StringVar(&o.fsName, "fs", "", "CephFS filesystem of a CephFS volume given by ID alone (default: the PV's fsName)")

@@ -58,7 +58,8 @@ func (s *session) pools(ctx context.Context, given string) ([]rbd.Pool, error) {
 	}
 	if names[0] == "" {
 		var err error
-		names, err = s.cluster.PoolsHolding(ctx, s.namespace, journal.DirectoryObjects(rbd.JournalPrefix)...)
+		dirs := append(journal.DirectoryObjects(rbd.JournalPrefix), journal.CephCSIDirectoryObjects(s.opts.instanceID)...)
+		names, err = s.cluster.PoolsHolding(ctx, s.namespace, dirs...)
 		if err != nil {
 			return nil, fmt.Errorf("looking for pools with a Pelagic journal: %w", err)
 		}
@@ -80,14 +81,19 @@ func (s *session) idOf(pool rbd.Pool, rec *journal.Record) string {
 	return volumeid.ID{ClusterID: s.cluster.ClusterID(), PoolID: pool.ID(), UUID: rec.UUID}.String()
 }
 
-// forEachVolume calls fn for every volume in the pool's journal, in UUID
-// order, a page at a time so a large pool is never read in one call.
+// forEachVolume calls fn for every volume in the pool's journals,
+// Pelagic's and then ceph-csi's, each in UUID order, a page at a time so a
+// large pool is never read in one call.
 func (s *session) forEachVolume(ctx context.Context, pool rbd.Pool, fn func(rec *journal.Record, id string)) error {
-	err := journal.ForEach(ctx, pool, journal.Volume, 256, func(rec *journal.Record) {
-		fn(rec, s.idOf(pool, rec))
-	})
-	if err != nil {
-		return fmt.Errorf("listing the volumes of pool %s: %w", pool.Name(), err)
+	for _, j := range rbd.Journals(pool, s.opts.instanceID) {
+		err := journal.ForEach(ctx, j, journal.Volume, 256, func(rec *journal.Record) {
+			if rec.Backing != "" { // a ceph-csi reservation it never completed
+				fn(rec, s.idOf(pool, rec))
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("listing the volumes of pool %s: %w", pool.Name(), err)
+		}
 	}
 	return nil
 }
@@ -99,11 +105,12 @@ func (s *session) volumeIDFor(ctx context.Context, pool rbd.Pool, image string, 
 	if owner == nil || owner.Name == "" {
 		return ""
 	}
-	rec, err := pool.LookupName(ctx, journal.Volume, owner.Name)
-	if err != nil || rec.Backing != image {
-		return ""
+	for _, j := range rbd.Journals(pool, s.opts.instanceID) {
+		if rec, err := j.LookupName(ctx, journal.Volume, owner.Name); err == nil && rec.Backing == image {
+			return s.idOf(pool, rec)
+		}
 	}
-	return s.idOf(pool, rec)
+	return ""
 }
 
 // image is an opened RBD image and, when known, its CSI volume ID.
@@ -139,7 +146,7 @@ func (s *session) openImage(ctx context.Context, ref *volumeRef) (*image, error)
 	if err != nil {
 		return nil, err
 	}
-	rec, err := pool.Lookup(ctx, journal.Volume, vid.UUID)
+	rec, err := rbd.LookupVolume(ctx, pool, s.opts.instanceID, vid.UUID)
 	switch {
 	case err == nil:
 		return &image{pool: pool, name: rec.Backing, id: ref.VolumeID}, nil
@@ -147,8 +154,8 @@ func (s *session) openImage(ctx context.Context, ref *volumeRef) (*image, error)
 		ref.note("volume %s is not in Pelagic's journal of pool %s: the image is the PV's imageName", ref.VolumeID, name)
 		return &image{pool: pool, name: ref.Image, id: ref.VolumeID}, nil
 	case errors.Is(err, journal.ErrNotFound):
-		return nil, fmt.Errorf("volume %s is not in the journal of pool %s: deleted, not a Pelagic volume, "+
-			"or a CephFS volume (give its PVC or PV, or --fs)", ref.VolumeID, name)
+		return nil, fmt.Errorf("volume %s is in neither Pelagic's nor ceph-csi's journal of pool %s: deleted, "+
+			"another driver's, or a CephFS volume (give its PVC or PV, or --fs)", ref.VolumeID, name)
 	}
 	return nil, fmt.Errorf("volume %s: %w", ref.VolumeID, err)
 }

@@ -65,9 +65,6 @@ type Tool struct {
 	// FileSystems reaches the CephFS side of a cluster; nil uses the mgr
 	// volumes module and the MDS sessions.
 	FileSystems func(rbd.Cluster) (FileSystems, error)
-	// Origins tells which provisioner made a volume (the ORIGIN column);
-	// nil knows only Pelagic's own journal.
-	Origins Origins
 	// Host is the node the node commands (showmapped, unmap) look at; nil
 	// is this machine.
 	Host *Host

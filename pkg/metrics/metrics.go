@@ -1,0 +1,70 @@
+// Package metrics counts and times the driver's CSI calls and serves them,
+// with the Go runtime's and the process's standard metrics, in the
+// Prometheus text format.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"path"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// RPC holds the metrics of the CSI calls.
+type RPC struct {
+	calls    *prometheus.CounterVec
+	seconds  *prometheus.HistogramVec
+	inFlight *prometheus.GaugeVec
+}
+
+// NewRegistry returns a registry holding the Go runtime's and the
+// process's metrics, and the CSI calls' (returned too).
+func NewRegistry() (*prometheus.Registry, *RPC) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rpc := &RPC{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pelagic_csi_calls_total",
+			Help: "CSI calls answered, by method and gRPC code (Aborted: the volume or name was busy with another call).",
+		}, []string{"method", "code"}),
+		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "pelagic_csi_call_duration_seconds",
+			Help: "How long CSI calls took, by method, whatever they answered.",
+			// 1 ms to about a minute: a call's deadline is in minutes at most.
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 13),
+		}, []string{"method"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pelagic_csi_calls_in_flight",
+			Help: "CSI calls being served, by method.",
+		}, []string{"method"}),
+	}
+	reg.MustRegister(rpc.calls, rpc.seconds, rpc.inFlight)
+	return reg, rpc
+}
+
+// Interceptor counts and times every unary call; outermost, it sees the
+// code and the time the caller sees.
+func (m *RPC) Interceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	method := path.Base(info.FullMethod) // "/csi.v1.Node/NodeStageVolume": NodeStageVolume
+	inFlight := m.inFlight.WithLabelValues(method)
+	inFlight.Inc()
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	m.seconds.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	inFlight.Dec()
+	m.calls.WithLabelValues(method, status.Code(err).String()).Inc()
+	return resp, err
+}
+
+// Handler serves reg's metrics at GET /metrics.
+func Handler(reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
