@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run.sh [DIR]: the Kubernetes end-to-end test (make e2e). Brings up a one-node
 # Kubernetes (up.sh) and a local Ceph cluster (e2e/ceph/up.sh) in DIR, deploys
-# Pelagic's RBD driver from deploy/ (driver and sidecars as host processes), runs the
+# Pelagic's RBD and CephFS drivers from deploy/ (driver and sidecars as host processes), runs the
 # scenarios (e2e/k8s/scenarios), prints their table, and tears everything down.
 # Exits non-zero when anything fails.
 #
@@ -62,11 +62,15 @@ cluster_env() { sed -n "s/^$1=//p" "$CEPH_DIR/cluster.env"; }
 CEPH_MONITORS=$(cluster_env CEPH_MONITORS)
 CEPH_RBD_USER_ID=$(cluster_env CEPH_RBD_USER_ID)
 CEPH_RBD_KEYFILE=$(cluster_env CEPH_RBD_KEYFILE)
+CEPH_FS_USER_ID=$(cluster_env CEPH_FS_USER_ID)
+CEPH_FS_KEYFILE=$(cluster_env CEPH_FS_KEYFILE)
+CEPH_FS_NAME=$(cluster_env CEPH_FS_NAME)
 ceph() { command ceph --conf "$CEPH_DIR/ceph.conf" "$@"; }
 # Rook's class names the pool replicapool.
 ceph osd pool create replicapool 8 8 >/dev/null 2>&1
 ceph osd pool application enable replicapool rbd >/dev/null
 rbd --conf "$CEPH_DIR/ceph.conf" pool init replicapool
+CEPH_FS_DATA_POOL=$(ceph fs ls -f json | jq -r --arg fs "$CEPH_FS_NAME" '.[] | select(.name == $fs) | .data_pools[0]')
 mkdir -p "$DIR/ceph-csi-config"
 cat >"$DIR/ceph-csi-config/config.json" <<EOF
 [{"clusterID": "rook-ceph", "monitors": ["$CEPH_MONITORS"], "rbd": {}, "cephFS": {"subvolumeGroup": "csi"}}]
@@ -87,10 +91,20 @@ for s in rook-csi-rbd-provisioner rook-csi-rbd-node; do
 	kubectl -n rook-ceph create secret generic "$s" --from-literal=userID="$CEPH_RBD_USER_ID" \
 		--from-file=userKey="$CEPH_RBD_KEYFILE" >/dev/null
 done
+# Rook's CephFS secrets name the user adminID/adminKey.
+for s in rook-csi-cephfs-provisioner rook-csi-cephfs-node; do
+	kubectl -n rook-ceph create secret generic "$s" --from-literal=adminID="$CEPH_FS_USER_ID" \
+		--from-file=adminKey="$CEPH_FS_KEYFILE" >/dev/null
+done
 # Everything deploy/ holds but the workloads (the driver runs on the host here).
-for f in rbac.yaml ceph-csi-config.yaml rbd/csidriver.yaml rbd/storageclass.yaml rbd/snapshotclass.yaml; do
+for f in rbac.yaml ceph-csi-config.yaml rbd/csidriver.yaml rbd/storageclass.yaml rbd/snapshotclass.yaml \
+	cephfs/csidriver.yaml cephfs/snapshotclass.yaml; do
 	kubectl apply -f "$ROOT/deploy/$f" >/dev/null
 done
+# Rook's rook-cephfs class names its filesystem myfs: here it is the local one.
+kubectl create --dry-run=client -o json -f "$ROOT/deploy/cephfs/storageclass.yaml" |
+	jq --arg fs "$CEPH_FS_NAME" --arg pool "$CEPH_FS_DATA_POOL" '.parameters.fsName = $fs | .parameters.pool = $pool' |
+	kubectl apply -f - >/dev/null
 phase_done
 
 phase "driver"
