@@ -50,7 +50,8 @@ phase_done
 # Ceph comes up while Kubernetes does: it needs only the bridge address to bind to.
 mkdir -p "$LOGS"
 claim_network
-CEPH_BIND_ADDR=$(node_ip 1) bash "$ROOT/e2e/ceph/up.sh" "$CEPH_DIR" >"$LOGS/ceph-up.log" 2>&1 &
+# The filesystem has the names Rook's rook-cephfs class gives, so deploy/ applies as it is.
+CEPH_FS_NAME=myfs CEPH_FS_DATA_POOL=myfs-replicated CEPH_BIND_ADDR=$(node_ip 1) bash "$ROOT/e2e/ceph/up.sh" "$CEPH_DIR" >"$LOGS/ceph-up.log" 2>&1 &
 ceph_up=$!
 
 "$HERE/up.sh" "$DIR"
@@ -64,13 +65,11 @@ CEPH_RBD_USER_ID=$(cluster_env CEPH_RBD_USER_ID)
 CEPH_RBD_KEYFILE=$(cluster_env CEPH_RBD_KEYFILE)
 CEPH_FS_USER_ID=$(cluster_env CEPH_FS_USER_ID)
 CEPH_FS_KEYFILE=$(cluster_env CEPH_FS_KEYFILE)
-CEPH_FS_NAME=$(cluster_env CEPH_FS_NAME)
 ceph() { command ceph --conf "$CEPH_DIR/ceph.conf" "$@"; }
 # Rook's class names the pool replicapool.
 ceph osd pool create replicapool 8 8 >/dev/null 2>&1
 ceph osd pool application enable replicapool rbd >/dev/null
 rbd --conf "$CEPH_DIR/ceph.conf" pool init replicapool
-CEPH_FS_DATA_POOL=$(ceph fs ls -f json | jq -r --arg fs "$CEPH_FS_NAME" '.[] | select(.name == $fs) | .data_pools[0]')
 mkdir -p "$DIR/ceph-csi-config"
 cat >"$DIR/ceph-csi-config/config.json" <<EOF
 [{"clusterID": "rook-ceph", "monitors": ["$CEPH_MONITORS"], "rbd": {}, "cephFS": {"subvolumeGroup": "csi"}}]
@@ -98,13 +97,9 @@ for s in rook-csi-cephfs-provisioner rook-csi-cephfs-node; do
 done
 # Everything deploy/ holds but the workloads (the driver runs on the host here).
 for f in rbac.yaml ceph-csi-config.yaml rbd/csidriver.yaml rbd/storageclass.yaml rbd/snapshotclass.yaml \
-	cephfs/csidriver.yaml cephfs/snapshotclass.yaml; do
+	cephfs/csidriver.yaml cephfs/storageclass.yaml cephfs/snapshotclass.yaml; do
 	kubectl apply -f "$ROOT/deploy/$f" >/dev/null
 done
-# Rook's rook-cephfs class names its filesystem myfs: here it is the local one.
-kubectl create --dry-run=client -o json -f "$ROOT/deploy/cephfs/storageclass.yaml" |
-	jq --arg fs "$CEPH_FS_NAME" --arg pool "$CEPH_FS_DATA_POOL" '.parameters.fsName = $fs | .parameters.pool = $pool' |
-	kubectl apply -f - >/dev/null
 phase_done
 
 phase "driver"
