@@ -23,9 +23,11 @@ ADMIN = "admin"
 RBD_USER = "csi-rbd"
 FS_USER = "csi-cephfs"
 POOL = "rbd"
-FS_NAME = "cephfs"
-FS_META = "cephfs_metadata"
-FS_DATA = "cephfs_data"
+# CEPH_FS_NAME and CEPH_FS_DATA_POOL (up.sh passes them on) name them as another
+# cluster does, e.g. Rook's example filesystem myfs and its pool myfs-replicated.
+FS_NAME = os.environ.get("CEPH_FS_NAME") or "cephfs"
+FS_META = FS_NAME + "_metadata"
+FS_DATA = os.environ.get("CEPH_FS_DATA_POOL") or FS_NAME + "_data"
 PG_NUM = 8
 
 # entity -> caps. Every entity's key is imported into the mon at mkfs, so no

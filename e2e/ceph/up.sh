@@ -5,6 +5,8 @@
 # pid files, keyrings) lives in DIR; nothing goes to /etc/ceph or /var/lib/ceph.
 #
 #   CEPH_BIND_ADDR=IP   address every daemon binds to (default 127.0.0.1)
+#   CEPH_FS_NAME=NAME, CEPH_FS_DATA_POOL=POOL  the filesystem and its data pool
+#                       (default cephfs and cephfs_data)
 #   UP_TIMEOUT=SECONDS  how long to wait for the cluster to become usable (default 120)
 #   CEPH_OWNER_PID=PID  tear the cluster down (down.sh DIR) once process PID has exited
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run.sh [DIR]: the Kubernetes end-to-end test (make e2e). Brings up a one-node
 # Kubernetes (up.sh) and a local Ceph cluster (e2e/ceph/up.sh) in DIR, deploys
-# Pelagic's RBD driver from deploy/ (driver and sidecars as host processes), runs the
+# Pelagic's RBD and CephFS drivers from deploy/ (driver and sidecars as host processes), runs the
 # scenarios (e2e/k8s/scenarios), prints their table, and tears everything down.
 # Exits non-zero when anything fails.
 #
@@ -50,7 +50,8 @@ phase_done
 # Ceph comes up while Kubernetes does: it needs only the bridge address to bind to.
 mkdir -p "$LOGS"
 claim_network
-CEPH_BIND_ADDR=$(node_ip 1) bash "$ROOT/e2e/ceph/up.sh" "$CEPH_DIR" >"$LOGS/ceph-up.log" 2>&1 &
+# The filesystem has the names Rook's rook-cephfs class gives, so deploy/ applies as it is.
+CEPH_FS_NAME=myfs CEPH_FS_DATA_POOL=myfs-replicated CEPH_BIND_ADDR=$(node_ip 1) bash "$ROOT/e2e/ceph/up.sh" "$CEPH_DIR" >"$LOGS/ceph-up.log" 2>&1 &
 ceph_up=$!
 
 "$HERE/up.sh" "$DIR"
@@ -62,6 +63,8 @@ cluster_env() { sed -n "s/^$1=//p" "$CEPH_DIR/cluster.env"; }
 CEPH_MONITORS=$(cluster_env CEPH_MONITORS)
 CEPH_RBD_USER_ID=$(cluster_env CEPH_RBD_USER_ID)
 CEPH_RBD_KEYFILE=$(cluster_env CEPH_RBD_KEYFILE)
+CEPH_FS_USER_ID=$(cluster_env CEPH_FS_USER_ID)
+CEPH_FS_KEYFILE=$(cluster_env CEPH_FS_KEYFILE)
 ceph() { command ceph --conf "$CEPH_DIR/ceph.conf" "$@"; }
 # Rook's class names the pool replicapool.
 ceph osd pool create replicapool 8 8 >/dev/null 2>&1
@@ -87,8 +90,14 @@ for s in rook-csi-rbd-provisioner rook-csi-rbd-node; do
 	kubectl -n rook-ceph create secret generic "$s" --from-literal=userID="$CEPH_RBD_USER_ID" \
 		--from-file=userKey="$CEPH_RBD_KEYFILE" >/dev/null
 done
+# Rook's CephFS secrets name the user adminID/adminKey.
+for s in rook-csi-cephfs-provisioner rook-csi-cephfs-node; do
+	kubectl -n rook-ceph create secret generic "$s" --from-literal=adminID="$CEPH_FS_USER_ID" \
+		--from-file=adminKey="$CEPH_FS_KEYFILE" >/dev/null
+done
 # Everything deploy/ holds but the workloads (the driver runs on the host here).
-for f in rbac.yaml ceph-csi-config.yaml rbd/csidriver.yaml rbd/storageclass.yaml rbd/snapshotclass.yaml; do
+for f in rbac.yaml ceph-csi-config.yaml rbd/csidriver.yaml rbd/storageclass.yaml rbd/snapshotclass.yaml \
+	cephfs/csidriver.yaml cephfs/storageclass.yaml cephfs/snapshotclass.yaml; do
 	kubectl apply -f "$ROOT/deploy/$f" >/dev/null
 done
 phase_done

@@ -2,18 +2,16 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 )
 
 const cephFSDriver = "rook-ceph.cephfs.csi.ceph.com"
 
-// cephFSShared is scenario 6, waiting for the CephFS driver. HOOK: once
-// CephFS exists, e2e/k8s/csi.sh starts its controller and node plugins
-// (deploy/cephfs/*, --type=cephfs), run.sh makes the filesystem's secrets
-// (rook-csi-cephfs-provisioner, rook-csi-cephfs-node) and applies
-// deploy/cephfs/{csidriver,storageclass}.yaml with the local cluster's fsName
-// and data pool; this scenario then runs as written: two pods share
+// cephFSShared is scenario 6: e2e/k8s/csi.sh runs the CephFS controller and
+// node plugins of deploy/cephfs/, run.sh makes Rook's CephFS secrets and
+// applies its rook-cephfs class with the local filesystem; two pods share
 // deploy/examples/cephfs-pvc.yaml and each reads what the other wrote.
 func cephFSShared(ctx context.Context, e *env) error {
 	drivers, err := e.get(ctx, "", "csinode/"+node1, "{.spec.drivers[*].name}")
@@ -21,7 +19,7 @@ func cephFSShared(ctx context.Context, e *env) error {
 		return err
 	}
 	if !strings.Contains(drivers, cephFSDriver) {
-		return skip("CephFS is not built yet: no %s node plugin runs (hook: e2e/k8s/scenarios/cephfs.go)", cephFSDriver)
+		return fmt.Errorf("no %s node plugin registered on %s (drivers: %s)", cephFSDriver, node1, drivers)
 	}
 	const ns = "s6-cephfs"
 	if err := e.namespace(ctx, ns); err != nil {
