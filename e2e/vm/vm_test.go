@@ -82,7 +82,7 @@ func TestGuest(t *testing.T) {
 		results := &suiteLog{t: t}
 		env := []string{"PELAGIC_GUEST_CLUSTER=" + v.WorkDir()}
 		if bin := os.Getenv(cephcsi.EnvBinary); bin != "" { // ceph-csi's node plugin, for the swap test
-			env = append(env, cephcsi.EnvBinary+"="+bin)
+			env = append(env, cephcsi.EnvBinary+"="+shareWithGuest(t, v, bin))
 		}
 		code, err := v.Run(ctx, results, env, args...)
 		results.Flush()
@@ -275,4 +275,35 @@ func (l *suiteLog) summary() string {
 		s += "; skipped: " + strings.Join(l.skips, "; ")
 	}
 	return s
+}
+
+// shareWithGuest copies the file at path, or the cephcsi and cephcsi.gz a
+// directory at path holds, into the work directory, the one host directory
+// the guest sees at the same path wherever it is (the guest's /tmp, say, is
+// its own), and returns the copy's path.
+func shareWithGuest(t *testing.T, v *VM, path string) string {
+	t.Helper()
+	dir := filepath.Join(v.WorkDir(), "shared-"+filepath.Base(path))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fi.IsDir() {
+		to := filepath.Join(dir, filepath.Base(path))
+		if err := copyFile(path, to, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return to
+	}
+	for _, name := range []string{"cephcsi", "cephcsi.gz"} {
+		if _, err := os.Stat(filepath.Join(path, name)); err == nil {
+			if err := copyFile(filepath.Join(path, name), filepath.Join(dir, name), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir
 }
