@@ -24,7 +24,7 @@ deps:
 
 ## test: every test, unit and integration, against a local cluster this target starts and stops
 test: deps vet
-	bash e2e/run-tests.sh $(GO) test $(GOFLAGS_T) -count=1 -timeout $(TEST_TIMEOUT) ./...
+	bash e2e/run-tests.sh --report $(GO) test $(GOFLAGS_T) -json -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## test-kernel: only the kernel client tests (krbd, rbd-nbd) in a guest kernel under QEMU; make test runs them too
 test-kernel: deps
