@@ -294,6 +294,14 @@ func (s *swapFS) checkUnknownIDs(ctx context.Context, t *testing.T) {
 	if err := e.fsa.RemoveSubVolume(e.fs, e.group, sub); err != nil {
 		t.Fatal(err)
 	}
+
+	// An entry ceph-csi left without its subvolume's name, as a deletion it never finished leaves it.
+	half := volumeid.ID{ClusterID: cephcsiFSClusterID, PoolID: e.fscid, UUID: "88888888-8888-4888-8888-888888888888"}
+	setOmap(t, e.journal, "csi.volume."+half.UUID, map[string]string{"csi.volname": e.volumeName("pvc-swap-fs-dangling")})
+	if _, err := s.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: half.String(), Secrets: e.secrets}); err != nil {
+		t.Errorf("DeleteVolume of an ID whose entry ceph-csi left incomplete: %v", err)
+	}
+	wantEntryGone(t, e.journal, "volume", half.String())
 }
 
 // checkLeft: exactly what nobody deleted is left, ceph-csi's entries unchanged.

@@ -181,10 +181,27 @@ func (c *Controller) deleteUnknown(ctx context.Context, req *csi.DeleteVolumeReq
 	}
 	err = volume.Leftover{ID: vid, InstanceID: c.opts.CephCSIInstanceID, What: "subvolume", Names: names,
 		Where: "subvolume group " + cc.SubvolumeGroup() + " of filesystem " + fs.Name}.Check()
+	if err == nil {
+		err = c.removeDangling(ctx, cl, fs, vid.UUID)
+	}
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// removeDangling removes what is left of an entry ceph-csi left incomplete
+// for uuid (a deletion it never finished): nothing else would.
+func (c *Controller) removeDangling(ctx context.Context, cl Cluster, fs FSInfo, uuid string) error {
+	j, err := c.journal(ctx, cl, fs)
+	if err != nil {
+		return err
+	}
+	rec, err := j.Lookup(ctx, journal.Volume, uuid)
+	if errors.Is(err, journal.ErrDangling) {
+		return j.Remove(ctx, rec)
+	}
+	return nil
 }
 
 // liveSubvolumes names the subvolumes of a group named after uuid, but for
