@@ -2,18 +2,23 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"maps"
+	"os"
+	"path"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	libcephfs "github.com/ceph/go-ceph/cephfs"
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/pelagic-csi/pelagic/e2e/cephcsi"
+	"github.com/pelagic-csi/pelagic/e2e/cephtest"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
@@ -23,7 +28,8 @@ import (
 type swapFS struct {
 	e *cephcsiFS
 	swapCtrl
-	names map[string]string // request names by key
+	root  *libcephfs.MountInfo // the filesystem's root, the admin's, to write and read subvolumes' files
+	names map[string]string    // request names by key
 	srcs  map[string]*csi.VolumeContentSource
 
 	vol, restore, clone, keep *csi.Volume   // by ceph-csi
@@ -79,8 +85,11 @@ func (s *swapFS) provision(ctx context.Context, t *testing.T) {
 		}
 		return resp.GetSnapshot()
 	}
+	s.root = cephtest.MountFSRoot(t, adminConn(t, cephtest.Get(t)), e.fs)
 	s.vol = create("vol", nil)
+	s.write(t, s.vol, "before the snapshot")
 	s.snap = snapshot("snap", s.vol)
+	s.write(t, s.vol, "after the snapshot!")
 	s.restore = create("restore", snapshotSource(s.snap.GetSnapshotId()))
 	s.clone = create("clone", volumeSource(s.vol.GetVolumeId()))
 	s.keep = create("keep", nil)
@@ -225,6 +234,12 @@ func (s *swapFS) checkCopies(ctx context.Context, t *testing.T) {
 	s.ownRestore = create("ownRestore", snapshotSource(s.snap.GetSnapshotId()))
 	s.ownClone = create("ownClone", volumeSource(s.vol.GetVolumeId()))
 	s.ownNew = create("ownNew", nil)
+	for v, want := range map[*csi.Volume]string{s.restore: "before the snapshot", s.clone: "after the snapshot!",
+		s.ownRestore: "before the snapshot", s.ownClone: "after the snapshot!"} {
+		if got := s.read(t, v); got != want {
+			t.Errorf("%s reads %q, want %q", subvolumeOf(v), got, want)
+		}
+	}
 	if got := omapOf(t, e.journal, "csi.volumes.default"); !maps.Equal(got, dir) {
 		t.Errorf("ceph-csi's volume directory changed: %v, was %v", got, dir)
 	}
@@ -363,4 +378,43 @@ func (s *swapFS) wantGone(t *testing.T, kind, id string, subvolumes ...string) {
 			t.Errorf("subvolume %s is left", sub)
 		}
 	}
+}
+
+// dataFile is the file the test writes in a volume's subvolume.
+func (s *swapFS) dataFile(t *testing.T, v *csi.Volume) string {
+	t.Helper()
+	dir, err := s.e.fsa.SubVolumePath(s.e.fs, s.e.group, subvolumeOf(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path.Join(dir, "data")
+}
+
+func (s *swapFS) write(t *testing.T, v *csi.Volume, data string) {
+	t.Helper()
+	f, err := s.root.Open(s.dataFile(t, v), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte(data)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Fsync(libcephfs.SyncAll); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *swapFS) read(t *testing.T, v *csi.Volume) string {
+	t.Helper()
+	f, err := s.root.Open(s.dataFile(t, v), os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }
