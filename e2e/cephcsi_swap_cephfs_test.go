@@ -60,6 +60,7 @@ func TestCephCSISwapCephFS(t *testing.T) {
 	s.checkFound(ctx, t)
 	s.checkSnapshots(ctx, t)
 	s.checkExpand(ctx, t)
+	s.checkNode(t)
 	s.checkCopies(ctx, t)
 	s.checkDeletions(ctx, t)
 	s.checkUnknownIDs(ctx, t)
@@ -210,6 +211,21 @@ func (s *swapFS) checkExpand(ctx context.Context, t *testing.T) {
 	if info, err := s.e.fsa.SubVolumeInfo(s.e.fs, s.e.group, subvolumeOf(s.vol)); err != nil || info.BytesQuota != admin.ByteCount(2*gib) {
 		t.Errorf("subvolume after expansion: %+v, %v", info, err)
 	}
+}
+
+// checkNode: Pelagic's node plugin stages and publishes ceph-csi's volume with the volume context
+// its PV carries (ceph-fuse, as the context's mounter says), and finds ceph-csi's data there.
+func (s *swapFS) checkNode(t *testing.T) {
+	_, d := startDriver(t, driver.Options{Type: "cephfs", DriverName: "cephfs.csi.ceph.com", Node: true, NodeID: "node-a",
+		StateDir: shortTempDir(t), Config: cephcsiConfig(t, []cephcsi.Cluster{s.e.cluster})})
+	m := mountVolume(t, d.Services.Node, s.vol, mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER), shortTempDir(t), s.e.secrets)
+	if got := readEventually(t, m.file("data")); string(got) != "after the snapshot!" {
+		t.Errorf("ceph-csi's volume staged by Pelagic reads %q", got)
+	}
+	if err := os.WriteFile(m.file("node"), []byte("written through Pelagic's node"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.close(t) // before the volume is deleted: a mounted client holds its caps
 }
 
 // checkCopies: Pelagic restores ceph-csi's snapshot and clones its volume; new volumes are Pelagic's.

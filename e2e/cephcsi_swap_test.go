@@ -22,6 +22,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/e2e/cephcsi"
 	"github.com/pelagic-csi/pelagic/e2e/cephtest"
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 	"github.com/pelagic-csi/pelagic/pkg/kube"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
@@ -82,14 +83,20 @@ func startPelagicFor(t *testing.T, e *cephcsiRBD) csi.ControllerClient {
 // was given for clusters.
 func startPelagicController(t *testing.T, clusters []cephcsi.Cluster, o driver.Options) csi.ControllerClient {
 	t.Helper()
+	o.Config, o.Controller = cephcsiConfig(t, clusters), true
+	endpoint, _ := startDriver(t, o)
+	return csi.NewControllerClient(dial(t, endpoint))
+}
+
+// cephcsiConfig is Pelagic's config read from the config.json ceph-csi was given for clusters.
+func cephcsiConfig(t *testing.T, clusters []cephcsi.Cluster) *ceph.Config {
+	t.Helper()
 	cfgJSON, err := cephcsi.ConfigJSON(clusters)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Config, _ = loadConfig(t, cfgJSON)
-	o.Controller = true
-	endpoint, _ := startDriver(t, o)
-	return csi.NewControllerClient(dial(t, endpoint))
+	cfg, _ := loadConfig(t, cfgJSON)
+	return cfg
 }
 
 // provision makes, with ceph-csi, every kind of volume and snapshot it provisions.
