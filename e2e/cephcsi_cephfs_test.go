@@ -19,6 +19,7 @@ const cephcsiFSClusterID = "e2e-cephcsi-fs"
 // cephcsiFS is ceph-csi's CephFS controller on a subvolume group of the test's own.
 type cephcsiFS struct {
 	d       *cephcsi.Driver
+	cluster cephcsi.Cluster // its config.json entry
 	fsa     *admin.FSAdmin
 	fs      string
 	group   string
@@ -35,6 +36,7 @@ func newCephCSIFS(t *testing.T) *cephcsiFS {
 		"adminID": c.FSUserID, "adminKey": c.FSUserKey, "userID": c.FSUserID, "userKey": c.FSUserKey}}
 	entry := cephcsi.ClusterOf(c, cephcsiFSClusterID)
 	entry.SubvolumeGroup = e.group
+	e.cluster = entry
 	e.d = cephcsi.Start(t, cephcsi.Options{Type: "cephfs", Clusters: []cephcsi.Cluster{entry}})
 	conn := adminConn(t, c)
 	e.fsa = admin.NewFromConn(conn)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/e2e/cephcsi"
 	"github.com/pelagic-csi/pelagic/e2e/cephtest"
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 	"github.com/pelagic-csi/pelagic/pkg/kube"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
@@ -30,8 +31,8 @@ import (
 // swapRBD is what ceph-csi provisioned before it was replaced by Pelagic, with Pelagic's
 // controller serving the same config under the same driver name.
 type swapRBD struct {
-	e    *cephcsiRBD
-	ctrl csi.ControllerClient
+	e *cephcsiRBD
+	swapCtrl
 	base map[string]string // the class of the plain volume
 
 	plain, data, ns, restore, clone *csi.Volume   // by ceph-csi
@@ -59,7 +60,7 @@ func TestCephCSISwapRBD(t *testing.T) {
 	if err := e.d.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	s.ctrl = startPelagicFor(t, e)
+	s.swapCtrl = swapCtrl{ctrl: startPelagicFor(t, e), secrets: e.secrets}
 
 	s.checkFound(ctx, t)
 	s.checkPelagicctl(ctx, t)
@@ -75,14 +76,28 @@ func TestCephCSISwapRBD(t *testing.T) {
 // startPelagicFor serves Pelagic's controller with ceph-csi's config and driver name.
 func startPelagicFor(t *testing.T, e *cephcsiRBD) csi.ControllerClient {
 	t.Helper()
-	cfgJSON, err := cephcsi.ConfigJSON(e.clusters)
+	return startPelagicController(t, e.clusters, driver.Options{Type: "rbd", DriverName: "rbd.csi.ceph.com",
+		Nodes: kube.NewFakeNodes("node-a", "node-b")})
+}
+
+// startPelagicController serves Pelagic's controller as o says, with the config.json ceph-csi
+// was given for clusters.
+func startPelagicController(t *testing.T, clusters []cephcsi.Cluster, o driver.Options) csi.ControllerClient {
+	t.Helper()
+	o.Config, o.Controller = cephcsiConfig(t, clusters), true
+	endpoint, _ := startDriver(t, o)
+	return csi.NewControllerClient(dial(t, endpoint))
+}
+
+// cephcsiConfig is Pelagic's config read from the config.json ceph-csi was given for clusters.
+func cephcsiConfig(t *testing.T, clusters []cephcsi.Cluster) *ceph.Config {
+	t.Helper()
+	cfgJSON, err := cephcsi.ConfigJSON(clusters)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg, _ := loadConfig(t, cfgJSON)
-	endpoint, _ := startDriver(t, driver.Options{Type: "rbd", DriverName: "rbd.csi.ceph.com", Controller: true,
-		Config: cfg, Nodes: kube.NewFakeNodes("node-a", "node-b")})
-	return csi.NewControllerClient(dial(t, endpoint))
+	return cfg
 }
 
 // provision makes, with ceph-csi, every kind of volume and snapshot it provisions.
@@ -456,16 +471,22 @@ func (s *swapRBD) deleteTheRest(ctx context.Context, t *testing.T) {
 	}
 }
 
-func (s *swapRBD) deleteVolume(ctx context.Context, t *testing.T, v *csi.Volume) {
+// swapCtrl is Pelagic's controller after the swap, and the secrets the provisioner passes it.
+type swapCtrl struct {
+	ctrl    csi.ControllerClient
+	secrets map[string]string
+}
+
+func (s swapCtrl) deleteVolume(ctx context.Context, t *testing.T, v *csi.Volume) {
 	t.Helper()
-	if _, err := s.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId(), Secrets: s.e.secrets}); err != nil {
+	if _, err := s.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId(), Secrets: s.secrets}); err != nil {
 		t.Fatalf("DeleteVolume %s through Pelagic: %v", v.GetVolumeId(), err)
 	}
 }
 
-func (s *swapRBD) deleteSnapshot(ctx context.Context, t *testing.T, snap *csi.Snapshot) {
+func (s swapCtrl) deleteSnapshot(ctx context.Context, t *testing.T, snap *csi.Snapshot) {
 	t.Helper()
-	if _, err := s.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: s.e.secrets}); err != nil {
+	if _, err := s.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: s.secrets}); err != nil {
 		t.Fatalf("DeleteSnapshot %s through Pelagic: %v", snap.GetSnapshotId(), err)
 	}
 }
@@ -473,6 +494,18 @@ func (s *swapRBD) deleteSnapshot(ctx context.Context, t *testing.T, snap *csi.Sn
 // wantGone fails unless the images are gone from the pool's list and the ceph-csi entry of the
 // ID (kind "volume" or "snap") is gone, directory key and object.
 func (s *swapRBD) wantGone(t *testing.T, io *rados.IOContext, kind, id string, images ...string) {
+	t.Helper()
+	wantEntryGone(t, io, kind, id)
+	for _, image := range images {
+		if slices.Contains(imageNames(t, io), image) {
+			t.Errorf("image %s is left", image)
+		}
+	}
+}
+
+// wantEntryGone fails unless ceph-csi's journal entry of the ID (kind "volume" or "snap") is gone,
+// directory key and object.
+func wantEntryGone(t *testing.T, io *rados.IOContext, kind, id string) {
 	t.Helper()
 	uuid := uuidOf(id)
 	for key, v := range omapOf(t, io, "csi."+kind+"s.default") {
@@ -482,11 +515,6 @@ func (s *swapRBD) wantGone(t *testing.T, io *rados.IOContext, kind, id string, i
 	}
 	if omapOf(t, io, "csi."+kind+"."+uuid) != nil {
 		t.Errorf("csi.%s.%s is left", kind, uuid)
-	}
-	for _, image := range images {
-		if slices.Contains(imageNames(t, io), image) {
-			t.Errorf("image %s is left", image)
-		}
 	}
 }
 

@@ -146,10 +146,17 @@ type mounted struct {
 // go when the test ends.
 func (e *cephfsEnv) mount(t *testing.T, node csi.NodeServer, v *csi.Volume, c *csi.VolumeCapability, dir string) *mounted {
 	t.Helper()
+	return mountVolume(t, node, v, c, dir, e.secrets)
+}
+
+// mountVolume stages v on node (under dir), with its volume context and
+// secrets, and publishes it at one target; both go when the test ends.
+func mountVolume(t *testing.T, node csi.NodeServer, v *csi.Volume, c *csi.VolumeCapability, dir string, secrets map[string]string) *mounted {
+	t.Helper()
 	m := &mounted{node: node, vol: v, staging: filepath.Join(dir, "staging"), target: filepath.Join(dir, "target"), cap: c}
 	ctx := testContext(t, time.Minute)
 	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.GetVolumeId(), StagingTargetPath: m.staging,
-		VolumeCapability: c, VolumeContext: v.GetVolumeContext(), Secrets: e.secrets}); err != nil {
+		VolumeCapability: c, VolumeContext: v.GetVolumeContext(), Secrets: secrets}); err != nil {
 		t.Fatalf("NodeStageVolume: %v", err)
 	}
 	t.Cleanup(func() { m.close(t) })

@@ -27,6 +27,9 @@ type Cluster interface {
 	Volumes() Volumes
 	// Journal opens the journal kept in a pool's namespace.
 	Journal(ctx context.Context, pool, namespace string) (journal.Journal, error)
+	// CephCSIJournal opens the journal ceph-csi keeps in a pool's
+	// namespace under its instance ID (see journal.CephCSI).
+	CephCSIJournal(ctx context.Context, pool, namespace, instanceID string) (journal.Journal, error)
 }
 
 // CephConnector is the Connector over real clusters: the clusters of
@@ -73,4 +76,12 @@ func (c *cephCluster) Journal(ctx context.Context, pool, namespace string) (jour
 		return nil, err
 	}
 	return journal.NewRados(p.IOContext(), JournalPrefix), nil
+}
+
+func (c *cephCluster) CephCSIJournal(ctx context.Context, pool, namespace, instanceID string) (journal.Journal, error) {
+	p, err := c.OpenPool(ctx, pool, namespace)
+	if err != nil {
+		return nil, err
+	}
+	return journal.NewCephCSI(p.IOContext(), p.ID(), instanceID), nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strconv"
 	"sync"
 	"time"
@@ -30,6 +29,9 @@ type ControllerOptions struct {
 	// state while CreateVolume waits for it; it grows to ten times that.
 	// Default 20 ms.
 	ClonePoll time.Duration
+	// CephCSIInstanceID is the instance ID (--instanceid) of the ceph-csi
+	// whose volumes this controller serves in place; default "default".
+	CephCSIInstanceID string
 	// AfterReserve, when set, runs between the journal reservation and the
 	// subvolume's creation: tests use it to stop a controller there.
 	AfterReserve func(name string)
@@ -51,6 +53,9 @@ type Controller struct {
 func NewController(opts ControllerOptions) *Controller {
 	if opts.DefaultSize == 0 {
 		opts.DefaultSize = 1 << 30
+	}
+	if opts.CephCSIInstanceID == "" {
+		opts.CephCSIInstanceID = journal.DefaultCephCSIInstance
 	}
 	if opts.ClonePoll == 0 {
 		opts.ClonePoll = 20 * time.Millisecond
@@ -139,13 +144,23 @@ func (c *Controller) fileSystem(ctx context.Context, cl Cluster, key string) (FS
 	return FSInfo{}, fmt.Errorf("%w: no filesystem %s in cluster %q", ceph.ErrPoolNotFound, key[1:], cl.ClusterID())
 }
 
-// journal opens the journal of a filesystem, in its metadata pool.
+// journal opens the journals of a filesystem, in its metadata pool:
+// Pelagic's over ceph-csi's (see cephcsi.go).
 func (c *Controller) journal(ctx context.Context, cl Cluster, fs FSInfo) (journal.Journal, error) {
 	cc, err := c.opts.Config.Cluster(cl.ClusterID())
 	if err != nil {
 		return nil, err
 	}
-	return cl.Journal(ctx, fs.MetadataPool, cc.CephFSRadosNamespace())
+	own, err := cl.Journal(ctx, fs.MetadataPool, cc.CephFSRadosNamespace())
+	if err != nil {
+		return nil, err
+	}
+	theirs, err := cl.CephCSIJournal(ctx, fs.MetadataPool, cc.CephFSRadosNamespace(), c.opts.CephCSIInstanceID)
+	if err != nil {
+		return nil, err
+	}
+	return journal.Layered{Own: own, CephCSI: cephCSIRecords{Journal: theirs, clusterID: cl.ClusterID(), fs: fs,
+		group: cc.SubvolumeGroup(), vols: cl.Volumes()}}, nil
 }
 
 // resolved is an ID resolved to its filesystem and journal record.
@@ -218,6 +233,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		return nil, status.Errorf(codes.InvalidArgument, "%s %q: %v", ParamFSName, params.FSName, err)
 	}
 	j, err := c.journal(ctx, cl, fs)
+	if err == nil {
+		err = takeBackHalfCephCSI(ctx, j, cl.Volumes(), journal.Volume, req.GetName())
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -247,7 +265,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	}
 	id := volumeid.ID{ClusterID: params.ClusterID, PoolID: fs.ID, UUID: rec.UUID}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: id.String(), CapacityBytes: rec.SizeBytes,
-		VolumeContext: volumeContext(params.ClusterID, rec.Params, rec.Backing, path), ContentSource: req.GetVolumeContentSource()}}, nil
+		VolumeContext: volumeContext(params.ClusterID, contextParams(rec, params), rec.Backing, path), ContentSource: req.GetVolumeContentSource()}}, nil
 }
 
 // checkCreate validates a CreateVolume request and fills in the defaults.
@@ -330,15 +348,16 @@ func (c *Controller) undoReservation(v Volumes, j journal.Journal, sv Subvolume,
 }
 
 // DeleteVolume removes the subvolume, keeping its snapshots (they outlive
-// it, as CSI snapshots must), and its journal entry. A volume that does not
-// exist is already deleted; a view of a snapshot has nothing to remove.
+// it, as CSI snapshots must), and its journal entry. A volume no journal
+// knows is already deleted unless a subvolume of its UUID is left; a view
+// of a snapshot has nothing to remove.
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
 	}
 	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
 	if status.Code(err) == codes.NotFound {
-		return &csi.DeleteVolumeResponse{}, nil
+		return c.deleteUnknown(ctx, req)
 	}
 	if err != nil {
 		return nil, err
@@ -456,7 +475,7 @@ func (r *resolved) mismatch(req *csi.ValidateVolumeCapabilitiesRequest) string {
 		if p.Group == "" {
 			p.Group = r.rec.Params[ParamSubvolumeGroup]
 		}
-		if !maps.Equal(p.journalParams(), r.rec.Params) {
+		if !describes(r.rec, p.journalParams()) {
 			return "the parameters are not those the volume was created with"
 		}
 	}
@@ -553,7 +572,7 @@ func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]*jou
 		if err != nil {
 			return nil, nil, toStatus(err)
 		}
-		j, err := kp.Cluster.Journal(ctx, fs.MetadataPool, kp.Namespace)
+		j, err := c.journal(ctx, kp.Cluster, fs)
 		if err != nil {
 			return nil, nil, toStatus(err)
 		}

@@ -41,14 +41,24 @@ func NewFakeCluster(ctx context.Context, id string, vols *FakeVolumes) (*FakeClu
 func (c *FakeCluster) Volumes() Volumes { return c.Vols }
 
 func (c *FakeCluster) Journal(ctx context.Context, pool, namespace string) (journal.Journal, error) {
+	return c.memory(ctx, pool+"/"+namespace, pool, "")
+}
+
+// CephCSIJournal implements Cluster: a memory journal whose records report
+// FromCephCSI, for tests to fill as ceph-csi would.
+func (c *FakeCluster) CephCSIJournal(ctx context.Context, pool, namespace, instanceID string) (journal.Journal, error) {
+	return c.memory(ctx, pool+"/"+namespace+"#"+instanceID, pool, journal.OriginCephCSI)
+}
+
+func (c *FakeCluster) memory(ctx context.Context, key, pool, origin string) (*journal.Memory, error) {
 	if _, err := c.PoolID(ctx, pool); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	key := pool + "/" + namespace
 	if c.journals[key] == nil {
 		c.journals[key] = journal.NewMemory()
+		c.journals[key].Origin = origin
 	}
 	return c.journals[key], nil
 }

@@ -51,20 +51,7 @@ func newRealEnv(t testing.TB) *realEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := libcephfs.CreateFromRados(adm.Conn)
-	if err == nil {
-		err = root.SelectFilesystem(c.FSName)
-	}
-	if err == nil {
-		err = root.Mount()
-	}
-	if err != nil {
-		t.Fatalf("mounting %s as admin: %v", c.FSName, err)
-	}
-	t.Cleanup(func() {
-		_ = root.Unmount()
-		_ = root.Release()
-	})
+	root := cephtest.MountFSRoot(t, adm.Conn, c.FSName)
 	return &realEnv{c: c, vols: NewMgrVolumes(user.Conn), admin: admin.NewFromConn(adm.Conn), root: root}
 }
 

@@ -37,6 +37,9 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	if src.backedBySnapshot() {
 		return nil, status.Errorf(codes.InvalidArgument, "volume %s is a view of a snapshot: snapshot its source instead", req.GetSourceVolumeId())
 	}
+	if err := takeBackHalfCephCSI(ctx, src.journal, src.cluster.Volumes(), journal.Snapshot, req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
 	rec, err := src.journal.LookupName(ctx, journal.Snapshot, req.GetName())
 	switch {
 	case err == nil && rec.Source != req.GetSourceVolumeId():

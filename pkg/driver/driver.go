@@ -107,7 +107,8 @@ func New(o Options) (*Driver, error) {
 	case "cephfs":
 		connector := &cephfs.CephConnector{Config: o.Config, Conns: conns}
 		if o.Controller {
-			d.Services.Controller = cephfs.NewController(cephfs.ControllerOptions{Connector: connector, Config: o.Config})
+			d.Services.Controller = cephfs.NewController(cephfs.ControllerOptions{Connector: connector, Config: o.Config,
+				CephCSIInstanceID: o.CephCSIInstanceID})
 		}
 		if o.Node {
 			node, err := newCephFSNode(o, connector)

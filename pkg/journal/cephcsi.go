@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,7 +35,7 @@ var ErrOtherPool = errors.New("ceph-csi's journal entry points to another pool")
 // errReadOnly: Pelagic's new volumes and snapshots go to its own journal.
 var errReadOnly = errors.New("names are reserved only in Pelagic's own journal, never in ceph-csi's")
 
-// cephCSIKind holds the names ceph-csi's RBD journal uses for one kind.
+// cephCSIKind holds the names ceph-csi's journals (RBD's and CephFS's) use for one kind.
 type cephCSIKind struct {
 	directory string // + instance ID: request name -> UUID
 	entry     string // + request name: a directory key; + UUID: the entry object
@@ -52,6 +53,10 @@ const (
 	cephCSIImageIDKey = "csi.imageid"      // written after the image exists
 	cephCSIOwnerKey   = "csi.volume.owner" // the PVC's namespace, when the request named one
 	cephCSISourceKey  = "csi.source"       // a snapshot's source image
+	// cephCSIFSSnapOwnerKey holds a CephFS snapshot's owner: ceph-csi's
+	// CephFS snapshot journal names no key for it. Only a read by name
+	// finds it (a listing "after ''" starts past it).
+	cephCSIFSSnapOwnerKey = ""
 )
 
 // CephCSIDirectoryObjects names the directory objects of ceph-csi's journal
@@ -60,7 +65,7 @@ func CephCSIDirectoryObjects(instanceID string) []string {
 	return []string{cephCSIKinds[Volume].directory + instanceID, cephCSIKinds[Snapshot].directory + instanceID}
 }
 
-// CephCSI is ceph-csi's RBD journal in one pool and RADOS namespace
+// CephCSI is ceph-csi's journal in one pool and RADOS namespace
 // (docs/ceph-csi-format.md): per kind a directory, "csi.volumes.<instance>"
 // mapping "csi.volume.<request name>" to a UUID, and an entry object per
 // UUID, "csi.volume.<uuid>", whose omap names the request, the image and
@@ -69,7 +74,9 @@ func CephCSIDirectoryObjects(instanceID string) []string {
 // there. Records it returns carry Origin OriginCephCSI, the image as Backing
 // and its ID as BackingID; a snapshot's Backing and SnapName are both its
 // snapshot image, which holds one snapshot of its own name. Sizes, creation
-// times and source volume IDs are not in this journal.
+// times and source volume IDs are not in this journal. In CephFS's, the
+// "image" is the subvolume; a snapshot's is its subvolume snapshot's name,
+// taken of the subvolume SourceBacking names.
 type CephCSI struct {
 	ioctx    *rados.IOContext
 	poolID   int64
@@ -133,7 +140,8 @@ func parseCephCSIDirectoryValue(v string, ownPool int64) (string, error) {
 func (j *CephCSI) Lookup(ctx context.Context, kind Kind, uuid string) (*Record, error) {
 	k := cephCSIKinds[kind]
 	oid := k.entry + uuid
-	vals, err := j.readKeys(ctx, oid, k.nameKey, cephCSIImageKey, cephCSIImageIDKey, cephCSIOwnerKey, cephCSISourceKey)
+	vals, err := j.readKeys(ctx, oid, k.nameKey, cephCSIImageKey, cephCSIImageIDKey, cephCSIOwnerKey, cephCSISourceKey,
+		cephCSIFSSnapOwnerKey)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +149,8 @@ func (j *CephCSI) Lookup(ctx context.Context, kind Kind, uuid string) (*Record, 
 		return nil, ErrNotFound
 	}
 	rec := &Record{Kind: kind, UUID: uuid, Name: vals[k.nameKey], Backing: vals[cephCSIImageKey],
-		BackingID: vals[cephCSIImageIDKey], Owner: vals[cephCSIOwnerKey], Origin: OriginCephCSI}
+		BackingID: vals[cephCSIImageIDKey], Owner: cmp.Or(vals[cephCSIOwnerKey], vals[cephCSIFSSnapOwnerKey]),
+		Origin: OriginCephCSI}
 	if kind == Snapshot {
 		rec.SnapName, rec.SourceBacking = rec.Backing, vals[cephCSISourceKey]
 	}

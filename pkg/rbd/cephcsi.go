@@ -100,7 +100,7 @@ func (c *Controller) resolveCephCSI(ctx context.Context, kind journal.Kind, id s
 // ID of its source volume. A snapshot whose image is gone stays as read, so
 // that deleting it still removes its entry.
 func completeCephCSISnapshot(ctx context.Context, clusterID string, pool Pool, rec *journal.Record) error {
-	rec.Source = cephCSIVolumeID(clusterID, pool.ID(), rec.SourceBacking)
+	rec.Source = volumeid.OfBacking(clusterID, pool.ID(), rec.SourceBacking)
 	info, err := pool.Stat(ctx, rec.Backing)
 	if errors.Is(err, ErrImageNotFound) && rec.BackingID != "" {
 		info, err = pool.StatByID(ctx, rec.BackingID) // in the trash: ceph-csi's deletion was cut short
@@ -114,15 +114,6 @@ func completeCephCSISnapshot(ctx context.Context, clusterID string, pool Pool, r
 	rec.BackingID = cmp.Or(rec.BackingID, info.ID)
 	rec.SizeBytes, rec.Created = info.Size, info.Created
 	return nil
-}
-
-// cephCSIVolumeID is the ID of the ceph-csi volume whose image is named
-// image: the image's name ends with the UUID of its entry, in the same pool.
-func cephCSIVolumeID(clusterID string, poolID int64, image string) string {
-	if len(image) < 36 || !volumeid.IsUUID(image[len(image)-36:]) {
-		return ""
-	}
-	return volumeid.ID{ClusterID: clusterID, PoolID: poolID, UUID: image[len(image)-36:]}.String()
 }
 
 // cephCSIVolume returns the volume ceph-csi provisioned in pool under the
@@ -246,20 +237,12 @@ func (c *Controller) deleteUnknown(ctx context.Context, u *unknownID) (*csi.Dele
 	if err != nil {
 		return nil, volume.Status(err)
 	}
-	var left []string
-	for _, name := range images {
-		if strings.HasSuffix(name, u.id.UUID) {
-			left = append(left, name)
-		}
+	err = volume.Leftover{ID: u.id, InstanceID: c.opts.CephCSIInstanceID, What: "image", Names: images,
+		Where: "pool " + u.pool.Name() + namespaceSuffix(u.pool.Namespace())}.Check()
+	if err != nil {
+		return nil, err
 	}
-	if len(left) == 0 {
-		return &csi.DeleteVolumeResponse{}, nil
-	}
-	return nil, status.Errorf(codes.FailedPrecondition,
-		"volume %s is in no journal (Pelagic's, or ceph-csi's under instance ID %q), yet pool %s%s holds %s, named after its UUID; "+
-			"not deleting an image nothing ties to this volume: remove it by hand if it is this volume's data, "+
-			"or check the instance ID ceph-csi ran with (--instanceid)",
-		u.id, c.opts.CephCSIInstanceID, u.pool.Name(), namespaceSuffix(u.pool.Namespace()), strings.Join(left, ", "))
+	return &csi.DeleteVolumeResponse{}, nil
 }
 
 func namespaceSuffix(ns string) string {
@@ -345,14 +328,7 @@ func Journals(pool Pool, instanceID string) []journal.Journal {
 // Pelagic's journal or else ceph-csi's (see Journals); journal.ErrNotFound
 // when neither holds it whole.
 func LookupVolume(ctx context.Context, pool Pool, instanceID, uuid string) (*journal.Record, error) {
-	rec, err := pool.Lookup(ctx, journal.Volume, uuid)
-	if !errors.Is(err, journal.ErrNotFound) {
-		return rec, err
-	}
-	rec, err = pool.CephCSI(instanceID).Lookup(ctx, journal.Volume, uuid)
-	if err == nil && rec.Backing == "" {
-		err = journal.ErrDangling
-	}
+	rec, err := journal.Layered{Own: pool, CephCSI: pool.CephCSI(instanceID)}.Lookup(ctx, journal.Volume, uuid)
 	if err != nil {
 		return nil, err
 	}

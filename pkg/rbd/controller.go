@@ -708,7 +708,7 @@ func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]list
 		for _, j := range Journals(pool, c.opts.CephCSIInstanceID) {
 			err = journal.ForEach(ctx, j, kind, 1000, func(r *journal.Record) {
 				if r.FromCephCSI() && kind == journal.Snapshot {
-					r.Source = cephCSIVolumeID(kp.ClusterID, pool.ID(), r.SourceBacking)
+					r.Source = volumeid.OfBacking(kp.ClusterID, pool.ID(), r.SourceBacking)
 				}
 				out = append(out, listedRecord{rec: r, pool: pool,
 					id: volumeid.ID{ClusterID: kp.ClusterID, PoolID: pool.ID(), UUID: r.UUID}.String()})

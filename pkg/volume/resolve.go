@@ -83,8 +83,10 @@ func Reserve(ctx context.Context, j journal.Journal, req Request) (rec *journal.
 }
 
 // reuse checks that an existing reservation is the volume req asks for.
+// Of a volume ceph-csi provisioned only the size can be: its journal
+// records neither parameters nor content source.
 func reuse(ctx context.Context, j journal.Journal, rec *journal.Record, req Request) error {
-	if !maps.Equal(rec.Params, req.Params) || rec.Source != req.Source {
+	if !rec.FromCephCSI() && (!maps.Equal(rec.Params, req.Params) || rec.Source != req.Source) {
 		return status.Errorf(codes.AlreadyExists, "volume %q already exists with other parameters or content source", req.Name)
 	}
 	if rec.SizeBytes < req.Size || (req.Limit > 0 && rec.SizeBytes > req.Limit) {
@@ -92,7 +94,11 @@ func reuse(ctx context.Context, j journal.Journal, rec *journal.Record, req Requ
 			"volume %q already exists with size %d bytes; this request asks for %d", req.Name, rec.SizeBytes, req.Size)
 	}
 	// A crash may have lost the directory entry; rewriting it is cheap
-	// next to a retry, and makes the volume resolvable by ID.
+	// next to a retry, and makes the volume resolvable by ID. ceph-csi's
+	// entries are never rewritten.
+	if rec.FromCephCSI() {
+		return nil
+	}
 	if _, err := j.Lookup(ctx, journal.Volume, rec.UUID); errors.Is(err, journal.ErrNotFound) {
 		return Status(j.Repair(ctx, rec))
 	}

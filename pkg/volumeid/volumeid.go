@@ -117,3 +117,14 @@ func IsUUID(s string) bool {
 	}
 	return true
 }
+
+// OfBacking is the ID of the volume whose backing (an RBD image or a
+// CephFS subvolume) is named name, in the cluster and location given:
+// ceph-csi names a backing with a prefix and the UUID of its journal
+// entry. "" when name does not end with a UUID.
+func OfBacking(clusterID string, location int64, name string) string {
+	if len(name) < uuidLen || !IsUUID(name[len(name)-uuidLen:]) {
+		return ""
+	}
+	return ID{ClusterID: clusterID, PoolID: location, UUID: name[len(name)-uuidLen:]}.String()
+}

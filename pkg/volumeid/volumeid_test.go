@@ -2,6 +2,7 @@ package volumeid
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -78,4 +79,15 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(%q) = %+v, which encodes to %q", s, id, got)
 		}
 	})
+}
+
+func TestOfBacking(t *testing.T) {
+	const uuid = "0c4a7a7e-2f61-4b6e-9d1c-8a3c5b1f2e44"
+	want := ID{ClusterID: "c1", PoolID: 7, UUID: uuid}.String()
+	for name, w := range map[string]string{"csi-vol-" + uuid: want, uuid: want, "csi-vol-x": "", "": "",
+		"csi-vol-" + strings.ToUpper(uuid): ""} {
+		if got := OfBacking("c1", 7, name); got != w {
+			t.Errorf("OfBacking(%q) = %q, want %q", name, got, w)
+		}
+	}
 }
