@@ -135,7 +135,7 @@ func TestPeerControllerOpenIsNotAHolder(t *testing.T) {
 }
 
 // A controller in a process of its own, killed with SIGKILL by its own
-// fence hook at the step the test names.
+// fence or create hook at the step the test names.
 const (
 	controllerProcessEnv = "PELAGIC_E2E_CONTROLLER_PROCESS" // the unix socket to serve on
 	controllerConfigEnv  = "PELAGIC_E2E_CONTROLLER_CONFIG"
@@ -149,14 +149,15 @@ func runControllerProcess() int {
 		return 2
 	}
 	killAt := os.Getenv(controllerKillEnv)
+	die := func(step string) {
+		if step == killAt {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // SIGKILL is on its way
+		}
+	}
 	conns := ceph.NewConnPool(ceph.Timeouts{})
 	ctrl := rbd.NewController(rbd.ControllerOptions{Config: cfg, Connector: &rbd.CephConnector{Config: cfg, Conns: conns},
-		FenceHook: func(step string) {
-			if step == killAt {
-				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-				select {} // SIGKILL is on its way
-			}
-		}})
+		FenceHook: die, CreateHook: die})
 	lis, err := csiserver.Listen("unix://" + os.Getenv(controllerProcessEnv))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

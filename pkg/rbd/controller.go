@@ -43,9 +43,9 @@ type ControllerOptions struct {
 	// FenceHook, when set, runs after each step of a fence (FenceStep*):
 	// tests use it to kill a controller between the steps.
 	FenceHook func(step string)
-	// AfterReserve, when set, runs between the journal reservation and the
-	// image creation: tests use it to stop a controller at its worst moment.
-	AfterReserve func(name string)
+	// CreateHook, when set, runs after each step of a CreateVolume
+	// (CreateStep*): tests use it to stop or kill a controller between them.
+	CreateHook func(step string)
 	// Nodes, when set, tells which node IDs exist, so that publishing to
 	// any other is NotFound. Without it (no Kubernetes access) the
 	// controller cannot tell and publishes to any node ID.
@@ -282,9 +282,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	if c.opts.AfterReserve != nil {
-		c.opts.AfterReserve(req.GetName())
-	}
+	c.createStep(CreateStepReserved)
 	if err := c.ensureImage(ctx, pool, rec, params, source, reserved); err != nil {
 		if reserved {
 			// Only the caller that made a reservation may take it back:
@@ -294,6 +292,19 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		return nil, volume.Status(err)
 	}
 	return &csi.CreateVolumeResponse{Volume: c.volumeOf(cl, pool, rec, params, req.GetVolumeContentSource())}, nil
+}
+
+// Steps of a CreateVolume, passed to ControllerOptions.CreateHook.
+const (
+	CreateStepReserved  = "reserved"       // the journal holds the name; no image yet
+	CreateStepCloneSnap = "clone-snapshot" // a clone's temporary snapshot of its source exists; no image yet
+	CreateStepImage     = "image"          // the image exists; its owner record is not written yet
+)
+
+func (c *Controller) createStep(step string) {
+	if c.opts.CreateHook != nil {
+		c.opts.CreateHook(step)
+	}
 }
 
 func (c *Controller) volumeOf(cl Cluster, pool Pool, rec *journal.Record, params *VolumeParams, src *csi.VolumeContentSource) *csi.Volume {
@@ -357,6 +368,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 		if err != nil {
 			return err
 		}
+		c.createStep(CreateStepImage)
 	} else if source != nil && head.Parent != nil {
 		depth, err := cloneDepth(ctx, pool, head, c.opts.HardCloneDepth)
 		if err != nil {
