@@ -19,6 +19,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 	"github.com/pelagic-csi/pelagic/pkg/kube"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
@@ -253,7 +254,12 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	handedOver := false // to undoReservation, which unlocks when done
+	defer func() {
+		if !handedOver {
+			unlock()
+		}
+	}()
 
 	cl, err := c.connect(ctx, params.ClusterID, req.GetSecrets())
 	if err != nil {
@@ -284,10 +290,11 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	}
 	c.createStep(CreateStepReserved)
 	if err := c.ensureImage(ctx, pool, rec, params, source, reserved); err != nil {
-		if reserved {
+		if reserved && !mayLand(err) {
 			// Only the caller that made a reservation may take it back:
 			// another may be creating the image of one it found.
-			c.undoReservation(pool, rec)
+			handedOver = true
+			c.undoReservation(ctx, pool, rec, unlock)
 		}
 		return nil, volume.Status(err)
 	}
@@ -318,9 +325,33 @@ func (c *Controller) volumeOf(cl Cluster, pool Pool, rec *journal.Record, params
 }
 
 // undoReservation removes a reservation whose image was never created, so
-// a failed request leaves nothing behind. It runs on its own deadline: the
-// request's may be what failed.
-func (c *Controller) undoReservation(pool Pool, rec *journal.Record) {
+// a failed request leaves nothing behind, then calls unlock: until then no
+// retry may create the image it is disowning. It runs on its own deadline,
+// as the request's may be what failed, but the request waits for it no
+// longer than its own deadline: a stalled cluster must not hold the reply.
+func (c *Controller) undoReservation(ctx context.Context, pool Pool, rec *journal.Record, unlock func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer unlock()
+		c.removeReservation(pool, rec)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// mayLand reports whether the Ceph call that failed with err may still
+// take effect: one abandoned at the request's deadline or timed out in
+// librados. Its image may appear after any check, so its reservation
+// stays for the retry, which finishes the job under the same name.
+func mayLand(err error) bool {
+	var abandoned *util.AbandonedError
+	return errors.As(err, &abandoned) || ceph.Errno(err) == syscall.ETIMEDOUT
+}
+
+func (c *Controller) removeReservation(pool Pool, rec *journal.Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := pool.Head(ctx, rec.Backing); !errors.Is(err, ErrImageNotFound) {
