@@ -38,8 +38,10 @@ controller() {
 	mkdir -p "$cd"
 	mapfile -t args < <(deployed_args rbd/controller.yaml pelagic |
 		host_paths "/csi/=$cd/" "/etc/ceph-csi-config/=$CONFIG_DIR/")
-	pick_ports CONTROLLER_HEALTHZ_PORT
-	start pelagic-controller "$ROOT/bin/pelagic" "${args[@]}" --healthz-address="127.0.0.1:$CONTROLLER_HEALTHZ_PORT"
+	pick_ports CONTROLLER_HEALTHZ_PORT CONTROLLER_METRICS_PORT
+	# the last of a flag given twice wins: the deployed addresses move to loopback
+	start pelagic-controller "$ROOT/bin/pelagic" "${args[@]}" --healthz-address="127.0.0.1:$CONTROLLER_HEALTHZ_PORT" \
+		--metrics-address="127.0.0.1:$CONTROLLER_METRICS_PORT"
 	wait_for "the controller's socket" 30 test -S "$cd/csi.sock"
 	alive pelagic-controller
 
@@ -65,14 +67,15 @@ node() {
 	mapfile -t args < <(deployed_args rbd/node.yaml pelagic |
 		host_paths "/var/lib/kubelet=$kubelet_dir" "/var/lib/pelagic=$nd/state" \
 			"/etc/ceph-csi-config/=$CONFIG_DIR/" "\$(NODE_ID)=$(node_name "$n")")
-	local port=NODE${n}_HEALTHZ_PORT
+	local port=NODE${n}_HEALTHZ_PORT metrics=NODE${n}_METRICS_PORT
 	if ((n == 1)); then
-		pick_ports "$port"
+		pick_ports "$port" "$metrics"
 	else
 		printf -v "$port" 9810 # its own network namespace
+		printf -v "$metrics" 9812
 	fi
 	# This kernel has no rbd module: map with rbd-fuse and loop devices.
-	args+=(--mounter=fuse --healthz-address="127.0.0.1:${!port}")
+	args+=(--mounter=fuse --healthz-address="127.0.0.1:${!port}" --metrics-address="127.0.0.1:${!metrics}")
 	if [[ ${PELAGIC_E2E_FAULT:-} == nodestage ]]; then
 		log "PELAGIC_E2E_FAULT=nodestage: node $n's plugin will refuse every NodeStage"
 		args+=(--kubelet-dir="$nd/not-the-kubelet-dir")
