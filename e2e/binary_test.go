@@ -74,7 +74,8 @@ func freeAddr(t *testing.T) string {
 // node, snapshot, and back, plus a call with a wrong key. No line it
 // logged, no command line of its daemons and no file in its state
 // directory carries a key it was given, and its metrics endpoint counted
-// the calls by method and code and timed them.
+// the calls by method and code and timed them, and the node's map, mkfs,
+// mount and unmap.
 func TestDriverProcessKeepsSecretsAndCounts(t *testing.T) {
 	e := newControllerEnv(t)
 	bin := buildPelagic(t)
@@ -153,6 +154,10 @@ func TestDriverProcessKeepsSecretsAndCounts(t *testing.T) {
 		{"pelagic_csi_calls_total", []string{`method="DeleteVolume"`, `code="OK"`}},
 		{"pelagic_csi_call_duration_seconds_count", []string{`method="NodeStageVolume"`}},
 		{"pelagic_csi_call_duration_seconds_sum", []string{`method="NodeStageVolume"`}},
+		{"pelagic_node_operation_duration_seconds_count", []string{`operation="map"`}},
+		{"pelagic_node_operation_duration_seconds_count", []string{`operation="mkfs"`}},
+		{"pelagic_node_operation_duration_seconds_count", []string{`operation="mount"`}},
+		{"pelagic_node_operation_duration_seconds_count", []string{`operation="unmap"`}},
 		{"go_goroutines", nil},
 		{"process_resident_memory_bytes", nil},
 	} {

@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
@@ -87,6 +89,13 @@ func run(ctx context.Context, o *Options) error {
 		return err
 	}
 	labels, _ := ParseLabels(o.NodeLabels) // validated with the options
+	var reg *prometheus.Registry
+	var rpc *metrics.RPC
+	var observeNodeOp func(string, time.Duration)
+	if o.MetricsAddress != "" {
+		reg, rpc = metrics.NewRegistry()
+		observeNodeOp = metrics.NewNodeOps(reg).Observe
+	}
 	d, err := driver.New(driver.Options{
 		Type: o.Type, DriverName: o.DriverName, Version: version,
 		Controller: o.Controller, Node: o.Node, NodeID: o.NodeID, Config: cfg,
@@ -95,7 +104,7 @@ func run(ctx context.Context, o *Options) error {
 		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
 		FenceCheckInterval: o.FenceCheck,
 		SoftCloneDepth:     o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,
-		CephCSIInstanceID: o.InstanceID,
+		CephCSIInstanceID: o.InstanceID, ObserveNodeOp: observeNodeOp,
 	})
 	if err != nil {
 		return err
@@ -106,8 +115,8 @@ func run(ctx context.Context, o *Options) error {
 	var outer []grpc.UnaryServerInterceptor
 	var servers []func(context.Context) error
 	if o.MetricsAddress != "" {
-		interceptor, serve := metricsServer(o, d.Services.Identity)
-		outer, servers = append(outer, interceptor), append(servers, serve)
+		outer = append(outer, rpc.Interceptor)
+		servers = append(servers, metricsServer(o, reg, d.Services.Identity))
 	}
 	servers = append(servers, func(ctx context.Context) error {
 		return csiserver.Serve(ctx, o.Endpoint, d.Services, o.CallTimeout, outer...)
@@ -126,14 +135,13 @@ func run(ctx context.Context, o *Options) error {
 	return serveAll(ctx, servers...)
 }
 
-// metricsServer returns the interceptor that measures the CSI calls and
-// the server of the metrics, and of /healthz from prober.
-func metricsServer(o *Options, prober kubeletplugin.Prober) (grpc.UnaryServerInterceptor, func(context.Context) error) {
-	reg, rpc := metrics.NewRegistry()
+// metricsServer returns the server of reg's metrics, and of /healthz
+// from prober.
+func metricsServer(o *Options, reg *prometheus.Registry, prober kubeletplugin.Prober) func(context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.Handler(reg))
 	mux.Handle("GET /healthz", kubeletplugin.Healthz(prober, o.ProbeTimeout))
-	return rpc.Interceptor, func(ctx context.Context) error {
+	return func(ctx context.Context) error {
 		return kubeletplugin.ServeHTTP(ctx, o.MetricsAddress, mux, "metrics")
 	}
 }

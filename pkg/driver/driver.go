@@ -53,6 +53,9 @@ type Options struct {
 	// config) reaches, if any.
 	Nodes      kube.NodeChecker
 	KubeConfig string
+	// ObserveNodeOp, when set, is told how long each map, unmap, mkfs and
+	// mount (Op*) of the RBD node took, whatever its outcome.
+	ObserveNodeOp func(op string, d time.Duration)
 }
 
 // Driver is an assembled set of services and what they share.
@@ -134,8 +137,14 @@ func newRBDNode(o Options, connector rbd.Connector) (*rbd.Node, error) {
 	if err := mapper.SweepKeyfiles(o.StateDir); err != nil {
 		return nil, fmt.Errorf("removing keyfiles left behind: %w", err)
 	}
+	var nodeMappers rbd.Mappers = mappers
+	var nodeMounter mount.Mounter = mounter
+	if o.ObserveNodeOp != nil {
+		nodeMappers = timedMappers{Mappers: mappers, observe: o.ObserveNodeOp}
+		nodeMounter = timedMounter{Mounter: mounter, observe: o.ObserveNodeOp}
+	}
 	node := rbd.NewNode(rbd.NodeOptions{
-		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mappers: mappers, Mounter: mounter,
+		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mappers: nodeMappers, Mounter: nodeMounter,
 		KubeletDir: o.KubeletDir, StateDir: o.StateDir, Topology: advertisesTopology(o), Labels: o.NodeLabels,
 		MaxVolumes: o.MaxVolumes,
 	})
