@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/pelagic-csi/pelagic/e2e/cephtest"
 )
@@ -74,8 +76,8 @@ func freeAddr(t *testing.T) string {
 // node, snapshot, and back, plus a call with a wrong key. No line it
 // logged, no command line of its daemons and no file in its state
 // directory carries a key it was given, and its metrics endpoint counted
-// the calls by method and code and timed them, and the node's map, mkfs,
-// mount and unmap.
+// the calls by method and code and timed them, timed the node's map,
+// mkfs, mount and unmap, and counted a Multi-Attach refusal.
 func TestDriverProcessKeepsSecretsAndCounts(t *testing.T) {
 	e := newControllerEnv(t)
 	bin := buildPelagic(t)
@@ -126,11 +128,17 @@ func TestDriverProcessKeepsSecretsAndCounts(t *testing.T) {
 	ctrl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	waitServing(t, ctx, csi.NewIdentityClient(conn), exited)
 
-	volumeLife(t, ctx, e, ctrl, node, work, func() {
+	volumeLife(t, ctx, e, ctrl, node, work, func(vol *csi.Volume) {
 		for what, key := range secrets {
 			if pids := argvHolding(key); len(pids) != 0 {
 				t.Errorf("processes %v carry %s in their command line", pids, what)
 			}
+		}
+		_, err := ctrl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: vol.GetVolumeId(),
+			NodeId: "node-other", VolumeCapability: mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER),
+			VolumeContext: vol.GetVolumeContext(), Secrets: e.secrets})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("publishing a staged single-writer volume to another node = %v; want FailedPrecondition", err)
 		}
 	})
 	bad := e.createReq(uniqueName("pvc-wrong-key"), 16<<20)
@@ -158,6 +166,7 @@ func TestDriverProcessKeepsSecretsAndCounts(t *testing.T) {
 		{"pelagic_node_operation_duration_seconds_count", []string{`operation="mkfs"`}},
 		{"pelagic_node_operation_duration_seconds_count", []string{`operation="mount"`}},
 		{"pelagic_node_operation_duration_seconds_count", []string{`operation="unmap"`}},
+		{"pelagic_multiattach_refusals_total", []string{`call="publish"`, `reason="attached"`}},
 		{"go_goroutines", nil},
 		{"process_resident_memory_bytes", nil},
 	} {
@@ -261,7 +270,7 @@ func argvHolding(s string) []string {
 // publish, a write, snapshot, restore, and all the way back; whileStaged
 // runs with the volume staged and published.
 func volumeLife(t *testing.T, ctx context.Context, e *controllerEnv, ctrl csi.ControllerClient, node csi.NodeClient, work string,
-	whileStaged func()) {
+	whileStaged func(*csi.Volume)) {
 	t.Helper()
 	rwo := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
 	created, err := ctrl.CreateVolume(ctx, e.createReq(uniqueName("pvc-logs"), 64<<20))
@@ -292,7 +301,7 @@ func volumeLife(t *testing.T, ctx context.Context, e *controllerEnv, ctrl csi.Co
 	if err := writeSynced(filepath.Join(target, "data"), []byte("logged life\n")); err != nil {
 		t.Fatal(err)
 	}
-	whileStaged()
+	whileStaged(vol)
 	snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: uniqueName("snap-logs"), SourceVolumeId: id,
 		Secrets: e.secrets})
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 	"github.com/pelagic-csi/pelagic/pkg/kubeletplugin"
 	"github.com/pelagic-csi/pelagic/pkg/metrics"
+	"github.com/pelagic-csi/pelagic/pkg/rbd"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -92,9 +93,11 @@ func run(ctx context.Context, o *Options) error {
 	var reg *prometheus.Registry
 	var rpc *metrics.RPC
 	var observeNodeOp func(string, time.Duration)
+	var holders rbd.HolderObserver
 	if o.MetricsAddress != "" {
 		reg, rpc = metrics.NewRegistry()
 		observeNodeOp = metrics.NewNodeOps(reg).Observe
+		holders = metrics.NewHolders(reg)
 	}
 	d, err := driver.New(driver.Options{
 		Type: o.Type, DriverName: o.DriverName, Version: version,
@@ -104,7 +107,7 @@ func run(ctx context.Context, o *Options) error {
 		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
 		FenceCheckInterval: o.FenceCheck,
 		SoftCloneDepth:     o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,
-		CephCSIInstanceID: o.InstanceID, ObserveNodeOp: observeNodeOp,
+		CephCSIInstanceID: o.InstanceID, ObserveNodeOp: observeNodeOp, Holders: holders,
 	})
 	if err != nil {
 		return err

@@ -72,6 +72,33 @@ func (n *NodeOps) Observe(op string, d time.Duration) {
 	n.seconds.WithLabelValues(op).Observe(d.Seconds())
 }
 
+// Holders counts the holders the driver refused or fenced.
+type Holders struct {
+	refusals, fences *prometheus.CounterVec
+}
+
+// NewHolders registers the refusal and fence counts on reg.
+func NewHolders(reg prometheus.Registerer) *Holders {
+	h := &Holders{
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pelagic_multiattach_refusals_total",
+			Help: "Holders of a volume for which a publish or a stage was refused (Multi-Attach), by call and holder state.",
+		}, []string{"call", "reason"}),
+		fences: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pelagic_fences_total",
+			Help: "Holders of a volume fenced by a publish, by holder state.",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(h.refusals, h.fences)
+	return h
+}
+
+// Refused counts one refused holder.
+func (h *Holders) Refused(call, reason string) { h.refusals.WithLabelValues(call, reason).Inc() }
+
+// Fenced counts one fenced holder.
+func (h *Holders) Fenced(reason string) { h.fences.WithLabelValues(reason).Inc() }
+
 // Interceptor counts and times every unary call; outermost, it sees the
 // code and the time the caller sees.
 func (m *RPC) Interceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

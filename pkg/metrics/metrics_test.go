@@ -90,3 +90,23 @@ func TestNodeOpsScraped(t *testing.T) {
 		}
 	}
 }
+
+// TestHoldersScraped: refusals and fences show in a scrape, by reason.
+func TestHoldersScraped(t *testing.T) {
+	reg, _ := NewRegistry()
+	h := NewHolders(reg)
+	h.Refused("publish", "attached")
+	h.Refused("publish", "attached")
+	h.Refused("stage", "stale")
+	h.Fenced("stale")
+	text := scrape(t, Handler(reg))
+	for _, want := range []string{
+		`pelagic_multiattach_refusals_total{call="publish",reason="attached"} 2`,
+		`pelagic_multiattach_refusals_total{call="stage",reason="stale"} 1`,
+		`pelagic_fences_total{reason="stale"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+}

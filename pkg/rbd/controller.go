@@ -47,6 +47,8 @@ type ControllerOptions struct {
 	// CreateHook, when set, runs after each step of a CreateVolume
 	// (CreateStep*): tests use it to stop or kill a controller between them.
 	CreateHook func(step string)
+	// Holders, when set, is told of refusals and fences.
+	Holders HolderObserver
 	// Nodes, when set, tells which node IDs exist, so that publishing to
 	// any other is NotFound. Without it (no Kubernetes access) the
 	// controller cannot tell and publishes to any node ID.
