@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,37 +24,20 @@ import (
 	"github.com/pelagic-csi/pelagic/e2e/cephtest"
 )
 
-var pelagicBinary struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// buildPelagic builds cmd/pelagic once per test binary.
+// buildPelagic builds cmd/pelagic into the test's temporary directory.
 func buildPelagic(t *testing.T) string {
 	t.Helper()
-	pelagicBinary.once.Do(func() {
-		root, err := cephtest.RepoRoot()
-		if err != nil {
-			pelagicBinary.err = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "pelagic-bin-")
-		if err != nil {
-			pelagicBinary.err = err
-			return
-		}
-		pelagicBinary.path = filepath.Join(dir, "pelagic")
-		cmd := exec.Command("go", "build", "-tags", "pacific", "-o", pelagicBinary.path, "./cmd/pelagic")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			pelagicBinary.err = fmt.Errorf("go build ./cmd/pelagic: %v: %s", err, out)
-		}
-	})
-	if pelagicBinary.err != nil {
-		t.Fatal(pelagicBinary.err)
+	root, err := cephtest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return pelagicBinary.path
+	bin := filepath.Join(t.TempDir(), "pelagic")
+	cmd := exec.Command("go", "build", "-tags", "pacific", "-o", bin, "./cmd/pelagic")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/pelagic: %v: %s", err, out)
+	}
+	return bin
 }
 
 // freeAddr returns a 127.0.0.1 address nothing listens on.
