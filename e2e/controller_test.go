@@ -24,6 +24,7 @@ import (
 type controllerEnv struct {
 	cluster *cephtest.Cluster
 	cfg     *ceph.Config
+	cfgPath string
 	conns   *ceph.ConnPool
 	pool    string
 	secrets map[string]string
@@ -31,21 +32,25 @@ type controllerEnv struct {
 }
 
 func newControllerEnv(t testing.TB) *controllerEnv {
-	c := cephtest.Get(t)
-	cfg, _ := clusterConfig(t, c)
+	return newControllerEnvOn(t, cephtest.Get(t))
+}
+
+// newControllerEnvOn is newControllerEnv on a given cluster.
+func newControllerEnvOn(t testing.TB, c *cephtest.Cluster) *controllerEnv {
+	cfg, cfgPath := clusterConfig(t, c)
 	conns := ceph.NewConnPool(ceph.Timeouts{})
 	t.Cleanup(conns.Close)
 	pool := createPool(t, c, uniqueName("ctrl"))
 	return &controllerEnv{
-		cluster: c, cfg: cfg, conns: conns, pool: pool, secrets: rbdSecrets(c),
+		cluster: c, cfg: cfg, cfgPath: cfgPath, conns: conns, pool: pool, secrets: rbdSecrets(c),
 		params: map[string]string{"clusterID": testClusterID, "pool": pool},
 	}
 }
 
 // controller returns a fresh controller, as a restarted process would be,
-// sharing only the cluster.
-func (e *controllerEnv) controller(afterReserve func(string)) *rbd.Controller {
-	return e.controllerWith(rbd.ControllerOptions{AfterReserve: afterReserve})
+// sharing only the cluster; createHook runs after each CreateVolume step.
+func (e *controllerEnv) controller(createHook func(step string)) *rbd.Controller {
+	return e.controllerWith(rbd.ControllerOptions{CreateHook: createHook})
 }
 
 func (e *controllerEnv) controllerWith(o rbd.ControllerOptions) *rbd.Controller {
@@ -153,7 +158,10 @@ func TestCrashBetweenReservationAndImage(t *testing.T) {
 	e := newControllerEnv(t)
 	crashed := make(chan struct{})
 	never := make(chan struct{}) // the stuck controller never resumes: it "died"
-	dying := e.controller(func(string) {
+	dying := e.controller(func(step string) {
+		if step != rbd.CreateStepReserved {
+			return
+		}
 		close(crashed)
 		<-never
 	})

@@ -136,7 +136,7 @@ func TestPeerControllerOpenIsNotAHolder(t *testing.T) {
 }
 
 // A controller in a process of its own, killed with SIGKILL by its own
-// fence hook at the step the test names.
+// fence or create hook at the step the test names.
 const (
 	controllerProcessEnv = "PELAGIC_E2E_CONTROLLER_PROCESS" // the unix socket to serve on
 	controllerConfigEnv  = "PELAGIC_E2E_CONTROLLER_CONFIG"
@@ -151,7 +151,7 @@ func runControllerProcess() int {
 		return 2
 	}
 	killAt := os.Getenv(controllerKillEnv)
-	hook := func(step string) {
+	die := func(step string) {
 		if step == killAt {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {} // SIGKILL is on its way
@@ -159,10 +159,10 @@ func runControllerProcess() int {
 	}
 	conns := ceph.NewConnPool(ceph.Timeouts{})
 	var ctrl csi.ControllerServer = rbd.NewController(rbd.ControllerOptions{Config: cfg,
-		Connector: &rbd.CephConnector{Config: cfg, Conns: conns}, FenceHook: hook})
+		Connector: &rbd.CephConnector{Config: cfg, Conns: conns}, FenceHook: die, CreateHook: die})
 	if os.Getenv(controllerTypeEnv) == "cephfs" {
 		ctrl = cephfs.NewController(cephfs.ControllerOptions{Config: cfg, Connector: &cephfs.CephConnector{Config: cfg, Conns: conns},
-			AfterReserve: func(string) { hook(killAfterReserve) }})
+			AfterReserve: func(string) { die(killAfterReserve) }})
 	}
 	lis, err := csiserver.Listen("unix://" + os.Getenv(controllerProcessEnv))
 	if err != nil {

@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 	"github.com/pelagic-csi/pelagic/pkg/kubeletplugin"
 	"github.com/pelagic-csi/pelagic/pkg/metrics"
+	"github.com/pelagic-csi/pelagic/pkg/rbd"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -87,6 +90,15 @@ func run(ctx context.Context, o *Options) error {
 		return err
 	}
 	labels, _ := ParseLabels(o.NodeLabels) // validated with the options
+	var reg *prometheus.Registry
+	var rpc *metrics.RPC
+	var observeNodeOp func(string, time.Duration)
+	var holders rbd.HolderObserver
+	if o.MetricsAddress != "" {
+		reg, rpc = metrics.NewRegistry()
+		observeNodeOp = metrics.NewNodeOps(reg).Observe
+		holders = metrics.NewHolders(reg)
+	}
 	d, err := driver.New(driver.Options{
 		Type: o.Type, DriverName: o.DriverName, Version: version,
 		Controller: o.Controller, Node: o.Node, NodeID: o.NodeID, Config: cfg,
@@ -95,7 +107,7 @@ func run(ctx context.Context, o *Options) error {
 		NodeLabels: labels, MaxVolumes: o.MaxVolumes, ProbeTimeout: o.ProbeTimeout, FenceExpiry: o.FenceExpiry,
 		FenceCheckInterval: o.FenceCheck,
 		SoftCloneDepth:     o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth,
-		CephCSIInstanceID: o.InstanceID,
+		CephCSIInstanceID: o.InstanceID, ObserveNodeOp: observeNodeOp, Holders: holders,
 	})
 	if err != nil {
 		return err
@@ -106,8 +118,8 @@ func run(ctx context.Context, o *Options) error {
 	var outer []grpc.UnaryServerInterceptor
 	var servers []func(context.Context) error
 	if o.MetricsAddress != "" {
-		interceptor, serve := metricsServer(o, d.Services.Identity)
-		outer, servers = append(outer, interceptor), append(servers, serve)
+		outer = append(outer, rpc.Interceptor)
+		servers = append(servers, metricsServer(o, reg, d.Services.Identity))
 	}
 	servers = append(servers, func(ctx context.Context) error {
 		return csiserver.Serve(ctx, o.Endpoint, d.Services, o.CallTimeout, outer...)
@@ -126,14 +138,13 @@ func run(ctx context.Context, o *Options) error {
 	return serveAll(ctx, servers...)
 }
 
-// metricsServer returns the interceptor that measures the CSI calls and
-// the server of the metrics, and of /healthz from prober.
-func metricsServer(o *Options, prober kubeletplugin.Prober) (grpc.UnaryServerInterceptor, func(context.Context) error) {
-	reg, rpc := metrics.NewRegistry()
+// metricsServer returns the server of reg's metrics, and of /healthz
+// from prober.
+func metricsServer(o *Options, reg *prometheus.Registry, prober kubeletplugin.Prober) func(context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.Handler(reg))
 	mux.Handle("GET /healthz", kubeletplugin.Healthz(prober, o.ProbeTimeout))
-	return rpc.Interceptor, func(ctx context.Context) error {
+	return func(ctx context.Context) error {
 		return kubeletplugin.ServeHTTP(ctx, o.MetricsAddress, mux, "metrics")
 	}
 }

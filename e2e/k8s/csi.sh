@@ -37,13 +37,15 @@ host_paths() {
 
 # controller TYPE SIDECAR...: the TYPE (rbd, cephfs) controller of deploy/TYPE/ and its sidecars
 controller() {
-	local type=$1 cd=$DIR/controller-$1 port=CONTROLLER_HEALTHZ_PORT_$1
+	local type=$1 cd=$DIR/controller-$1 port=CONTROLLER_HEALTHZ_PORT_$1 metrics=CONTROLLER_METRICS_PORT_$1
 	shift
 	mkdir -p "$cd"
 	mapfile -t args < <(deployed_args "$type/controller.yaml" pelagic |
 		host_paths "/csi/=$cd/" "/etc/ceph-csi-config/=$CONFIG_DIR/")
-	pick_ports "$port"
-	start "pelagic-controller-$type" "$ROOT/bin/pelagic" "${args[@]}" --healthz-address="127.0.0.1:${!port}"
+	pick_ports "$port" "$metrics"
+	# the last of a flag given twice wins: the deployed addresses move to loopback
+	start "pelagic-controller-$type" "$ROOT/bin/pelagic" "${args[@]}" --healthz-address="127.0.0.1:${!port}" \
+		--metrics-address="127.0.0.1:${!metrics}"
 	wait_for "the $type controller's socket" 30 test -S "$cd/csi.sock"
 	alive "pelagic-controller-$type"
 
@@ -74,11 +76,14 @@ controllers() {
 node() {
 	local n=$1 nd=$DIR/node$1
 	local port=NODE${n}_HEALTHZ_PORT fsport=NODE${n}_FS_HEALTHZ_PORT
+	local metrics=NODE${n}_METRICS_PORT fsmetrics=NODE${n}_FS_METRICS_PORT
 	if ((n == 1)); then
-		pick_ports "$port" "$fsport"
-	else
-		printf -v "$port" 9810 # its own network namespace
+		pick_ports "$port" "$fsport" "$metrics" "$fsmetrics"
+	else # its own network namespace: the deployed ports
+		printf -v "$port" 9810
 		printf -v "$fsport" 9811
+		printf -v "$metrics" 9812
+		printf -v "$fsmetrics" 9813
 	fi
 	node_cmd "$n"
 	# The daemon host first: the plugins start rbd-fuse and ceph-fuse through it, in the
@@ -89,9 +94,9 @@ node() {
 	start "pelagic-daemons-$n" "${NODE_CMD[@]}" "$ROOT/bin/pelagic" "${daemon_args[@]}"
 	wait_for "node $n's daemon host" 30 test -S "$nd/state/daemons.sock"
 	# This kernel has no rbd module: map with rbd-fuse and loop devices.
-	node_plugin "$n" rbd "$RBD_DRIVER" "$port" --mounter=fuse
+	node_plugin "$n" rbd "$RBD_DRIVER" "$port" --mounter=fuse --metrics-address="127.0.0.1:${!metrics}"
 	# Nor a ceph module: the CephFS plugin finds that and mounts with ceph-fuse.
-	node_plugin "$n" cephfs "$FS_DRIVER" "$fsport"
+	node_plugin "$n" cephfs "$FS_DRIVER" "$fsport" --metrics-address="127.0.0.1:${!fsmetrics}"
 }
 
 # node_plugin N TYPE DRIVER PORTVAR ARGS...: node N's TYPE plugin of deploy/TYPE/node.yaml

@@ -55,6 +55,11 @@ type Options struct {
 	// config) reaches, if any.
 	Nodes      kube.NodeChecker
 	KubeConfig string
+	// ObserveNodeOp, when set, is told how long each map, unmap, mkfs and
+	// mount (Op*) of the RBD node took, whatever its outcome.
+	ObserveNodeOp func(op string, d time.Duration)
+	// Holders, when set, is told of Multi-Attach refusals and fences.
+	Holders rbd.HolderObserver
 }
 
 // Driver is an assembled set of services and what they share.
@@ -93,7 +98,8 @@ func New(o Options) (*Driver, error) {
 			ctrl := rbd.NewController(rbd.ControllerOptions{
 				Connector: connector, Config: o.Config, FenceExpiry: o.FenceExpiry,
 				FenceKeeperInterval: o.FenceCheckInterval, Nodes: nodes,
-				SoftCloneDepth: o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth, CephCSIInstanceID: o.CephCSIInstanceID})
+				SoftCloneDepth: o.SoftCloneDepth, HardCloneDepth: o.HardCloneDepth, CephCSIInstanceID: o.CephCSIInstanceID,
+				Holders: o.Holders})
 			go ctrl.RunFenceKeeper(ctx)
 			d.Services.Controller = ctrl
 		}
@@ -148,10 +154,16 @@ func newRBDNode(o Options, connector rbd.Connector) (*rbd.Node, error) {
 	if err := mapper.SweepKeyfiles(o.StateDir); err != nil {
 		return nil, fmt.Errorf("removing keyfiles left behind: %w", err)
 	}
+	var nodeMappers rbd.Mappers = mappers
+	var nodeMounter mount.Mounter = mounter
+	if o.ObserveNodeOp != nil {
+		nodeMappers = timedMappers{Mappers: mappers, observe: o.ObserveNodeOp}
+		nodeMounter = timedMounter{Mounter: mounter, observe: o.ObserveNodeOp}
+	}
 	node := rbd.NewNode(rbd.NodeOptions{
-		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mappers: mappers, Mounter: mounter,
+		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mappers: nodeMappers, Mounter: nodeMounter,
 		KubeletDir: o.KubeletDir, StateDir: o.StateDir, Topology: advertisesTopology(o), Labels: o.NodeLabels,
-		MaxVolumes: o.MaxVolumes,
+		MaxVolumes: o.MaxVolumes, Holders: o.Holders,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -23,6 +23,10 @@ type RPC struct {
 	inFlight *prometheus.GaugeVec
 }
 
+// callBuckets span 1 ms to about a minute: a call's deadline is in
+// minutes at most.
+var callBuckets = prometheus.ExponentialBuckets(0.001, 2.5, 13)
+
 // NewRegistry returns a registry holding the Go runtime's and the
 // process's metrics, and the CSI calls' (returned too).
 func NewRegistry() (*prometheus.Registry, *RPC) {
@@ -34,10 +38,9 @@ func NewRegistry() (*prometheus.Registry, *RPC) {
 			Help: "CSI calls answered, by method and gRPC code (Aborted: the volume or name was busy with another call).",
 		}, []string{"method", "code"}),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "pelagic_csi_call_duration_seconds",
-			Help: "How long CSI calls took, by method, whatever they answered.",
-			// 1 ms to about a minute: a call's deadline is in minutes at most.
-			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 13),
+			Name:    "pelagic_csi_call_duration_seconds",
+			Help:    "How long CSI calls took, by method, whatever they answered.",
+			Buckets: callBuckets,
 		}, []string{"method"}),
 		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pelagic_csi_calls_in_flight",
@@ -47,6 +50,54 @@ func NewRegistry() (*prometheus.Registry, *RPC) {
 	reg.MustRegister(rpc.calls, rpc.seconds, rpc.inFlight)
 	return reg, rpc
 }
+
+// NodeOps times what a node plugin does to the host for a volume.
+type NodeOps struct {
+	seconds *prometheus.HistogramVec
+}
+
+// NewNodeOps registers the node operations' durations on reg.
+func NewNodeOps(reg prometheus.Registerer) *NodeOps {
+	n := &NodeOps{seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "pelagic_node_operation_duration_seconds",
+		Help:    "How long the node's map, unmap, mkfs and mount of a volume took, by operation, whatever their outcome.",
+		Buckets: callBuckets,
+	}, []string{"operation"})}
+	reg.MustRegister(n.seconds)
+	return n
+}
+
+// Observe records one operation's duration.
+func (n *NodeOps) Observe(op string, d time.Duration) {
+	n.seconds.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// Holders counts the holders the driver refused or fenced.
+type Holders struct {
+	refusals, fences *prometheus.CounterVec
+}
+
+// NewHolders registers the refusal and fence counts on reg.
+func NewHolders(reg prometheus.Registerer) *Holders {
+	h := &Holders{
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pelagic_multiattach_refusals_total",
+			Help: "Holders of a volume for which a publish or a stage was refused (Multi-Attach), by call and holder state.",
+		}, []string{"call", "reason"}),
+		fences: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pelagic_fences_total",
+			Help: "Holders of a volume fenced by a publish, by holder state.",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(h.refusals, h.fences)
+	return h
+}
+
+// Refused counts one refused holder.
+func (h *Holders) Refused(call, reason string) { h.refusals.WithLabelValues(call, reason).Inc() }
+
+// Fenced counts one fenced holder.
+func (h *Holders) Fenced(reason string) { h.fences.WithLabelValues(reason).Inc() }
 
 // Interceptor counts and times every unary call; outermost, it sees the
 // code and the time the caller sees.

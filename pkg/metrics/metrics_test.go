@@ -71,3 +71,42 @@ func scrape(t *testing.T, h http.Handler) string {
 	}
 	return string(b)
 }
+
+// TestNodeOpsScraped: node operations observed show in a scrape, by operation.
+func TestNodeOpsScraped(t *testing.T) {
+	reg, _ := NewRegistry()
+	ops := NewNodeOps(reg)
+	ops.Observe("map", 30*time.Millisecond)
+	ops.Observe("map", 10*time.Millisecond)
+	ops.Observe("mount", time.Millisecond)
+	text := scrape(t, Handler(reg))
+	for _, want := range []string{
+		`pelagic_node_operation_duration_seconds_count{operation="map"} 2`,
+		`pelagic_node_operation_duration_seconds_sum{operation="map"} 0.04`,
+		`pelagic_node_operation_duration_seconds_count{operation="mount"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+}
+
+// TestHoldersScraped: refusals and fences show in a scrape, by reason.
+func TestHoldersScraped(t *testing.T) {
+	reg, _ := NewRegistry()
+	h := NewHolders(reg)
+	h.Refused("publish", "attached")
+	h.Refused("publish", "attached")
+	h.Refused("stage", "stale")
+	h.Fenced("stale")
+	text := scrape(t, Handler(reg))
+	for _, want := range []string{
+		`pelagic_multiattach_refusals_total{call="publish",reason="attached"} 2`,
+		`pelagic_multiattach_refusals_total{call="stage",reason="stale"} 1`,
+		`pelagic_fences_total{reason="stale"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+}

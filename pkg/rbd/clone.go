@@ -104,6 +104,7 @@ func (c *Controller) cloneImage(ctx context.Context, pool Pool, rec *journal.Rec
 			return err
 		}
 		size = info.Size
+		c.createStep(CreateStepCloneSnap)
 	}
 	if err := pool.Clone(ctx, parent, snap, spec); err != nil {
 		if src.kind == journal.Volume {

@@ -19,6 +19,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 	"github.com/pelagic-csi/pelagic/pkg/kube"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
@@ -43,9 +44,11 @@ type ControllerOptions struct {
 	// FenceHook, when set, runs after each step of a fence (FenceStep*):
 	// tests use it to kill a controller between the steps.
 	FenceHook func(step string)
-	// AfterReserve, when set, runs between the journal reservation and the
-	// image creation: tests use it to stop a controller at its worst moment.
-	AfterReserve func(name string)
+	// CreateHook, when set, runs after each step of a CreateVolume
+	// (CreateStep*): tests use it to stop or kill a controller between them.
+	CreateHook func(step string)
+	// Holders, when set, is told of refusals and fences.
+	Holders HolderObserver
 	// Nodes, when set, tells which node IDs exist, so that publishing to
 	// any other is NotFound. Without it (no Kubernetes access) the
 	// controller cannot tell and publishes to any node ID.
@@ -235,7 +238,12 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	handedOver := false // to undoReservation, which unlocks when done
+	defer func() {
+		if !handedOver {
+			unlock()
+		}
+	}()
 
 	cl, err := c.connect(ctx, params.ClusterID, req.GetSecrets())
 	if err != nil {
@@ -264,18 +272,30 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	if c.opts.AfterReserve != nil {
-		c.opts.AfterReserve(req.GetName())
-	}
+	c.createStep(CreateStepReserved)
 	if err := c.ensureImage(ctx, pool, rec, params, source, reserved); err != nil {
-		if reserved {
+		if reserved && !mayLand(err) {
 			// Only the caller that made a reservation may take it back:
 			// another may be creating the image of one it found.
-			c.undoReservation(pool, rec)
+			handedOver = true
+			c.undoReservation(ctx, pool, rec, unlock)
 		}
 		return nil, volume.Status(err)
 	}
 	return &csi.CreateVolumeResponse{Volume: c.volumeOf(cl, pool, rec, params, req.GetVolumeContentSource())}, nil
+}
+
+// Steps of a CreateVolume, passed to ControllerOptions.CreateHook.
+const (
+	CreateStepReserved  = "reserved"       // the journal holds the name; no image yet
+	CreateStepCloneSnap = "clone-snapshot" // a clone's temporary snapshot of its source exists; no image yet
+	CreateStepImage     = "image"          // the image exists; its owner record is not written yet
+)
+
+func (c *Controller) createStep(step string) {
+	if c.opts.CreateHook != nil {
+		c.opts.CreateHook(step)
+	}
 }
 
 func (c *Controller) volumeOf(cl Cluster, pool Pool, rec *journal.Record, params *VolumeParams, src *csi.VolumeContentSource) *csi.Volume {
@@ -289,9 +309,33 @@ func (c *Controller) volumeOf(cl Cluster, pool Pool, rec *journal.Record, params
 }
 
 // undoReservation removes a reservation whose image was never created, so
-// a failed request leaves nothing behind. It runs on its own deadline: the
-// request's may be what failed.
-func (c *Controller) undoReservation(pool Pool, rec *journal.Record) {
+// a failed request leaves nothing behind, then calls unlock: until then no
+// retry may create the image it is disowning. It runs on its own deadline,
+// as the request's may be what failed, but the request waits for it no
+// longer than its own deadline: a stalled cluster must not hold the reply.
+func (c *Controller) undoReservation(ctx context.Context, pool Pool, rec *journal.Record, unlock func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer unlock()
+		c.removeReservation(pool, rec)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// mayLand reports whether the Ceph call that failed with err may still
+// take effect: one abandoned at the request's deadline or timed out in
+// librados. Its image may appear after any check, so its reservation
+// stays for the retry, which finishes the job under the same name.
+func mayLand(err error) bool {
+	var abandoned *util.AbandonedError
+	return errors.As(err, &abandoned) || ceph.Errno(err) == syscall.ETIMEDOUT
+}
+
+func (c *Controller) removeReservation(pool Pool, rec *journal.Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := pool.Head(ctx, rec.Backing); !errors.Is(err, ErrImageNotFound) {
@@ -339,6 +383,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 		if err != nil {
 			return err
 		}
+		c.createStep(CreateStepImage)
 	} else if source != nil && head.Parent != nil {
 		depth, err := cloneDepth(ctx, pool, head, c.opts.HardCloneDepth)
 		if err != nil {

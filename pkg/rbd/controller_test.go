@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
@@ -314,6 +316,32 @@ func TestCreateVolumeFailureRemovesReservation(t *testing.T) {
 			}
 			e.pool.SetFail("CreateImage", nil)
 			e.create(t, createReq("pvc-1", gib))
+		})
+	}
+}
+
+// TestCreateVolumeKeepsReservationOfACreateThatMayLand: a create abandoned
+// at the deadline or timed out in librados may still make its image after
+// any check, so its reservation stays, and the retry takes the same ID.
+func TestCreateVolumeKeepsReservationOfACreateThatMayLand(t *testing.T) {
+	for name, err := range map[string]error{
+		"abandoned": &util.AbandonedError{What: "creating image", Err: context.DeadlineExceeded},
+		"ETIMEDOUT": errnoErr(-int(syscall.ETIMEDOUT)),
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			e.pool.SetFail("CreateImage", err)
+			_, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
+			wantCode(t, err, codes.DeadlineExceeded)
+			recs := e.records(t, journal.Volume)
+			if len(recs) != 1 {
+				t.Fatalf("journal holds %d records after a create that may land, want its reservation", len(recs))
+			}
+			e.pool.SetFail("CreateImage", nil)
+			vol := e.create(t, createReq("pvc-1", gib))
+			if !strings.HasSuffix(vol.GetVolumeId(), recs[0].UUID) {
+				t.Errorf("retry made %s, not the reserved %s", vol.GetVolumeId(), recs[0].UUID)
+			}
 		})
 	}
 }
@@ -687,6 +715,19 @@ func TestCloneChainFlattenedBeyondHardDepth(t *testing.T) {
 	}
 }
 
+// waitUnlocked polls until key is free, as a retry would.
+func waitUnlocked(t *testing.T, locks *volume.Locks, key string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !locks.TryLock(key) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is still locked", key)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	locks.Unlock(key)
+}
+
 // TestSnapshotWaitsForFlatten: while a volume's background flatten runs,
 // snapshots and clones of it wait; Unavailable when it outlasts the call,
 // and they go ahead once it is done.
@@ -709,6 +750,7 @@ func TestSnapshotWaitsForFlatten(t *testing.T) {
 	wantCode(t, err, codes.Unavailable)
 	_, err = e.c.CreateVolume(short(), cloneReq)
 	wantCode(t, err, codes.Unavailable)
+	waitUnlocked(t, &e.c.locks, "volname/pvc-clone") // the reservation is taken back in the background
 	if imgs := e.pool.ImageNames(); len(imgs) != 1 || len(e.records(t, journal.Volume)) != 1 {
 		t.Errorf("a clone that timed out left images %v, records %d", imgs, len(e.records(t, journal.Volume)))
 	}

@@ -77,6 +77,14 @@ func (s HolderState) String() string {
 	return [...]string{"same node", "attached", "stale", "unknown", "fenced", "controller"}[s]
 }
 
+// HolderObserver is told of each holder a call refused because of the
+// volume's access mode (Multi-Attach: call is "publish" or "stage") and of
+// each holder a publish fenced; the reason is the holder's state.
+type HolderObserver interface {
+	Refused(call, reason string)
+	Fenced(reason string)
+}
+
 // Holder is one user of an image: an attachment, a mapping record, a
 // watcher, or several of them.
 type Holder struct {
@@ -287,4 +295,14 @@ func describeAll(hs []Holder) string {
 		parts[i] = h.Describe()
 	}
 	return strings.Join(parts, "; ")
+}
+
+// observeRefused tells o, if any, of the holders call refused.
+func observeRefused(o HolderObserver, call string, refused []Holder) {
+	if o == nil {
+		return
+	}
+	for _, h := range refused {
+		o.Refused(call, h.State.String())
+	}
 }

@@ -46,6 +46,8 @@ type NodeOptions struct {
 	Topology   bool
 	Labels     map[string]string
 	MaxVolumes int64
+	// Holders, when set, is told of the stages refused for holders elsewhere.
+	Holders HolderObserver
 }
 
 // Node implements csi.NodeServer for RBD.
@@ -284,6 +286,7 @@ func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, 
 		}
 	}
 	if len(conflicts) > 0 {
+		observeRefused(n.opts.Holders, "stage", conflicts)
 		return status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is held elsewhere; not mapping it on node %s: %s",
 			volumeID, pool.Name(), image, n.opts.NodeID, describeAll(conflicts))
 	}

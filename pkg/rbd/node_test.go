@@ -1214,3 +1214,17 @@ func TestNodeStageChecksMapperUntilItWorks(t *testing.T) {
 		t.Errorf("%d checks, want 2: the failed one and the first that passed", n)
 	}
 }
+
+// TestNodeStageRefusalObserved: a stage refused for a holder elsewhere is
+// told to the observer, with the holder's state.
+func TestNodeStageRefusalObserved(t *testing.T) {
+	e := newNodeEnv(t)
+	observed := &holderEvents{}
+	e.n.opts.Holders = observed
+	e.otherNodeMaps(t)
+	_, err := e.n.NodeStageVolume(context.Background(), e.stageReq(mountCap(rwo)))
+	wantCode(t, err, codes.FailedPrecondition)
+	if len(observed.events) != 1 || !strings.HasPrefix(observed.events[0], "refused stage ") {
+		t.Fatalf("observed %v; want one refused stage", observed.events)
+	}
+}

@@ -155,6 +155,7 @@ func (c *Controller) clearHolders(ctx context.Context, r *resolved, usage *Usage
 		}
 	}
 	if len(refuse) > 0 {
+		observeRefused(c.opts.Holders, "publish", refuse)
 		return false, status.Errorf(codes.FailedPrecondition, "volume %s (image %s/%s) is already in use: %s%s",
 			r.id, r.pool.Name(), r.rec.Backing, describeAll(refuse), cephCSIHolderHint(r.rec, refuse))
 	}
@@ -162,6 +163,9 @@ func (c *Controller) clearHolders(ctx context.Context, r *resolved, usage *Usage
 		reason := "node " + h.Node + " still maps the volume after it was unpublished; published to " + node
 		if err := c.fence(ctx, r, h, reason); err != nil {
 			return false, err
+		}
+		if c.opts.Holders != nil {
+			c.opts.Holders.Fenced(h.State.String())
 		}
 	}
 	return len(fence) > 0, nil

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +21,20 @@ const (
 	addrA = "10.0.0.2:0/1111"
 	addrB = "10.0.0.3:0/2222"
 )
+
+// holderEvents records what a HolderObserver is told.
+type holderEvents struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (h *holderEvents) Refused(call, reason string) { h.add("refused " + call + " " + reason) }
+func (h *holderEvents) Fenced(reason string)        { h.add("fenced " + reason) }
+func (h *holderEvents) add(e string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.events = append(h.events, e)
+}
 
 // publishEnv is a controller over a fake pool holding one RWO volume.
 type publishEnv struct {
@@ -73,7 +89,8 @@ func (e *publishEnv) records(t *testing.T) *Records {
 // watch timed out long ago, its mapping record did not; publishing to B
 // fences exactly A's recorded instance.
 func TestPublishFencesStaleHolderWithoutWatch(t *testing.T) {
-	e := newPublishEnv(t)
+	observed := &holderEvents{}
+	e := newPublishEnv(t, func(o *ControllerOptions) { o.Holders = observed })
 	if err := e.publish(e.c, "node-a"); err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +102,17 @@ func TestPublishFencesStaleHolderWithoutWatch(t *testing.T) {
 		t.Fatalf("publish to B while A is attached = %v; want FailedPrecondition naming node-a at %s", err, addrA)
 	}
 	e.unpublish(t, "node-a")
+	if want := []string{"refused publish attached"}; !slices.Equal(observed.events, want) {
+		t.Fatalf("observed %v; want %v", observed.events, want)
+	}
 	if err := e.publish(e.c, "node-b"); err != nil {
 		t.Fatalf("publish to B after A was unpublished: %v", err)
 	}
 	if !e.cluster.Blocklisted(addrA) {
 		t.Fatal("A's instance was not blocklisted")
+	}
+	if want := []string{"refused publish attached", "fenced stale"}; !slices.Equal(observed.events, want) {
+		t.Fatalf("observed %v; want %v", observed.events, want)
 	}
 	r := e.records(t)
 	f, ok := r.Fences[addrA]

@@ -30,9 +30,19 @@ func Do[T any](ctx context.Context, what string, fn func() (T, error)) (T, error
 		return r.v, r.err
 	case <-ctx.Done():
 		var zero T
-		return zero, fmt.Errorf("%s: %w", what, ctx.Err())
+		return zero, &AbandonedError{What: what, Err: ctx.Err()}
 	}
 }
+
+// AbandonedError is the error of a call Do stopped waiting for: unlike one
+// that failed, the call may yet take effect.
+type AbandonedError struct {
+	What string
+	Err  error // the context's
+}
+
+func (e *AbandonedError) Error() string { return e.What + ": " + e.Err.Error() }
+func (e *AbandonedError) Unwrap() error { return e.Err }
 
 // Run is Do for calls that return only an error.
 func Run(ctx context.Context, what string, fn func() error) error {

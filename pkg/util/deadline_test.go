@@ -41,6 +41,10 @@ func TestDo(t *testing.T) {
 			if errors.Is(tc.wantErr, context.DeadlineExceeded) && err.Error() != "rbd open: context deadline exceeded" {
 				t.Errorf("error %q does not name the call", err)
 			}
+			var abandoned *AbandonedError
+			if errors.As(err, &abandoned) != (tc.name == "blocks past the deadline") {
+				t.Errorf("error %v: abandoned = %v", err, errors.As(err, &abandoned))
+			}
 		})
 	}
 }
