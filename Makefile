@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
-.PHONY: all build test test-kernel unit demo bench e2e deps cluster-up cluster-down vet image clean
+.PHONY: all build test test-kernel unit fuzz demo bench e2e deps cluster-up cluster-down vet image clean
 
 all: build
 
@@ -22,9 +22,24 @@ build:
 deps:
 	bash e2e/ceph/deps.sh
 
-## test: every test, unit and integration, against a local cluster this target starts and stops
+## test: every test, unit and integration, against a local cluster this target starts and stops,
+## then each fuzz test for FUZZ_TIME
 test: deps vet
 	bash e2e/run-tests.sh --report $(GO) test $(GOFLAGS_T) -json -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) --no-print-directory fuzz
+
+FUZZ_TIME ?= 10s
+FUZZ_TARGETS := pkg/rbd:FuzzCreateVolumeRequest pkg/rbd:FuzzNodeStageRequest pkg/rbd:FuzzVolumeAndSnapshotIDs \
+	pkg/volumeid:FuzzParse
+
+## fuzz: each fuzz test (request decoding, volume and snapshot IDs) for FUZZ_TIME; make test runs it
+fuzz:
+	@set -e; log=$$(mktemp); trap 'rm -f "$$log"' EXIT; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} ($(FUZZ_TIME))"; \
+		$(GO) test $(GOFLAGS_T) -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZ_TIME) ./$${t%%:*}/ >"$$log" 2>&1 || \
+			{ cat "$$log"; exit 1; }; \
+		tail -n 1 "$$log"; \
+	done
 
 ## test-kernel: only the kernel client tests (krbd, rbd-nbd) in a guest kernel under QEMU; make test runs them too
 test-kernel: deps
