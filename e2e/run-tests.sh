@@ -2,7 +2,8 @@
 # run-tests.sh [--report] CMD...: start one local cluster that every test binary
 # shares (PELAGIC_TEST_CLUSTER), run CMD, stop the cluster, keep CMD's status.
 # --report: CMD is a `go test -json`, whose output e2e/testreport prints as go test
-# would, then with the counts of passed, failed and skipped tests and every skip's reason.
+# would, then with the counts of passed, failed and skipped tests and every skip's reason;
+# a line of output that carries one of the cluster's keys fails the run.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 report=
@@ -18,7 +19,10 @@ run() {
 		"$@"
 		return
 	fi
-	"$@" | "$report"
+	# The cluster's keys, for the report to look for in every line the tests print.
+	local keys
+	keys=$(sed -n 's/^CEPH_[A-Z]*_KEYFILE=//p' "$PELAGIC_TEST_CLUSTER/cluster.env" | paste -sd, -)
+	"$@" | "$report" -secret-files "$keys"
 	local st=("${PIPESTATUS[@]}")
 	return $((st[0] != 0 ? st[0] : st[1]))
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -27,7 +28,7 @@ func TestReport(t *testing.T) {
 		`go: some message`,
 	}, "\n")
 	var out strings.Builder
-	if run(strings.NewReader(stream), &out) {
+	if run(strings.NewReader(stream), &out, nil) {
 		t.Error("a failed test and a failed build reported as success")
 	}
 	for _, want := range []string{
@@ -44,7 +45,42 @@ func TestReport(t *testing.T) {
 		t.Errorf("a passing test's output is printed:\n%s", out.String())
 	}
 	out.Reset()
-	if !run(strings.NewReader(`{"Action":"pass","Package":"r","Test":"TestA"}`), &out) {
+	if !run(strings.NewReader(`{"Action":"pass","Package":"r","Test":"TestA"}`), &out, nil) {
 		t.Errorf("all passing reported as failure:\n%s", out.String())
+	}
+}
+
+func TestReportFindsKeys(t *testing.T) {
+	const key = "AQBsecretsecretsecretsecretsecret=="
+	stream := strings.Join([]string{
+		`{"Action":"output","Package":"p","Test":"TestA","Output":"I1130 fuse.go:1] mapped\n"}`,
+		`{"Action":"output","Package":"p","Test":"TestA","Output":"I1130 exec.go:1] rbd-fuse --key ` + key + `\n"}`,
+		`{"Action":"pass","Package":"p","Test":"TestA"}`,
+	}, "\n")
+	var out strings.Builder
+	if run(strings.NewReader(stream), &out, []string{key}) {
+		t.Error("a key in a passing test's output reported as success")
+	}
+	if strings.Contains(out.String(), key) {
+		t.Errorf("the report prints the key:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "secrets: 1 of 2 output lines carry one of the 1 keys") ||
+		!strings.Contains(out.String(), "a key in the output of p TestA") {
+		t.Errorf("the report does not name the leak:\n%s", out.String())
+	}
+}
+
+func TestReadSecrets(t *testing.T) {
+	dir := t.TempDir()
+	bare, ring := dir+"/k", dir+"/keyring"
+	if err := os.WriteFile(bare, []byte("AQBbarebarebarebarebarebare==\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ring, []byte("[client.admin]\n\tkey = AQBringringringringringring==\n\tcaps mon = \"allow *\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readSecrets(bare + "," + ring)
+	if err != nil || strings.Join(got, " ") != "AQBbarebarebarebarebarebare== AQBringringringringringring==" {
+		t.Errorf("readSecrets = %v, %v", got, err)
 	}
 }
