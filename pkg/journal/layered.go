@@ -3,6 +3,7 @@ package journal
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 )
 
@@ -36,8 +37,19 @@ func (l Layered) Lookup(ctx context.Context, kind Kind, uuid string) (*Record, e
 	return l.CephCSI.Lookup(ctx, kind, uuid)
 }
 
-// Reserve implements Journal: in Pelagic's own.
-func (l Layered) Reserve(ctx context.Context, rec *Record) error { return l.Own.Reserve(ctx, rec) }
+// Reserve implements Journal: in Pelagic's own, unless ceph-csi's holds
+// the name (ErrNameTaken), so that a caller who reserves first and looks a
+// name up only when it is taken finds ceph-csi's record.
+func (l Layered) Reserve(ctx context.Context, rec *Record) error {
+	_, err := l.CephCSI.LookupName(ctx, rec.Kind, rec.Name)
+	switch {
+	case err == nil:
+		return fmt.Errorf("%w: %s %q is ceph-csi's", ErrNameTaken, rec.Kind, rec.Name)
+	case !errors.Is(err, ErrNotFound):
+		return err
+	}
+	return l.Own.Reserve(ctx, rec)
+}
 
 // Repair implements Journal: in Pelagic's own.
 func (l Layered) Repair(ctx context.Context, rec *Record) error { return l.Own.Repair(ctx, rec) }

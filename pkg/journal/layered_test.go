@@ -59,3 +59,26 @@ func TestLayered(t *testing.T) {
 		t.Errorf("Lookup of an unknown UUID = %v", err)
 	}
 }
+
+// TestLayeredReserveOfCephCSIName: a name ceph-csi's journal holds is
+// taken, so reserving first and looking up after finds ceph-csi's record.
+func TestLayeredReserveOfCephCSIName(t *testing.T) {
+	ctx := context.Background()
+	own, theirs := NewMemory(), NewMemory()
+	theirs.Origin = OriginCephCSI
+	old := &Record{Kind: Volume, Name: "pvc-old", UUID: "11111111-1111-4111-8111-111111111111", Backing: "csi-vol-1"}
+	if err := theirs.Reserve(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	l := Layered{Own: own, CephCSI: theirs}
+	err := l.Reserve(ctx, &Record{Kind: Volume, Name: "pvc-old", UUID: "22222222-2222-4222-8222-222222222222"})
+	if !errors.Is(err, ErrNameTaken) {
+		t.Fatalf("Reserve of ceph-csi's name = %v, want ErrNameTaken", err)
+	}
+	if rec, err := l.LookupName(ctx, Volume, "pvc-old"); err != nil || rec.UUID != old.UUID || !rec.FromCephCSI() {
+		t.Fatalf("LookupName = %+v, %v; want ceph-csi's record", rec, err)
+	}
+	if err := l.Reserve(ctx, &Record{Kind: Volume, Name: "pvc-new", UUID: "33333333-3333-4333-8333-333333333333"}); err != nil {
+		t.Fatalf("Reserve of a new name: %v", err)
+	}
+}
