@@ -81,7 +81,7 @@ func TestCreateSurvivesControllerKill(t *testing.T) {
 	}
 }
 
-// waitKilled waits for a controller process to die of SIGKILL, its call
+// waitKilled waits for a driver process to die of SIGKILL, its call
 // having failed with callErr.
 func waitKilled(t *testing.T, died func() error, callErr error) {
 	t.Helper()
@@ -91,10 +91,10 @@ func waitKilled(t *testing.T, died func() error, callErr error) {
 	case werr := <-done:
 		var exit *exec.ExitError
 		if !errors.As(werr, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("the controller process ended with %v; want killed by SIGKILL (its call: %v)", werr, callErr)
+			t.Fatalf("the driver process ended with %v; want killed by SIGKILL (its call: %v)", werr, callErr)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatalf("the controller process lives on after its call failed with %v", callErr)
+		t.Fatalf("the driver process lives on after its call failed with %v", callErr)
 	}
 }
 
