@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/status"
+
+	"github.com/pelagic-csi/pelagic/e2e/cephtest"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 )
 
@@ -59,7 +64,85 @@ func TestNodeStageSurvivesPluginKill(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.readBack(t, ctx, pl.node, blocks)
-			if left := e.nodeState(t); len(left.fuse)+len(left.loops)+left.stagingMounts+left.targetMounts+len(left.dirs) != 0 {
+			if left := e.nodeState(t); !left.empty() {
+				t.Fatalf("after NodeUnstage: %s; want nothing left", left)
+			}
+		})
+	}
+}
+
+// TestNodeStageWithStalledOSD stops the OSD of a private cluster with
+// SIGSTOP, before a NodeStage, and right after its map (mkfs then writes
+// to a stalled image). The call returns DeadlineExceeded or Unavailable
+// within its deadline; a second call is not held behind it (not Aborted)
+// and returns by its own deadline; after SIGCONT a retry stages the volume
+// on exactly one mapping and one mount, and NodeUnstage leaves nothing.
+func TestNodeStageWithStalledOSD(t *testing.T) {
+	c := cephtest.Start(t)
+	e := newControllerEnvOn(t, c)
+	for _, tc := range []struct{ name, stallAfter string }{
+		{"before the stage", ""},
+		{"after the map", driver.OpMap},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state, work := shortTempDir(t), t.TempDir()
+			t.Cleanup(func() { cleanupNode(state, work) })
+			osd := newOSDStaller(t, c) // its cleanup, continuing the OSD, runs first
+			d, err := driver.New(driver.Options{Type: "rbd", DriverName: "rbd.csi.pelagic.dev", Node: true, NodeID: "node-1",
+				Config: e.cfg, Mounter: "fuse", StateDir: state,
+				ObserveNodeOp: func(op string, _ time.Duration) {
+					if op == tc.stallAfter {
+						osd.stop()
+					}
+				}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(d.Close)
+			node := d.Services.Node
+			created, err := e.controller(nil).CreateVolume(testContext(t, time.Minute), e.createReq(uniqueName("pvc-stall"), 64<<20))
+			if err != nil {
+				t.Fatal(err)
+			}
+			vol := created.GetVolume()
+			staging := filepath.Join(work, "staging")
+			req := &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,
+				VolumeCapability: mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER),
+				VolumeContext:    vol.GetVolumeContext(), Secrets: e.secrets}
+			if tc.stallAfter == "" {
+				osd.stop()
+			}
+			stalledCall := func(what string, deadline time.Duration) {
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				defer cancel()
+				start := time.Now()
+				_, err := node.NodeStageVolume(ctx, req)
+				took := time.Since(start)
+				if took > deadline+2*time.Second {
+					t.Fatalf("%s NodeStage with the OSD stopped took %v, past its deadline of %v (%v)", what, took, deadline, err)
+				}
+				wantStalled(t, what+" NodeStage", err)
+				t.Logf("%s NodeStage with the OSD stopped: %v after %v", what, status.Code(err), took.Round(time.Millisecond))
+			}
+			stalledCall("in-flight", 5*time.Second)
+			if !osd.stopped.Load() {
+				t.Fatal("the OSD was never stopped")
+			}
+			stalledCall("a second", 3*time.Second)
+			osd.thaw()
+			ctx := testContext(t, 2*time.Minute)
+			eventually(t, 90*time.Second, "NodeStage after SIGCONT", func() error {
+				_, err := node.NodeStageVolume(ctx, req)
+				return err
+			})
+			if now := nodeStateOf(t, state, staging, ""); len(now.fuse) != 1 || len(now.loops) != 1 || now.stagingMounts != 1 {
+				t.Fatalf("staged after SIGCONT: %s; want one mapping, mounted once", now)
+			}
+			if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(),
+				StagingTargetPath: staging}); err != nil {
+				t.Fatal(err)
+			}
+			if left := nodeStateOf(t, state, staging, ""); !left.empty() {
 				t.Fatalf("after NodeUnstage: %s; want nothing left", left)
 			}
 		})
@@ -82,9 +165,21 @@ func (s nodeState) String() string {
 
 func (e *restartEnv) nodeState(t *testing.T) nodeState {
 	t.Helper()
-	dirs, _ := filepath.Glob(filepath.Join(e.proc.StateDir, "fuse", "*"))
-	return nodeState{fuse: fusePIDs(e.proc.StateDir), loops: loopsBackedUnder(t, e.proc.StateDir), dirs: dirs,
-		stagingMounts: mountsAt(t, e.staging), targetMounts: mountsAt(t, e.target)}
+	return nodeStateOf(t, e.proc.StateDir, e.staging, e.target)
+}
+
+// nodeStateOf is what a node plugin with state directory state has set up,
+// and the mounts at a volume's staging path and target.
+func nodeStateOf(t *testing.T, state, staging, target string) nodeState {
+	t.Helper()
+	dirs, _ := filepath.Glob(filepath.Join(state, "fuse", "*"))
+	return nodeState{fuse: fusePIDs(state), loops: loopsBackedUnder(t, state), dirs: dirs,
+		stagingMounts: mountsAt(t, staging), targetMounts: mountsAt(t, target)}
+}
+
+// empty is whether nothing at all is set up.
+func (s nodeState) empty() bool {
+	return len(s.fuse)+len(s.loops)+len(s.dirs)+s.stagingMounts+s.targetMounts == 0
 }
 
 // loopsBackedUnder lists the loop devices whose backing file is under dir.
