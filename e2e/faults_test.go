@@ -81,7 +81,7 @@ func TestCreateSurvivesControllerKill(t *testing.T) {
 	}
 }
 
-// waitKilled waits for a controller process to die of SIGKILL, its call
+// waitKilled waits for a driver process to die of SIGKILL, its call
 // having failed with callErr.
 func waitKilled(t *testing.T, died func() error, callErr error) {
 	t.Helper()
@@ -91,10 +91,10 @@ func waitKilled(t *testing.T, died func() error, callErr error) {
 	case werr := <-done:
 		var exit *exec.ExitError
 		if !errors.As(werr, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("the controller process ended with %v; want killed by SIGKILL (its call: %v)", werr, callErr)
+			t.Fatalf("the driver process ended with %v; want killed by SIGKILL (its call: %v)", werr, callErr)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatalf("the controller process lives on after its call failed with %v", callErr)
+		t.Fatalf("the driver process lives on after its call failed with %v", callErr)
 	}
 }
 
@@ -274,30 +274,12 @@ func TestCreateDeleteStormWithCancellations(t *testing.T) {
 func TestCreateWithStalledOSD(t *testing.T) {
 	c := cephtest.Start(t)
 	e := newControllerEnvOn(t, c)
-	osd := c.PIDs["osd"]
-	if osd <= 0 {
-		t.Fatalf("no OSD pid in %s", c.Dir)
-	}
-	var stopOnce sync.Once
-	var stopped atomic.Bool
-	thaw := func() {
-		if stopped.CompareAndSwap(true, false) {
-			if err := syscall.Kill(osd, syscall.SIGCONT); err != nil {
-				t.Error(err)
-			}
-		}
-	}
-	t.Cleanup(thaw)
+	osd := newOSDStaller(t, c)
 	// Every pass reaches CreateStepReserved, a retry finding the
 	// reservation too: the OSD is stopped at the first only.
 	ctrl := e.controller(func(step string) {
 		if step == rbd.CreateStepReserved {
-			stopOnce.Do(func() {
-				if err := syscall.Kill(osd, syscall.SIGSTOP); err != nil {
-					t.Error(err)
-				}
-				stopped.Store(true)
-			})
+			osd.stop()
 		}
 	})
 	req := e.createReq("pvc-stalled", 16<<20)
@@ -311,20 +293,15 @@ func TestCreateWithStalledOSD(t *testing.T) {
 		}
 		return err
 	}
-	wantStalled := func(what string, err error) {
-		if code := status.Code(err); code != codes.DeadlineExceeded && code != codes.Unavailable {
-			t.Fatalf("%s CreateVolume with the OSD stopped = %v; want DeadlineExceeded or Unavailable", what, err)
-		}
-	}
-	wantStalled("in-flight", stalledCall("in-flight", 5*time.Second))
-	if !stopped.Load() {
+	wantStalled(t, "in-flight CreateVolume", stalledCall("in-flight", 5*time.Second))
+	if !osd.stopped.Load() {
 		t.Fatal("the OSD was never stopped")
 	}
 	// The reservation stays, as the create may land once the OSD is back:
 	// the name's lock is free at once, and the next call stalls in turn.
 	err := stalledCall("a second", 3*time.Second)
-	wantStalled("a second", err)
-	thaw()
+	wantStalled(t, "a second CreateVolume", err)
+	osd.thaw()
 	// The provisioner retries until it succeeds; the first calls may time
 	// out in librados while the OSD catches up.
 	ctx := testContext(t, 2*time.Minute)
@@ -339,6 +316,50 @@ func TestCreateWithStalledOSD(t *testing.T) {
 		}
 	}
 	e.assertExactly(t, ctx, []*csi.Volume{resp.GetVolume()})
+}
+
+// osdStaller stops the OSD of a private cluster (SIGSTOP) once, and
+// continues it (SIGCONT) when told or when the test ends.
+type osdStaller struct {
+	t       *testing.T
+	pid     int
+	once    sync.Once
+	stopped atomic.Bool
+}
+
+func newOSDStaller(t *testing.T, c *cephtest.Cluster) *osdStaller {
+	s := &osdStaller{t: t, pid: c.PIDs["osd"]}
+	if s.pid <= 0 {
+		t.Fatalf("no OSD pid in %s", c.Dir)
+	}
+	t.Cleanup(s.thaw)
+	return s
+}
+
+func (s *osdStaller) stop() {
+	s.once.Do(func() {
+		if err := syscall.Kill(s.pid, syscall.SIGSTOP); err != nil {
+			s.t.Error(err)
+		}
+		s.stopped.Store(true)
+	})
+}
+
+func (s *osdStaller) thaw() {
+	if s.stopped.CompareAndSwap(true, false) {
+		if err := syscall.Kill(s.pid, syscall.SIGCONT); err != nil {
+			s.t.Error(err)
+		}
+	}
+}
+
+// wantStalled fails the test unless a call the stalled OSD held up
+// returned DeadlineExceeded or Unavailable.
+func wantStalled(t *testing.T, what string, err error) {
+	t.Helper()
+	if code := status.Code(err); code != codes.DeadlineExceeded && code != codes.Unavailable {
+		t.Fatalf("%s with the OSD stopped = %v; want DeadlineExceeded or Unavailable", what, err)
+	}
 }
 
 // backingOf names the image of a volume ID made with the default prefix.

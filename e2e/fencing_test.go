@@ -153,8 +153,7 @@ func runControllerProcess() int {
 	killAt := os.Getenv(controllerKillEnv)
 	die := func(step string) {
 		if step == killAt {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // SIGKILL is on its way
+			killSelf()
 		}
 	}
 	conns := ceph.NewConnPool(ceph.Timeouts{})
@@ -173,6 +172,12 @@ func runControllerProcess() int {
 		fmt.Fprintln(os.Stderr, err)
 	}
 	return 1
+}
+
+// killSelf ends this process with SIGKILL, as a crash would, at once.
+func killSelf() {
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {} // SIGKILL is on its way
 }
 
 // killAfterReserve is the kill point of a CephFS controller process: right

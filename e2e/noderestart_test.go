@@ -40,6 +40,9 @@ type nodeProcess struct {
 	StateDir     string `json:"stateDir"`
 	DaemonSocket string `json:"daemonSocket,omitempty"`
 	Type         string `json:"type,omitempty"` // "rbd" (the default) or "cephfs"
+	// KillAfter is a node operation (driver.Op*) after which the process
+	// kills itself with SIGKILL, half way through its NodeStage.
+	KillAfter string `json:"killAfter,omitempty"`
 }
 
 // runNodeProcess serves a fuse node plugin until SIGTERM, as the pelagic
@@ -57,8 +60,16 @@ func runNodeProcess() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	d, err := driver.New(driver.Options{Type: cmp.Or(p.Type, "rbd"), DriverName: "csi.pelagic.dev", Node: true, NodeID: "restart-node",
-		Config: cfg, Mounter: "fuse", StateDir: p.StateDir, DaemonSocket: p.DaemonSocket})
+	o := driver.Options{Type: cmp.Or(p.Type, "rbd"), DriverName: "csi.pelagic.dev", Node: true, NodeID: "restart-node",
+		Config: cfg, Mounter: "fuse", StateDir: p.StateDir, DaemonSocket: p.DaemonSocket}
+	if p.KillAfter != "" {
+		o.ObserveNodeOp = func(op string, _ time.Duration) {
+			if op == p.KillAfter {
+				killSelf()
+			}
+		}
+	}
+	d, err := driver.New(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

@@ -158,6 +158,61 @@ func (c *Cluster) FreezeMon() error { return c.signal("mon", syscall.SIGSTOP) }
 // ThawMon resumes a monitor stopped by FreezeMon (SIGCONT).
 func (c *Cluster) ThawMon() error { return c.signal("mon", syscall.SIGCONT) }
 
+// StopMon stops the monitor with sig (SIGTERM, or SIGKILL as a crash
+// would) and waits for it to exit.
+func (c *Cluster) StopMon(ctx context.Context, sig syscall.Signal) error {
+	old := c.PIDs["mon"]
+	if err := c.signal("mon", sig); err != nil {
+		return err
+	}
+	for processRuns(old) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cephtest: the monitor (pid %d) lives on after %v: %w", old, sig, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// StartMon starts the monitor StopMon stopped, on the same data, config
+// and addresses, as up.sh does, and returns once the cluster answers
+// through it. down.sh finds it by its pid file.
+func (c *Cluster) StartMon(ctx context.Context) error {
+	logFile, err := os.OpenFile(filepath.Join(c.Dir, "log", "mon.a.out"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	cmd := exec.Command("ceph-mon", "-f", "--conf", c.Conf, "-i", "a")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("cephtest: starting the monitor again: %w", err)
+	}
+	go func() { _ = cmd.Wait() }() // reaped when down.sh stops it
+	c.PIDs["mon"] = cmd.Process.Pid
+	for {
+		probe, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := c.Ceph(probe, "-s")
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cephtest: the restarted monitor never answered: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// processRuns reports whether pid is a live process (not a zombie).
+func processRuns(pid int) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && len(cmdline) > 0
+}
+
 func (c *Cluster) signal(daemon string, sig syscall.Signal) error {
 	pid := c.PIDs[daemon]
 	if pid <= 0 {

@@ -193,7 +193,8 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 		}
 	}
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
-	usage, err := n.checkHolders(ctx, pool, image, req.GetVolumeId(), mode)
+	own := ownMappingClient(ctx, m, pool.Name(), cc.RBD.RadosNamespace, image)
+	usage, err := n.checkHolders(ctx, pool, image, req.GetVolumeId(), mode, own)
 	if err != nil {
 		return nil, err
 	}
@@ -262,12 +263,16 @@ func nodeStatus(err error, volumeID string) error {
 
 // checkHolders refuses to map a single-node volume that another node, or a
 // client no node recorded, may still write. Fencing is the controller's
-// call, made at publish; a node only refuses, and names the holder.
+// call, made at publish; a node only refuses, and names the holder. The
+// watch of own, this node's mapping of the image, is not a holder's.
 func (n *Node) checkHolders(ctx context.Context, pool Pool, image, volumeID string,
-	mode csi.VolumeCapability_AccessMode_Mode) (*Usage, error) {
+	mode csi.VolumeCapability_AccessMode_Mode, own string) (*Usage, error) {
 	usage, err := readUsageOf(ctx, pool, image)
 	if err != nil {
 		return nil, nodeStatus(err, volumeID)
+	}
+	if own != "" {
+		usage.Watchers = slices.DeleteFunc(usage.Watchers, func(w Watcher) bool { return ceph.SameClient(w.Addr, own) })
 	}
 	if err := n.refuseConflicts(usage, pool, image, volumeID, mode); err != nil {
 		return nil, err

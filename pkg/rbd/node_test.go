@@ -169,6 +169,21 @@ func (e *nodeEnv) otherNodeMaps(t *testing.T) {
 	e.pool.SetWatchers(nodeTestImage, Watcher{Addr: otherNodeAddr, ID: 77})
 }
 
+// leftMapping maps the image with the default mapper, as a NodeStage that
+// died before recording the mapping leaves it, dead or alive, and returns
+// the watch of its client.
+func (e *nodeEnv) leftMapping(t *testing.T, dead bool) Watcher {
+	t.Helper()
+	m, err := e.krbd.Map(context.Background(), mapper.Image{ClusterID: testClusterID, Pool: testPool, Name: nodeTestImage}, mapper.MapOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dead {
+		e.krbd.Kill(m.Device)
+	}
+	return Watcher{Addr: m.ClientAddr, ID: 4000}
+}
+
 func wantNodeErr(t *testing.T, err error, code codes.Code, substrings ...string) {
 	t.Helper()
 	wantCode(t, err, code)
@@ -530,6 +545,11 @@ func TestNodeStageRefused(t *testing.T) {
 				e.setMeta(t, metaMapPrefix+nodeTestNode, NodeMapping{Node: nodeTestNode, ClientAddr: otherNodeAddr})
 				e.pool.SetWatchers(nodeTestImage, Watcher{Addr: otherNodeAddr, ID: 77})
 			}},
+		{name: "own node's mapping a killed plugin left unrecorded", cap: mountCap(rwo), code: codes.OK, wantMap: true,
+			setup: func(t *testing.T, e *nodeEnv) { e.pool.SetWatchers(nodeTestImage, e.leftMapping(t, false)) }},
+		{name: "own node's dead unrecorded mapping still watching", cap: mountCap(rwo), code: codes.FailedPrecondition,
+			setup: func(t *testing.T, e *nodeEnv) { e.pool.SetWatchers(nodeTestImage, e.leftMapping(t, true)) },
+			want:  []string{"no node recorded"}},
 		{name: "a controller's short open is not a holder", cap: mountCap(rwo), code: codes.OK, wantMap: true,
 			setup: func(_ *testing.T, e *nodeEnv) {
 				_ = e.pool.UpdateObjectMap(ctx, controllersObject, map[string]string{"v1:10.0.0.1:0/1": "{}"}, nil)

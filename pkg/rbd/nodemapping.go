@@ -43,6 +43,25 @@ func (n *Node) mapFresh(ctx context.Context, m mapper.Mapper, img mapper.Image, 
 	return mapping, nil
 }
 
+// ownMappingClient returns the client address of a live mapping of the
+// image that mapper m already holds on this node, "" if none: a NodeStage
+// cut short (the plugin killed) between the map and its records leaves
+// one, which the retry reuses. Its watch is this node's own, not that of
+// a client no node recorded.
+func ownMappingClient(ctx context.Context, m mapper.Mapper, pool, namespace, image string) string {
+	mappings, err := m.List(ctx)
+	if err != nil {
+		return ""
+	}
+	for _, mp := range mappings {
+		if mp.Pool == pool && mp.RadosNamespace == namespace && mp.Image == image && mp.ClientAddr != "" &&
+			m.Alive(ctx, mp) == nil {
+			return mp.ClientAddr
+		}
+	}
+	return ""
+}
+
 // stagedMappingFenced reports whether the mapping a stage record names was
 // fenced since: its client can no longer write, so the volume must be
 // mapped afresh rather than mounted from it.
