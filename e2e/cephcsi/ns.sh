@@ -10,7 +10,8 @@ ns=$dir/ns
 # makes in shared/ (a shared mount of its own) reach the caller; nothing else may.
 if [ "${CEPHCSI_SHARED:-false}" = true ]; then
 	awk '{print $5}' /proc/self/mountinfo | while read -r m; do
-		case $m in "$dir/shared" | "$dir/shared/"*) ;; *) mount --make-private "$m" ;; esac
+		# A mount another process removes meanwhile leaves this copy too: skip it.
+		case $m in "$dir/shared" | "$dir/shared/"*) ;; *) mount --make-private "$m" 2>/dev/null || ! mountpoint -q "$m" ;; esac
 	done
 fi
 mount -t tmpfs -o mode=0755 cephcsi-ns "$ns"
