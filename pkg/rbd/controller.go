@@ -620,10 +620,6 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 		return nil, err
 	}
 	defer unlock()
-	recs, err := readRecords(ctx, r.pool, r.rec.Backing)
-	if err != nil {
-		return nil, volume.Status(err)
-	}
 	own, err := r.cluster.ClientAddr(ctx)
 	if err != nil {
 		return nil, volume.Status(err)
@@ -634,7 +630,16 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 	// a volume ceph-csi provisioned is its node plugin's mapping, which
 	// ceph-csi grew in use as Pelagic grows its own.
 	now, err := r.pool.Grow(ctx, r.rec.Backing, size, func(_ ImageInfo, watchers []Watcher) error {
-		usage := &Usage{Records: recs, Watchers: watchers, Controllers: ceph.AddrVec(own), Now: time.Now()}
+		usage := &Usage{Records: &Records{}, Watchers: watchers, Controllers: ceph.AddrVec(own), Now: time.Now()}
+		// The records only tell who a watcher is: with no watcher but this
+		// open, they cannot refuse, and are not read.
+		if usage.unexplainedWatcher() {
+			recs, err := readRecords(ctx, r.pool, r.rec.Backing)
+			if err != nil {
+				return err
+			}
+			usage.Records = recs
+		}
 		return c.refuseHolders(ctx, r, usage, "expanded", func(h Holder) bool {
 			return h.Watcher != nil && (h.State == HolderStale || (h.State == HolderUnknown && !r.rec.FromCephCSI()))
 		})

@@ -2,6 +2,7 @@ package rbd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"maps"
 	"strings"
@@ -830,16 +831,28 @@ func TestControllerExpandVolume(t *testing.T) {
 	wantCode(t, err, codes.NotFound)
 }
 
-// TestControllerExpandVolumeHolders: an image a client no record explains
-// watches is not grown; the watch of the controller's own open is no holder.
+// TestControllerExpandVolumeHolders: an image a client no record explains,
+// or a stale mapping, watches is not grown; the watch of the controller's
+// own open is no holder, and the records are read only when a watcher is
+// another client's.
 func TestControllerExpandVolumeHolders(t *testing.T) {
+	const other = "10.0.0.9:0/7"
 	tests := []struct {
-		name    string
-		watcher string
-		code    codes.Code
+		name        string
+		watcher     string
+		records     map[string]any
+		code        codes.Code
+		readRecords bool
 	}{
-		{"own open", "10.0.0.1:0/1", codes.OK},
-		{"unknown client", "10.0.0.9:0/7", codes.FailedPrecondition},
+		{"own open", "10.0.0.1:0/1", nil, codes.OK, false},
+		{"unknown client", other, nil, codes.FailedPrecondition, true},
+		{"stale mapping", other, map[string]any{metaMapPrefix + "node-b": NodeMapping{Node: "node-b", ClientAddr: other}},
+			codes.FailedPrecondition, true},
+		{"attached mapping", other, map[string]any{
+			metaMapPrefix + "node-b":    NodeMapping{Node: "node-b", ClientAddr: other},
+			metaAttachPrefix + "node-b": Attachment{Node: "node-b"}}, codes.OK, true},
+		{"fenced client", other, map[string]any{metaFencePrefix + other: Fence{Node: "node-b", ClientAddr: other,
+			Expires: time.Now().Add(time.Hour), State: FenceDone}}, codes.OK, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -847,6 +860,18 @@ func TestControllerExpandVolumeHolders(t *testing.T) {
 			vol := e.create(t, createReq("pvc-1", gib))
 			image := vol.GetVolumeContext()[CtxImageName]
 			e.pool.SetWatchers(image, Watcher{Addr: tc.watcher, ID: 7})
+			meta := map[string]string{}
+			for k, v := range tc.records {
+				b, err := json.Marshal(v)
+				if err != nil {
+					t.Fatal(err)
+				}
+				meta[k] = string(b)
+			}
+			if err := e.pool.SetMetadata(context.Background(), image, meta); err != nil {
+				t.Fatal(err)
+			}
+			before := e.pool.Calls("Records")
 			_, err := e.c.ControllerExpandVolume(context.Background(), &csi.ControllerExpandVolumeRequest{
 				VolumeId: vol.GetVolumeId(), CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * gib}, Secrets: testSecrets})
 			wantCode(t, err, tc.code)
@@ -856,6 +881,9 @@ func TestControllerExpandVolumeHolders(t *testing.T) {
 			}
 			if size := e.pool.Image(image).size; size != want {
 				t.Errorf("image size %d, want %d", size, want)
+			}
+			if read := e.pool.Calls("Records") > before; read != tc.readRecords {
+				t.Errorf("records read: %v, want %v", read, tc.readRecords)
 			}
 		})
 	}
