@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -20,7 +21,16 @@ type Runner interface {
 // context has no deadline of its own.
 type ExecRunner struct {
 	DefaultTimeout time.Duration
+
+	// kill ends a command whose context is done; nil is SIGKILL. Tests
+	// replace it to stand for a process the kernel holds in uninterruptible
+	// sleep, which SIGKILL cannot end.
+	kill func(*exec.Cmd) error
 }
+
+// killGrace is how long a killed command may take to be reaped before the
+// call returns without it.
+const killGrace = 2 * time.Second
 
 // ExecError reports a failed command with its exit code and output.
 type ExecError struct {
@@ -55,11 +65,14 @@ func (r ExecRunner) Run(ctx context.Context, name string, args ...string) ([]byt
 		defer cancel()
 	}
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second
-	var out bytes.Buffer
+	if r.kill != nil {
+		cmd.Cancel = func() error { return r.kill(cmd) }
+	}
+	cmd.WaitDelay = killGrace
+	var out lockedBuffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
-	err := cmd.Run()
+	err := wait(ctx, cmd)
 	if err == nil {
 		return out.Bytes(), nil
 	}
@@ -73,3 +86,47 @@ func (r ExecRunner) Run(ctx context.Context, name string, args ...string) ([]byt
 	}
 	return out.Bytes(), ee
 }
+
+// wait runs cmd and returns when it ends, or at the latest killGrace after
+// ctx is done: a process in uninterruptible sleep (mkfs writing to a device
+// whose OSD stalled) outlives SIGKILL, and the caller's deadline must hold
+// anyway. Such a process is reaped in the background once it can exit.
+func wait(ctx context.Context, cmd *exec.Cmd) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(killGrace):
+		return fmt.Errorf("killed at its deadline, still not ended after %v: %w", killGrace, ctx.Err())
+	}
+}
+
+// lockedBuffer is a command's output, which a command that outlived its
+// call may still write while the caller reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.b.Bytes())
+}
+
+func (l *lockedBuffer) String() string { return string(l.Bytes()) }

@@ -28,6 +28,9 @@ func TestExecRunner(t *testing.T) {
 		{"killed at the deadline", ExecRunner{}, 100 * time.Millisecond, []string{"sleep", "10"}, "", -1, context.DeadlineExceeded},
 		{"default timeout", ExecRunner{DefaultTimeout: 100 * time.Millisecond}, 0, []string{"sleep", "10"}, "", -1, context.DeadlineExceeded},
 		{"missing command", ExecRunner{}, time.Second, []string{"/nonexistent/pelagic-cmd"}, "", -1, fs.ErrNotExist},
+		// A process in uninterruptible sleep outlives SIGKILL: the call still ends.
+		{"unkillable at the deadline", ExecRunner{kill: func(*exec.Cmd) error { return nil }}, 100 * time.Millisecond,
+			[]string{"sleep", "4"}, "", -1, context.DeadlineExceeded},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -39,7 +42,7 @@ func TestExecRunner(t *testing.T) {
 			}
 			start := time.Now()
 			out, err := tc.runner.Run(ctx, tc.args[0], tc.args[1:]...)
-			if d := time.Since(start); d > 2*time.Second {
+			if d := time.Since(start); d > tc.timeout+killGrace+time.Second {
 				t.Errorf("Run took %v", d)
 			}
 			if string(out) != tc.wantOut {
