@@ -1,49 +1,30 @@
 package csiserver
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 )
 
-// syncBuffer is written by klog and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // captureKlog routes klog to a buffer at verbosity 5 until the test ends.
-func captureKlog(t *testing.T) *syncBuffer {
+func captureKlog(t *testing.T) *util.LockedBuffer {
 	t.Helper()
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)
 	if err := fs.Parse([]string{"-v=5", "-logtostderr=false", "-alsologtostderr=false", "-stderrthreshold=FATAL"}); err != nil {
 		t.Fatal(err)
 	}
-	buf := &syncBuffer{}
+	buf := &util.LockedBuffer{}
 	klog.SetOutput(buf)
 	t.Cleanup(func() {
 		klog.Flush()

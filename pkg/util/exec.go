@@ -69,7 +69,7 @@ func (r ExecRunner) Run(ctx context.Context, name string, args ...string) ([]byt
 		cmd.Cancel = func() error { return r.kill(cmd) }
 	}
 	cmd.WaitDelay = killGrace
-	var out lockedBuffer
+	var out LockedBuffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	err := wait(ctx, cmd)
@@ -110,23 +110,23 @@ func wait(ctx context.Context, cmd *exec.Cmd) error {
 	}
 }
 
-// lockedBuffer is a command's output, which a command that outlived its
-// call may still write while the caller reads it.
-type lockedBuffer struct {
+// LockedBuffer is a buffer one goroutine writes while another reads it: a
+// command's output, which a command that outlived its call may still write.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) Bytes() []byte {
+func (l *LockedBuffer) Bytes() []byte {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return bytes.Clone(l.b.Bytes())
 }
 
-func (l *lockedBuffer) String() string { return string(l.Bytes()) }
+func (l *LockedBuffer) String() string { return string(l.Bytes()) }
