@@ -51,7 +51,7 @@ func TestReport(t *testing.T) {
 }
 
 func TestReportFindsKeys(t *testing.T) {
-	const key = "AQBsecretsecretsecretsecretsecret=="
+	const key = "test-only-not-a-key-0123456789"
 	stream := strings.Join([]string{
 		`{"Action":"output","Package":"p","Test":"TestA","Output":"I1130 fuse.go:1] mapped\n"}`,
 		`{"Action":"output","Package":"p","Test":"TestA","Output":"I1130 exec.go:1] rbd-fuse --key ` + key + `\n"}`,
@@ -73,14 +73,14 @@ func TestReportFindsKeys(t *testing.T) {
 func TestReadSecrets(t *testing.T) {
 	dir := t.TempDir()
 	bare, ring := dir+"/k", dir+"/keyring"
-	if err := os.WriteFile(bare, []byte("AQBbarebarebarebarebarebare==\n"), 0o600); err != nil {
+	if err := os.WriteFile(bare, []byte("test-only-bare-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(ring, []byte("[client.admin]\n\tkey = AQBringringringringringring==\n\tcaps mon = \"allow *\"\n"), 0o600); err != nil {
+	if err := os.WriteFile(ring, []byte("[client.admin]\n\tkey = test-only-ring-0123456789\n\tcaps mon = \"allow *\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	got, err := readSecrets(bare + "," + ring)
-	if err != nil || strings.Join(got, " ") != "AQBbarebarebarebarebarebare== AQBringringringringringring==" {
+	if err != nil || strings.Join(got, " ") != "test-only-bare-0123456789 test-only-ring-0123456789" {
 		t.Errorf("readSecrets = %v, %v", got, err)
 	}
 }
