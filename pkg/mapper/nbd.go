@@ -54,21 +54,29 @@ func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, err
 		return Mapping{}, fmt.Errorf("mapping %s with rbd-nbd as %s: %w", img.Spec(), img.Creds, mapFailure(err, NBD))
 	}
 
-	after, err := n.List(ctx)
+	// rbd-nbd returns before its daemon has connected the device (the
+	// connect blocks in the daemon), and list-mapped shows a device only
+	// once it is connected: wait for it. No device mapped img before (see
+	// above), so the one that does now is the new one, even on the device
+	// of a mapping removed meanwhile.
+	var mapped Mapping
+	err = waitFor(ctx, n.cfg.DeviceTimeout, "rbd-nbd to connect "+img.Spec(), func() (bool, error) {
+		after, err := n.List(ctx)
+		for _, m := range after {
+			if m.same(img) {
+				mapped = m
+				return true, nil
+			}
+		}
+		return false, err
+	})
 	if err != nil {
+		return Mapping{}, fmt.Errorf("mapping %s with rbd-nbd: it succeeded but list-mapped does not show the image: %w", img.Spec(), err)
+	}
+	if err := waitForDevice(ctx, n.cfg.DeviceTimeout, mapped.Device); err != nil {
 		return Mapping{}, err
 	}
-	// No device mapped img before (see above), so the one that does now is
-	// the new one, even on the device of a mapping removed meanwhile.
-	for _, m := range after {
-		if m.same(img) {
-			if err := waitForDevice(ctx, n.cfg.DeviceTimeout, m.Device); err != nil {
-				return Mapping{}, err
-			}
-			return m, nil
-		}
-	}
-	return Mapping{}, fmt.Errorf("mapping %s with rbd-nbd: it succeeded but list-mapped does not show the image", img.Spec())
+	return mapped, nil
 }
 
 func (n *nbd) mapArgs(img Image, opts MapOptions, keyfile string) []string {
@@ -80,8 +88,25 @@ func (n *nbd) mapArgs(img Image, opts MapOptions, keyfile string) []string {
 	if opts.Exclusive {
 		args = append(args, "--exclusive")
 	}
-	args = append(args, nbdFlags(opts.Options)...)
+	args = append(args, nbdFlags(withNetlink(opts.Options))...)
 	return append(args, img.Spec())
+}
+
+// withNetlink adds try-netlink to a StorageClass's options, as ceph-csi
+// does: through the legacy ioctls, rbd-nbd picks a free device before it
+// claims it, so two maps at once can pick the same one and the second
+// daemon dies after its map has reported success. Netlink lets the kernel
+// pick the device.
+func withNetlink(options string) string {
+	for _, o := range splitOptions(options) {
+		if strings.TrimLeft(o, "-") == "try-netlink" {
+			return options
+		}
+	}
+	if options == "" {
+		return "try-netlink"
+	}
+	return "try-netlink," + options
 }
 
 // nbdFlags turns StorageClass options ("try-netlink,io-timeout=30") into

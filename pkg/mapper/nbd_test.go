@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 )
@@ -19,11 +20,14 @@ import (
 // for an image, a "cookie"), with no newline, after a warning line as the
 // merged stderr would; unmap disconnects the device even while it is
 // mounted (the kernel then fails that mount's I/O) and prints nothing.
+// Map returns before the daemon has connected the device, so list-mapped
+// may not show it yet: connectAfter is how many listings miss it.
 type fakeNBD struct {
-	t       *testing.T
-	dev     string // fake /dev: map creates the device node there
-	devices []fakeNBDDevice
-	unmap   error // what unmap returns
+	t            *testing.T
+	dev          string // fake /dev: map creates the device node there
+	devices      []fakeNBDDevice
+	unmap        error // what unmap returns
+	connectAfter int
 }
 
 // fakeNBDDevice is one entry of rbd-nbd list-mapped --format json.
@@ -35,12 +39,22 @@ type fakeNBDDevice struct {
 	Snap      string `json:"snap"`
 	Device    string `json:"device"`
 	Cookie    string `json:"cookie"`
+
+	unlistedFor int // listings still to miss it: its daemon is connecting
 }
 
 func (f *fakeNBD) handle(argv []string) ([]byte, error) {
 	switch argv[1] {
 	case "list-mapped":
-		out, err := json.Marshal(append([]fakeNBDDevice{}, f.devices...))
+		connected := []fakeNBDDevice{}
+		for i := range f.devices {
+			if f.devices[i].unlistedFor > 0 {
+				f.devices[i].unlistedFor--
+				continue
+			}
+			connected = append(connected, f.devices[i])
+		}
+		out, err := json.Marshal(connected)
 		if err != nil {
 			f.t.Fatal(err)
 		}
@@ -49,7 +63,7 @@ func (f *fakeNBD) handle(argv []string) ([]byte, error) {
 		checkKeyfile(f.t, argv)
 		spec := strings.SplitN(argv[len(argv)-1], "/", 3)
 		e := fakeNBDDevice{PID: 4000 + len(f.devices), Pool: spec[0], Image: spec[len(spec)-1],
-			Device: filepath.Join(f.dev, fmt.Sprintf("nbd%d", len(f.devices)))}
+			Device: filepath.Join(f.dev, fmt.Sprintf("nbd%d", len(f.devices))), unlistedFor: f.connectAfter}
 		if len(spec) == 3 {
 			e.Namespace = spec[1]
 		}
@@ -74,11 +88,13 @@ func TestNBDMap(t *testing.T) {
 		opts      MapOptions
 		want      []string
 	}{
-		{"plain", "", MapOptions{}, []string{"rbd/csi-vol-1"}},
-		{"namespace", "ns1", MapOptions{}, []string{"rbd/ns1/csi-vol-1"}},
+		{"plain", "", MapOptions{}, []string{"--try-netlink", "rbd/csi-vol-1"}},
+		{"namespace", "ns1", MapOptions{}, []string{"--try-netlink", "rbd/ns1/csi-vol-1"}},
 		{"read-only exclusive", "", MapOptions{ReadOnly: true, Exclusive: true},
-			[]string{"--read-only", "--exclusive", "rbd/csi-vol-1"}},
-		{"options become flags", "", MapOptions{Options: "try-netlink,io-timeout=30"},
+			[]string{"--read-only", "--exclusive", "--try-netlink", "rbd/csi-vol-1"}},
+		{"options become flags", "", MapOptions{Options: "io-timeout=30,try-netlink"},
+			[]string{"--io-timeout=30", "--try-netlink", "rbd/csi-vol-1"}},
+		{"netlink added to options", "", MapOptions{Options: "io-timeout=30"},
 			[]string{"--try-netlink", "--io-timeout=30", "rbd/csi-vol-1"}},
 	}
 	for _, tt := range tests {
@@ -141,6 +157,37 @@ func TestNBDMapReusedDevice(t *testing.T) {
 	got, err := newNBD(host.config(r, nil)).Map(context.Background(), testImage(), MapOptions{})
 	if err != nil || got.Device != filepath.Join(host.dev, "nbd0") || got.Image != "csi-vol-1" {
 		t.Fatalf("Map = %+v, %v; want csi-vol-1 on the reused nbd0", got, err)
+	}
+}
+
+// TestNBDMapWaitsForTheDaemonToConnect: rbd-nbd returns before its daemon
+// connects the device, and until then list-mapped does not show it.
+func TestNBDMapWaitsForTheDaemonToConnect(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		connectIn int // listings that miss the new device
+		timeout   time.Duration
+		wantErr   bool
+	}{
+		{"connects soon", 3, 10 * time.Second, false},
+		{"never connects", 1 << 30, 200 * time.Millisecond, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newFakeHost(t, "nbd")
+			nbdHost := &fakeNBD{t: t, dev: host.dev, connectAfter: tt.connectIn}
+			cfg := host.config(&fakeRunner{handle: nbdHost.handle}, nil)
+			cfg.DeviceTimeout = tt.timeout
+			got, err := newNBD(cfg).Map(context.Background(), testImage(), MapOptions{})
+			if tt.wantErr {
+				if err == nil || !strings.Contains(err.Error(), "list-mapped does not show") {
+					t.Fatalf("Map = %+v, %v; want an error saying the device never showed", got, err)
+				}
+				return
+			}
+			if err != nil || got.Device != filepath.Join(host.dev, "nbd0") {
+				t.Fatalf("Map = %+v, %v; want csi-vol-1 on nbd0", got, err)
+			}
+		})
 	}
 }
 
