@@ -10,7 +10,9 @@ import (
 
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic/fake"
 )
 
 const driverName = "rbd.csi.pelagic.dev"
@@ -21,6 +23,17 @@ func csiNode(name string, drivers map[string]string) *storagev1.CSINode {
 		n.Spec.Drivers = append(n.Spec.Drivers, storagev1.CSINodeDriver{Name: driver, NodeID: id})
 	}
 	return n
+}
+
+// unstructuredOf is obj as the dynamic client takes it.
+func unstructuredOf(t *testing.T, obj *storagev1.CSINode) *unstructured.Unstructured {
+	t.Helper()
+	obj.APIVersion, obj.Kind = "storage.k8s.io/v1", "CSINode"
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &unstructured.Unstructured{Object: m}
 }
 
 // eventually polls HasNode until it answers want.
@@ -40,7 +53,11 @@ func eventually(t *testing.T, c NodeChecker, id string, want bool) {
 }
 
 func TestCSINodes(t *testing.T) {
-	client := fake.NewClientset(
+	scheme := runtime.NewScheme()
+	if err := storagev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewSimpleDynamicClient(scheme,
 		csiNode("worker-1", map[string]string{driverName: "node-1", "other.csi.example": "x-1"}),
 		csiNode("worker-2", map[string]string{"other.csi.example": "node-2"}),
 	)
@@ -69,8 +86,8 @@ func TestCSINodes(t *testing.T) {
 	}
 
 	// A node plugin registering later, and a node going away, are seen.
-	nodesAPI := client.StorageV1().CSINodes()
-	if _, err := nodesAPI.Create(ctx, csiNode("worker-3", map[string]string{driverName: "node-3"}), metav1.CreateOptions{}); err != nil {
+	nodesAPI := client.Resource(csiNodes)
+	if _, err := nodesAPI.Create(ctx, unstructuredOf(t, csiNode("worker-3", map[string]string{driverName: "node-3"})), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, nodes, "node-3", true)
