@@ -76,7 +76,9 @@ func TestNodeStageSurvivesPluginKill(t *testing.T) {
 // to a stalled image). The call returns DeadlineExceeded or Unavailable
 // within its deadline; a second call is not held behind it (not Aborted)
 // and returns by its own deadline; after SIGCONT a retry stages the volume
-// on exactly one mapping and one mount, and NodeUnstage leaves nothing.
+// on exactly one mapping and one mount, without waiting for the watch of
+// the client the failed stage ended to time out, and NodeUnstage leaves
+// nothing.
 func TestNodeStageWithStalledOSD(t *testing.T) {
 	c := cephtest.Start(t)
 	e := newControllerEnvOn(t, c)
@@ -130,11 +132,20 @@ func TestNodeStageWithStalledOSD(t *testing.T) {
 			}
 			stalledCall("a second", 3*time.Second)
 			osd.thaw()
+			thawed := time.Now()
 			ctx := testContext(t, 2*time.Minute)
 			eventually(t, 90*time.Second, "NodeStage after SIGCONT", func() error {
 				_, err := node.NodeStageVolume(ctx, req)
 				return err
 			})
+			// The stalled stage's own client, ended but unable to unwatch,
+			// keeps its watch for the OSD's watch timeout (30 s): the retry
+			// must not wait for it to lapse.
+			if took := time.Since(thawed); took > 15*time.Second {
+				t.Fatalf("staged %v after SIGCONT; the lingering watch of the client the failed stage ended held it up", took)
+			} else {
+				t.Logf("staged %v after SIGCONT", took.Round(time.Millisecond))
+			}
 			if now := nodeStateOf(t, state, staging, ""); len(now.fuse) != 1 || len(now.loops) != 1 || now.stagingMounts != 1 {
 				t.Fatalf("staged after SIGCONT: %s; want one mapping, mounted once", now)
 			}

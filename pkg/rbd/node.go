@@ -60,6 +60,7 @@ type Node struct {
 	staged  nodefs.StagedIndex
 	secrets nodefs.StageSecrets
 	checked sync.Map // mapper name -> true once its Check succeeded
+	ended   endedClients
 }
 
 // NewNode returns the node service.
@@ -209,7 +210,9 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	}
 	recorded, err := n.recordMapping(ctx, pool, image, req.GetVolumeId(), mode, mapping, usage.Watchers)
 	if err != nil {
-		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true})
+		if m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
+			n.ended.add(mapping.ClientAddr, time.Now())
+		}
 		return nil, err
 	}
 	mapping.ClientAddr, mapping.ClientID = recorded.ClientAddr, recorded.ClientID
@@ -271,9 +274,10 @@ func (n *Node) checkHolders(ctx context.Context, pool Pool, image, volumeID stri
 	if err != nil {
 		return nil, nodeStatus(err, volumeID)
 	}
-	if own != "" {
-		usage.Watchers = slices.DeleteFunc(usage.Watchers, func(w Watcher) bool { return ceph.SameClient(w.Addr, own) })
-	}
+	now := time.Now()
+	usage.Watchers = slices.DeleteFunc(usage.Watchers, func(w Watcher) bool {
+		return (own != "" && ceph.SameClient(w.Addr, own)) || n.ended.has(w.Addr, now)
+	})
 	if err := n.refuseConflicts(usage, pool, image, volumeID, mode); err != nil {
 		return nil, err
 	}

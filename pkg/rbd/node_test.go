@@ -1171,6 +1171,39 @@ func TestNodeStageRetryRecordsMapping(t *testing.T) {
 	}
 }
 
+// TestNodeStageRetryPastItsEndedClient: recording the mapping timed out
+// (an OSD stalled), so the stage unmapped by force; the ended client's
+// watch lingers until the OSD's watch timeout. The retry maps again at
+// once instead of refusing the volume as held by that client, while a
+// watcher this node did not end still refuses it.
+func TestNodeStageRetryPastItsEndedClient(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		lingers func(ended Watcher) Watcher
+		want    codes.Code
+	}{
+		{"the ended client's watch", func(w Watcher) Watcher { return w }, codes.OK},
+		{"another client's watch", func(w Watcher) Watcher { return Watcher{Addr: "192.0.2.9:0/77", ID: 9} }, codes.FailedPrecondition},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newNodeEnv(t)
+			e.pool.SetFail("UpdateRecords", errors.New("rados: ETIMEDOUT"))
+			if _, err := e.n.NodeStageVolume(context.Background(), e.stageReq(mountCap(rwo))); err == nil {
+				t.Fatal("stage succeeded without recording the mapping")
+			}
+			unmaps := e.krbd.UnmapCalls()
+			if len(unmaps) != 1 || !unmaps[0].Opts.Force {
+				t.Fatalf("unmaps after the failed record: %+v; want one, forced", unmaps)
+			}
+			ended := unmaps[0].Mapping
+			e.pool.SetWatchers(nodeTestImage, tt.lingers(Watcher{Addr: ended.ClientAddr, ID: 4000}))
+			e.pool.SetFail("UpdateRecords", nil)
+			_, err := e.n.NodeStageVolume(context.Background(), e.stageReq(mountCap(rwo)))
+			wantCode(t, err, tt.want)
+		})
+	}
+}
+
 func targetPaths(rec *stageRecord) []string {
 	var out []string
 	for _, p := range rec.Targets {
