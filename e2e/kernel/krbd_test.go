@@ -30,16 +30,26 @@ const (
 // /dev/rbd0), or "" when the kernel maps it nowhere.
 func krbdDevice(t *testing.T, image string) string {
 	t.Helper()
+	if ids := krbdDevices(t, image); len(ids) > 0 {
+		return ids[0]
+	}
+	return ""
+}
+
+// krbdDevices returns the ids of every krbd device mapping image.
+func krbdDevices(t *testing.T, image string) []string {
+	t.Helper()
 	entries, err := os.ReadDir("/sys/bus/rbd/devices")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var ids []string
 	for _, e := range entries {
 		if sysfs(t, "bus", "rbd", "devices", e.Name(), "name") == image {
-			return e.Name()
+			ids = append(ids, e.Name())
 		}
 	}
-	return ""
+	return ids
 }
 
 // kernelInstance is the Ceph client instance the kernel uses for krbd

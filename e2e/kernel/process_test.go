@@ -33,6 +33,10 @@ const (
 	// EnvDaemonHost, set to a state directory, makes the binary the daemon
 	// host serving on STATE/daemons.sock.
 	EnvDaemonHost = "PELAGIC_GUEST_DAEMON_HOST"
+	// EnvKillAfter, set beside EnvNodePlugin to a node operation
+	// (driver.Op*), makes the plugin SIGKILL itself right after that
+	// operation, as a crash there would end it.
+	EnvKillAfter = "PELAGIC_GUEST_KILL_AFTER"
 )
 
 func pluginSocket(state string) string { return filepath.Join(state, "csi.sock") }
@@ -63,7 +67,15 @@ func serveNodePlugin(clusterDir, state string) int {
 	if err != nil {
 		return fail(err)
 	}
-	d, err := driver.New(nodeOptions(cfg, state, daemonSocket(state)))
+	opts := nodeOptions(cfg, state, daemonSocket(state))
+	if op := os.Getenv(EnvKillAfter); op != "" {
+		opts.ObserveNodeOp = func(done string, _ time.Duration) {
+			if done == op {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		}
+	}
+	d, err := driver.New(opts)
 	if err != nil {
 		return fail(err)
 	}
@@ -135,21 +147,22 @@ type nodeProcesses struct {
 }
 
 // withNodeProcesses returns a copy of e whose node plugin runs in a
-// process of its own, with a daemon host beside it.
-func (e *env) withNodeProcesses(t *testing.T) (*env, *nodeProcesses) {
+// process of its own, with a daemon host beside it. pluginEnv is added to
+// the first plugin's environment.
+func (e *env) withNodeProcesses(t *testing.T, pluginEnv ...string) (*env, *nodeProcesses) {
 	t.Helper()
 	p := &nodeProcesses{t: t, state: t.TempDir()}
 	p.start(EnvDaemonHost, daemonSocket(p.state))
-	p.plugin = p.start(EnvNodePlugin, pluginSocket(p.state))
+	p.plugin = p.start(EnvNodePlugin, pluginSocket(p.state), pluginEnv...)
 	own := *e
 	own.dir, own.node, own.closers = p.state, remoteNode{socket: pluginSocket(p.state)}, nil
 	return &own, p
 }
 
 // start runs this binary in role (an environment variable naming the
-// state directory) and waits for it to serve on socket. At cleanup its
-// process group is killed.
-func (p *nodeProcesses) start(role, socket string) *exec.Cmd {
+// state directory), with env added, and waits for it to serve on socket.
+// At cleanup its process group is killed.
+func (p *nodeProcesses) start(role, socket string, env ...string) *exec.Cmd {
 	p.t.Helper()
 	_ = os.Remove(socket) // a killed plugin leaves its socket
 	log, err := os.OpenFile(filepath.Join(p.state, role+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -158,7 +171,7 @@ func (p *nodeProcesses) start(role, socket string) *exec.Cmd {
 	}
 	defer log.Close()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), role+"="+p.state)
+	cmd.Env = append(append(os.Environ(), role+"="+p.state), env...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -184,6 +197,12 @@ func (p *nodeProcesses) killPlugin() {
 	if err := syscall.Kill(-p.plugin.Process.Pid, syscall.SIGKILL); err != nil {
 		p.t.Fatal(err)
 	}
+	p.waitPluginGone()
+}
+
+// waitPluginGone waits until the node plugin process has exited.
+func (p *nodeProcesses) waitPluginGone() {
+	p.t.Helper()
 	waitFor(p.t, 30*time.Second, "the node plugin to die", func() bool {
 		return syscall.Kill(p.plugin.Process.Pid, 0) != nil
 	})
