@@ -304,9 +304,12 @@ func (d *Driver) run(o Options) error {
 		return err
 	}
 	defer logf.Close()
-	// With shared mounts, the namespace keeps the caller's propagation, and the script makes
-	// every mount private but Dir's before it mounts anything.
-	propagation := "private"
+	// The namespace's copies of the host's mounts are slaves: an unmount on the host reaches
+	// them, so no copy keeps a host filesystem, and its device, busy after the host let it go
+	// (a private copy of a test's loop-device mount did). With shared mounts, the namespace
+	// keeps the caller's propagation, and the script makes every mount a slave but Dir's
+	// before it mounts anything.
+	propagation := "slave"
 	if o.SharedMounts {
 		propagation = "unchanged"
 	}
