@@ -528,17 +528,10 @@ func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 	return health.Response(), nil
 }
 
-var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
-	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
-	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
-}
-
 // NodeGetCapabilities advertises what the node service implements: no
 // expansion, since a quota needs nothing on the node.
 func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	return volume.NodeCapabilities(nodeCaps), nil
+	return volume.NodeCapabilities(), nil
 }
 
 // NodeGetInfo names the node, its volume limit and, when the plugin

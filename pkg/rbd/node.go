@@ -725,17 +725,10 @@ func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 	return health.Response(), nil
 }
 
-var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
-	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
-	csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
-	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
-}
-
-// NodeGetCapabilities advertises what the node service implements.
+// NodeGetCapabilities advertises what the node service implements: what
+// both drivers do, and growing a filesystem to its grown image.
 func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	return volume.NodeCapabilities(nodeCaps), nil
+	return volume.NodeCapabilities(csi.NodeServiceCapability_RPC_EXPAND_VOLUME), nil
 }
 
 // NodeGetInfo names the node, its volume limit and, when the plugin
