@@ -151,3 +151,18 @@ func (c Calls[R]) GetVolume(ctx context.Context, req *csi.ControllerGetVolumeReq
 		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{},
 	}, nil
 }
+
+// StageCluster is the cluster a node call's volume context names and the
+// cephx user of its secrets (see ceph.CredentialsFrom): InvalidArgument
+// when either is missing.
+func StageCluster(cfg *ceph.Config, clusterID string, secrets, vctx map[string]string) (*ceph.ClusterConfig, ceph.Credentials, error) {
+	cc, err := cfg.Cluster(clusterID)
+	if err != nil {
+		return nil, ceph.Credentials{}, status.Error(codes.InvalidArgument, err.Error())
+	}
+	creds, err := ceph.CredentialsFrom(secrets, vctx)
+	if err != nil {
+		return nil, ceph.Credentials{}, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return cc, creds, nil
+}
