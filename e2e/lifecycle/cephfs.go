@@ -26,18 +26,13 @@ type CephFSConfig struct {
 // snapshot into a copy holding both files, expanded, and deleted. ctrl
 // serves the Controller (and Identity), nodes the Node service of two nodes.
 func RunCephFS(ctrl *grpc.ClientConn, nodes [2]*grpc.ClientConn, cfg CephFSConfig, out io.Writer) error {
-	d := &demo{id: csi.NewIdentityClient(ctrl), ctrl: csi.NewControllerClient(ctrl), secrets: cfg.Secrets,
+	d := &demo{id: csi.NewIdentityClient(ctrl), ctrl: csi.NewControllerClient(ctrl), secrets: cfg.Secrets, volCap: rwxCap,
 		params: map[string]string{"clusterID": cfg.ClusterID, "fsName": cfg.FSName}, work: cfg.WorkDir, out: out}
 	w := &sharedWalk{demo: d}
 	for i, c := range nodes {
 		w.nodes[i] = fsNode{name: string(rune('a' + i)), node: csi.NewNodeClient(c)}
 	}
-	start := time.Now()
-	if err := w.run(); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "shared volume lifecycle complete in %v\n", time.Since(start).Round(time.Millisecond))
-	return nil
+	return d.timed("shared volume", w.run)
 }
 
 // fsNode is one node plugin of the walk.
@@ -57,69 +52,36 @@ var rwxCap = &csi.VolumeCapability{
 }
 
 func (w *sharedWalk) run() error {
-	var vol, restored *csi.Volume
-	var snap *csi.Snapshot
 	a, b := w.nodes[0], w.nodes[1]
-	steps := []struct {
-		name string
-		fn   func(ctx context.Context) (string, error)
-	}{
+	steps := []step{
 		{"probe", w.probe},
-		{"create shared volume (1 GiB)", func(ctx context.Context) (s string, err error) {
-			vol, err = w.createFS(ctx, "demo-shared", 1<<30, nil)
-			return vol.GetVolumeId(), err
-		}},
-		{"stage + publish on node a", func(ctx context.Context) (string, error) { return w.mount(ctx, a, vol) }},
-		{"stage + publish on node b", func(ctx context.Context) (string, error) { return w.mount(ctx, b, vol) }},
+		w.createStep("create shared volume (1 GiB)", "demo-shared"),
+		{"stage + publish on node a", func(ctx context.Context) (string, error) { return w.mount(ctx, a, w.vol) }},
+		{"stage + publish on node b", func(ctx context.Context) (string, error) { return w.mount(ctx, b, w.vol) }},
 		{"write on both nodes", func(context.Context) (string, error) {
-			return "a.txt, b.txt", errors.Join(writeSynced(w.file(a, vol, "a.txt"), []byte("from a")),
-				writeSynced(w.file(b, vol, "b.txt"), []byte("from b")))
+			return "a.txt, b.txt", errors.Join(writeSynced(w.file(a, w.vol, "a.txt"), []byte("from a")),
+				writeSynced(w.file(b, w.vol, "b.txt"), []byte("from b")))
 		}},
 		{"each reads the other's file", func(context.Context) (string, error) {
-			return "a sees b.txt, b sees a.txt", errors.Join(w.expect(w.file(a, vol, "b.txt"), "from b"),
-				w.expect(w.file(b, vol, "a.txt"), "from a"))
+			return "a sees b.txt, b sees a.txt", errors.Join(w.expect(w.file(a, w.vol, "b.txt"), "from b"),
+				w.expect(w.file(b, w.vol, "a.txt"), "from a"))
 		}},
-		{"snapshot", func(ctx context.Context) (string, error) {
-			r, err := w.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "demo-shared-snap", SourceVolumeId: vol.GetVolumeId(),
-				Secrets: w.secrets})
-			snap = r.GetSnapshot()
-			return snap.GetSnapshotId(), err
+	}
+	steps = append(steps, w.snapshotSteps("demo-shared-snap", "demo-shared-restored",
+		func(v *csi.Volume) string { return "clone ready: " + v.GetVolumeId() })...)
+	steps = append(steps,
+		step{"mount restored on node a", func(ctx context.Context) (string, error) { return w.mount(ctx, a, w.restored) }},
+		step{"check restored data", func(context.Context) (string, error) {
+			return "a.txt and b.txt", errors.Join(w.expect(w.file(a, w.restored, "a.txt"), "from a"), w.expect(w.file(a, w.restored, "b.txt"), "from b"))
 		}},
-		{"restore to a new volume", func(ctx context.Context) (s string, err error) {
-			restored, err = w.createFS(ctx, "demo-shared-restored", 1<<30, &csi.VolumeContentSource{
-				Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshotId()}}})
-			return "clone ready: " + restored.GetVolumeId(), err
-		}},
-		{"mount restored on node a", func(ctx context.Context) (string, error) { return w.mount(ctx, a, restored) }},
-		{"check restored data", func(context.Context) (string, error) {
-			return "a.txt and b.txt", errors.Join(w.expect(w.file(a, restored, "a.txt"), "from a"), w.expect(w.file(a, restored, "b.txt"), "from b"))
-		}},
-		{"expand to 2 GiB", func(ctx context.Context) (string, error) { return w.expand(ctx, vol, b) }},
-		{"tear down restored", func(ctx context.Context) (string, error) { return w.unmount(ctx, a, restored) }},
-		{"tear down on both nodes", func(ctx context.Context) (string, error) {
-			_, errA := w.unmount(ctx, a, vol)
-			_, errB := w.unmount(ctx, b, vol)
+		step{"expand to 2 GiB", func(ctx context.Context) (string, error) { return w.expand(ctx, w.vol, b) }},
+		step{"tear down restored", func(ctx context.Context) (string, error) { return w.unmount(ctx, a, w.restored) }},
+		step{"tear down on both nodes", func(ctx context.Context) (string, error) {
+			_, errA := w.unmount(ctx, a, w.vol)
+			_, errB := w.unmount(ctx, b, w.vol)
 			return "", errors.Join(errA, errB)
-		}},
-		{"delete snapshot", func(ctx context.Context) (string, error) {
-			_, err := w.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: w.secrets})
-			return "", err
-		}},
-		{"delete volumes", func(ctx context.Context) (string, error) {
-			for _, v := range []*csi.Volume{restored, vol} {
-				if _, err := w.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId(), Secrets: w.secrets}); err != nil {
-					return "", err
-				}
-			}
-			return "2 deleted", nil
-		}},
-	}
-	for _, s := range steps {
-		if err := w.do(s.name, s.fn); err != nil {
-			return err
-		}
-	}
-	return nil
+		}})
+	return w.walk(append(steps, w.deleteSteps()...)...)
 }
 
 func (d *demo) probe(ctx context.Context) (string, error) {
@@ -131,12 +93,6 @@ func (d *demo) probe(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("driver is not ready")
 	}
 	return "ready", nil
-}
-
-func (w *sharedWalk) createFS(ctx context.Context, name string, size int64, src *csi.VolumeContentSource) (*csi.Volume, error) {
-	r, err := w.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: size},
-		VolumeCapabilities: []*csi.VolumeCapability{rwxCap}, Parameters: w.params, Secrets: w.secrets, VolumeContentSource: src})
-	return r.GetVolume(), err
 }
 
 func (w *sharedWalk) staging(n fsNode, v *csi.Volume) string {

@@ -29,16 +29,11 @@ type Config struct {
 func Run(conn *grpc.ClientConn, cfg Config, out io.Writer) error {
 	d := &demo{
 		id: csi.NewIdentityClient(conn), ctrl: csi.NewControllerClient(conn), node: csi.NewNodeClient(conn),
-		secrets: cfg.Secrets,
-		params:  map[string]string{"clusterID": cfg.ClusterID, "pool": cfg.Pool, "imageFeatures": "layering"},
-		work:    cfg.WorkDir, out: out,
+		secrets: cfg.Secrets, volCap: fsCap,
+		params: map[string]string{"clusterID": cfg.ClusterID, "pool": cfg.Pool, "imageFeatures": "layering"},
+		work:   cfg.WorkDir, out: out,
 	}
-	start := time.Now()
-	if err := d.run(); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "volume lifecycle complete in %v\n", time.Since(start).Round(time.Millisecond))
-	return nil
+	return d.timed("volume", d.run)
 }
 
 type demo struct {
@@ -48,9 +43,76 @@ type demo struct {
 
 	secrets map[string]string
 	params  map[string]string
+	volCap  *csi.VolumeCapability // of every volume the walk makes
 	work    string
 	step    int
 	out     io.Writer
+
+	vol, restored *csi.Volume // the walk's volume, and the one restored from its snapshot
+	snap          *csi.Snapshot
+}
+
+// step is one step of a walk: what it does, saying what it did.
+type step struct {
+	name string
+	fn   func(ctx context.Context) (string, error)
+}
+
+// timed runs a walk, then prints how long the life of the volume took.
+func (d *demo) timed(what string, walk func() error) error {
+	start := time.Now()
+	if err := walk(); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "%s lifecycle complete in %v\n", what, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// walk does the steps in order, up to the first that fails.
+func (d *demo) walk(steps ...step) error {
+	for _, s := range steps {
+		if err := d.do(s.name, s.fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// createStep creates the walk's volume.
+func (d *demo) createStep(label, name string) step {
+	return step{label, func(ctx context.Context) (s string, err error) {
+		d.vol, err = d.create(ctx, name, 1<<30, nil)
+		return d.vol.GetVolumeId(), err
+	}}
+}
+
+// snapshotSteps snapshot the volume, then restore the snapshot into a new
+// volume; restoredDetail describes it.
+func (d *demo) snapshotSteps(snapName, restoredName string, restoredDetail func(*csi.Volume) string) []step {
+	return []step{{"snapshot", func(ctx context.Context) (string, error) {
+		r, err := d.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: snapName, SourceVolumeId: d.vol.GetVolumeId(), Secrets: d.secrets})
+		d.snap = r.GetSnapshot()
+		return d.snap.GetSnapshotId(), err
+	}}, {"restore to a new volume", func(ctx context.Context) (s string, err error) {
+		d.restored, err = d.create(ctx, restoredName, 1<<30, &csi.VolumeContentSource{
+			Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: d.snap.GetSnapshotId()}}})
+		return restoredDetail(d.restored), err
+	}}}
+}
+
+// deleteSteps delete the snapshot, then both volumes.
+func (d *demo) deleteSteps() []step {
+	return []step{{"delete snapshot", func(ctx context.Context) (string, error) {
+		_, err := d.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: d.snap.GetSnapshotId(), Secrets: d.secrets})
+		return "", err
+	}}, {"delete volumes", func(ctx context.Context) (string, error) {
+		for _, v := range []*csi.Volume{d.restored, d.vol} {
+			if _, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId(), Secrets: d.secrets}); err != nil {
+				return "", err
+			}
+		}
+		return "2 deleted", nil
+	}}}
 }
 
 // do runs one step and prints its name and time.
@@ -75,98 +137,69 @@ var fsCap = &csi.VolumeCapability{
 }
 
 func (d *demo) run() error {
-	var vol, restored *csi.Volume
-	var snap *csi.Snapshot
 	payload := []byte(fmt.Sprintf("written by the pelagic demo at %s\n", time.Now().Format(time.RFC3339Nano)))
-	steps := []struct {
-		name string
-		fn   func(ctx context.Context) (string, error)
-	}{
+	steps := []step{
 		{"probe", d.probe},
-		{"create volume (1 GiB)", func(ctx context.Context) (s string, err error) {
-			vol, err = d.create(ctx, "demo-vol", 1<<30, nil)
-			return vol.GetVolumeId(), err
+		d.createStep("create volume (1 GiB)", "demo-vol"),
+		{"attach + stage", func(ctx context.Context) (string, error) { return d.stage(ctx, d.vol) }},
+		{"publish", func(ctx context.Context) (string, error) { return d.publish(ctx, d.vol) }},
+		{"write a file", func(context.Context) (string, error) {
+			return fmt.Sprintf("%d bytes, synced", len(payload)), writeSynced(d.file(d.vol), payload)
 		}},
-		{"attach + stage", func(ctx context.Context) (string, error) { return d.stage(ctx, vol) }},
-		{"publish", func(ctx context.Context) (string, error) { return d.publish(ctx, vol) }},
-		{"write a file", func(ctx context.Context) (string, error) {
-			return fmt.Sprintf("%d bytes, synced", len(payload)), writeSynced(d.file(vol), payload)
-		}},
-		{"unpublish", func(ctx context.Context) (string, error) { return d.unpublish(ctx, vol) }},
-		{"unstage + detach", func(ctx context.Context) (string, error) { return d.unstage(ctx, vol) }},
-		{"attach + stage again", func(ctx context.Context) (string, error) { return d.stage(ctx, vol) }},
-		{"publish again", func(ctx context.Context) (string, error) { return d.publish(ctx, vol) }},
-		{"read it back", func(ctx context.Context) (string, error) { return d.check(vol, payload) }},
-		{"snapshot", func(ctx context.Context) (string, error) {
-			r, err := d.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{
-				Name: "demo-snap", SourceVolumeId: vol.GetVolumeId(), Secrets: d.secrets})
-			snap = r.GetSnapshot()
-			return snap.GetSnapshotId(), err
-		}},
-		{"restore to a new volume", func(ctx context.Context) (s string, err error) {
-			restored, err = d.create(ctx, "demo-restored", 1<<30, &csi.VolumeContentSource{
-				Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{
-					SnapshotId: snap.GetSnapshotId()}}})
-			return restored.GetVolumeId(), err
-		}},
-		{"attach + stage restored", func(ctx context.Context) (string, error) { return d.stage(ctx, restored) }},
-		{"publish restored", func(ctx context.Context) (string, error) { return d.publish(ctx, restored) }},
-		{"check restored data", func(ctx context.Context) (string, error) { return d.check(restored, payload) }},
-		{"expand to 2 GiB", func(ctx context.Context) (string, error) {
-			r, err := d.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{
-				VolumeId: vol.GetVolumeId(), CapacityRange: &csi.CapacityRange{RequiredBytes: 2 << 30},
-				Secrets: d.secrets, VolumeCapability: fsCap})
-			if err != nil {
-				return "", err
-			}
-			_, err = d.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{
-				VolumeId: vol.GetVolumeId(), VolumePath: d.target(vol), StagingTargetPath: d.staging(vol),
-				CapacityRange: &csi.CapacityRange{RequiredBytes: 2 << 30}, VolumeCapability: fsCap})
-			return fmt.Sprintf("image %d bytes", r.GetCapacityBytes()), err
-		}},
-		{"filesystem grew", func(ctx context.Context) (string, error) {
-			r, err := d.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{
-				VolumeId: vol.GetVolumeId(), VolumePath: d.target(vol)})
-			if err != nil {
-				return "", err
-			}
-			for _, u := range r.GetUsage() {
-				if u.GetUnit() == csi.VolumeUsage_BYTES {
-					if u.GetTotal() < 3<<29 {
-						return "", fmt.Errorf("filesystem is %d bytes, want about 2 GiB", u.GetTotal())
-					}
-					return fmt.Sprintf("%d bytes", u.GetTotal()), nil
-				}
-			}
-			return "", fmt.Errorf("no byte usage reported")
-		}},
-		{"tear down restored", func(ctx context.Context) (string, error) { return d.teardown(ctx, restored) }},
-		{"tear down original", func(ctx context.Context) (string, error) { return d.teardown(ctx, vol) }},
-		{"delete snapshot", func(ctx context.Context) (string, error) {
-			_, err := d.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: d.secrets})
-			return "", err
-		}},
-		{"delete volumes", func(ctx context.Context) (string, error) {
-			for _, v := range []*csi.Volume{restored, vol} {
-				if _, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId(), Secrets: d.secrets}); err != nil {
-					return "", err
-				}
-			}
-			return "2 deleted", nil
-		}},
+		{"unpublish", func(ctx context.Context) (string, error) { return d.unpublish(ctx, d.vol) }},
+		{"unstage + detach", func(ctx context.Context) (string, error) { return d.unstage(ctx, d.vol) }},
+		{"attach + stage again", func(ctx context.Context) (string, error) { return d.stage(ctx, d.vol) }},
+		{"publish again", func(ctx context.Context) (string, error) { return d.publish(ctx, d.vol) }},
+		{"read it back", func(context.Context) (string, error) { return d.check(d.vol, payload) }},
 	}
-	for _, s := range steps {
-		if err := d.do(s.name, s.fn); err != nil {
-			return err
+	steps = append(steps, d.snapshotSteps("demo-snap", "demo-restored", (*csi.Volume).GetVolumeId)...)
+	steps = append(steps,
+		step{"attach + stage restored", func(ctx context.Context) (string, error) { return d.stage(ctx, d.restored) }},
+		step{"publish restored", func(ctx context.Context) (string, error) { return d.publish(ctx, d.restored) }},
+		step{"check restored data", func(context.Context) (string, error) { return d.check(d.restored, payload) }},
+		step{"expand to 2 GiB", d.expand},
+		step{"filesystem grew", d.grown},
+		step{"tear down restored", func(ctx context.Context) (string, error) { return d.teardown(ctx, d.restored) }},
+		step{"tear down original", func(ctx context.Context) (string, error) { return d.teardown(ctx, d.vol) }})
+	return d.walk(append(steps, d.deleteSteps()...)...)
+}
+
+// expand grows the volume to 2 GiB, then its filesystem on the node.
+func (d *demo) expand(ctx context.Context) (string, error) {
+	r, err := d.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{
+		VolumeId: d.vol.GetVolumeId(), CapacityRange: &csi.CapacityRange{RequiredBytes: 2 << 30},
+		Secrets: d.secrets, VolumeCapability: fsCap})
+	if err != nil {
+		return "", err
+	}
+	_, err = d.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{
+		VolumeId: d.vol.GetVolumeId(), VolumePath: d.target(d.vol), StagingTargetPath: d.staging(d.vol),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 2 << 30}, VolumeCapability: fsCap})
+	return fmt.Sprintf("image %d bytes", r.GetCapacityBytes()), err
+}
+
+// grown checks that the node reports the grown filesystem.
+func (d *demo) grown(ctx context.Context) (string, error) {
+	r, err := d.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{
+		VolumeId: d.vol.GetVolumeId(), VolumePath: d.target(d.vol)})
+	if err != nil {
+		return "", err
+	}
+	for _, u := range r.GetUsage() {
+		if u.GetUnit() == csi.VolumeUsage_BYTES {
+			if u.GetTotal() < 3<<29 {
+				return "", fmt.Errorf("filesystem is %d bytes, want about 2 GiB", u.GetTotal())
+			}
+			return fmt.Sprintf("%d bytes", u.GetTotal()), nil
 		}
 	}
-	return nil
+	return "", fmt.Errorf("no byte usage reported")
 }
 
 func (d *demo) create(ctx context.Context, name string, size int64, src *csi.VolumeContentSource) (*csi.Volume, error) {
 	r, err := d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{
 		Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: size},
-		VolumeCapabilities: []*csi.VolumeCapability{fsCap}, Parameters: d.params, Secrets: d.secrets,
+		VolumeCapabilities: []*csi.VolumeCapability{d.volCap}, Parameters: d.params, Secrets: d.secrets,
 		VolumeContentSource: src,
 	})
 	return r.GetVolume(), err

@@ -150,7 +150,7 @@ func describes(rec *journal.Record, want map[string]string) bool {
 // no subvolume named after its UUID is left in the cluster's subvolume
 // group of the filesystem it names (or that filesystem is gone), but for
 // one the volume's deletion left to its snapshots.
-func (c *Controller) deleteUnknown(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+func (c *Controller) deleteUnknown(ctx context.Context, req *csi.DeleteVolumeRequest, _ error) (*csi.DeleteVolumeResponse, error) {
 	unlock, err := c.locks.Lock(string(journal.Volume) + "/" + req.GetVolumeId())
 	if err != nil {
 		return nil, err

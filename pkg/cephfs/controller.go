@@ -63,35 +63,18 @@ func NewController(opts ControllerOptions) *Controller {
 	return &Controller{opts: opts}
 }
 
-var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
-	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
-	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
-	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
-	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
-	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
-	csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
-	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
-	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
-	csi.ControllerServiceCapability_RPC_GET_VOLUME,
-	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-}
-
 // ControllerGetCapabilities advertises exactly what is implemented: no
 // attach, since shared filesystems need none.
 func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	return volume.ControllerCapabilities(controllerCaps), nil
+	return volume.ControllerCapabilities(), nil
 }
 
 // connect opens the cluster with the request's secrets; the first time,
 // it remembers every filesystem's journal, for the calls without secrets.
 func (c *Controller) connect(ctx context.Context, clusterID string, secrets map[string]string) (Cluster, error) {
-	creds, err := ceph.CredentialsFrom(secrets, nil)
+	cl, err := volume.Connect(ctx, c.opts.Connector, clusterID, secrets)
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	cl, err := c.opts.Connector.Connect(ctx, clusterID, creds)
-	if err != nil {
-		return nil, volume.Status(err)
+		return nil, err
 	}
 	if _, ok := c.known.Cluster(clusterID); !ok {
 		if err := c.learnFileSystems(ctx, cl); err != nil {
@@ -205,9 +188,12 @@ func (c *Controller) resolve(ctx context.Context, kind journal.Kind, id string, 
 	return r, nil
 }
 
-// lockResolved takes the per-ID lock, then resolves the ID.
-func (c *Controller) lockResolved(ctx context.Context, kind journal.Kind, id string, secrets map[string]string) (*resolved, func(), error) {
-	return volume.LockThen(&c.locks, string(kind)+"/"+id, func() (*resolved, error) { return c.resolve(ctx, kind, id, secrets) })
+// Record is the journal record the ID resolved to.
+func (r *resolved) Record() *journal.Record { return r.rec }
+
+// calls are the CSI side of the calls both drivers answer alike.
+func (c *Controller) calls() volume.Calls[*resolved] {
+	return volume.Calls[*resolved]{Locks: &c.locks, Resolve: c.resolve}
 }
 
 // CreateVolume makes a subvolume with a quota of the requested size, empty
@@ -219,7 +205,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := c.locks.Lock("volname/" + req.GetName())
+	unlock, err := c.locks.Lock(volume.NameKey(req.GetName()))
 	if err != nil {
 		return nil, err
 	}
@@ -352,31 +338,17 @@ func (c *Controller) undoReservation(v Volumes, j journal.Journal, sv Subvolume,
 // knows is already deleted unless a subvolume of its UUID is left; a view
 // of a snapshot has nothing to remove.
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
-	if status.Code(err) == codes.NotFound {
-		return c.deleteUnknown(ctx, req)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	unlockName, err := c.locks.Lock("volname/" + r.rec.Name)
-	if err != nil {
-		return nil, err
-	}
-	defer unlockName()
+	return c.calls().DeleteVolume(ctx, req, c.deleteUnknown, c.deleteVolume)
+}
+
+// deleteVolume removes a resolved volume's subvolume, then its record.
+func (c *Controller) deleteVolume(ctx context.Context, r *resolved, req *csi.DeleteVolumeRequest) error {
 	if !r.backedBySnapshot() {
 		if err := c.removeSubvolume(ctx, r); err != nil {
-			return nil, toStatus(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
+			return toStatus(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
 		}
 	}
-	if err := r.journal.Remove(ctx, r.rec); err != nil {
-		return nil, toStatus(err)
-	}
-	return &csi.DeleteVolumeResponse{}, nil
+	return toStatus(r.journal.Remove(ctx, r.rec))
 }
 
 // removeSubvolume removes a volume's subvolume, stopping a clone into it
@@ -408,21 +380,11 @@ func (c *Controller) removeCloneSnapshot(ctx context.Context, r *resolved, id st
 
 // ControllerExpandVolume raises the quota. Nothing is left for the node.
 func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if req.GetCapacityRange() == nil {
-		return nil, status.Error(codes.InvalidArgument, "capacity range is missing")
-	}
-	size, err := volume.RequestSize(req.GetCapacityRange(), 0)
-	if err != nil {
-		return nil, err
-	}
-	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
+	return c.calls().ExpandVolume(ctx, req, c.raiseQuota)
+}
+
+// raiseQuota raises a resolved volume's quota to size.
+func (c *Controller) raiseQuota(ctx context.Context, r *resolved, size int64, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if r.backedBySnapshot() {
 		return nil, status.Errorf(codes.InvalidArgument, "volume %s is a read-only view of a snapshot: it cannot grow", req.GetVolumeId())
 	}
@@ -442,24 +404,12 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 // ValidateVolumeCapabilities confirms capabilities the volume supports,
 // with the parameters and volume context given when they describe it.
 func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "volume capabilities are missing")
-	}
-	r, err := c.resolve(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
-	if _, err := c.volumeSize(ctx, r); err != nil {
-		return nil, toStatus(err)
-	}
-	if why := r.mismatch(req); why != "" {
-		return &csi.ValidateVolumeCapabilitiesResponse{Message: why}, nil
-	}
-	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
-		VolumeContext: req.GetVolumeContext(), VolumeCapabilities: req.GetVolumeCapabilities(), Parameters: req.GetParameters()}}, nil
+	return c.calls().ValidateVolumeCapabilities(ctx, req, func(ctx context.Context, r *resolved, req *csi.ValidateVolumeCapabilitiesRequest) (string, error) {
+		if _, err := c.volumeSize(ctx, r); err != nil {
+			return "", toStatus(err)
+		}
+		return r.mismatch(req), nil
+	})
 }
 
 // mismatch says why a validation request does not describe the volume.
@@ -514,19 +464,10 @@ func (c *Controller) volumeSize(ctx context.Context, r *resolved) (int64, error)
 
 // ControllerGetVolume reports a volume whose subvolume exists.
 func (c *Controller) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	r, err := c.resolve(ctx, journal.Volume, req.GetVolumeId(), nil)
-	if err != nil {
-		return nil, err
-	}
-	size, err := c.volumeSize(ctx, r)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return &csi.ControllerGetVolumeResponse{Volume: &csi.Volume{VolumeId: req.GetVolumeId(), CapacityBytes: size},
-		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{}}, nil
+	return c.calls().GetVolume(ctx, req, func(ctx context.Context, r *resolved) (int64, error) {
+		size, err := c.volumeSize(ctx, r)
+		return size, toStatus(err)
+	})
 }
 
 // GetCapacity reports the space of the data pool the parameters name (the
@@ -559,42 +500,49 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	return &csi.GetCapacityResponse{AvailableCapacity: best}, nil
 }
 
+// listedRecord is a journal record with its ID.
+type listedRecord struct {
+	rec *journal.Record
+	id  string
+}
+
+// Record is the listed journal record.
+func (l listedRecord) Record() *journal.Record { return l.rec }
+
 // listRecords gathers the journal records of kind of every known
 // filesystem, with their IDs.
-func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]*journal.Record, []string, error) {
-	var recs []*journal.Record
-	var ids []string
+func (c *Controller) listRecords(ctx context.Context, kind journal.Kind) ([]listedRecord, error) {
+	var out []listedRecord
 	for _, kp := range c.known.Pools() {
 		fs, err := c.fileSystem(ctx, kp.Cluster, "/"+kp.Pool)
 		if errors.Is(err, ceph.ErrPoolNotFound) {
 			continue // removed since: nothing of ours is left in it
 		}
 		if err != nil {
-			return nil, nil, toStatus(err)
+			return nil, toStatus(err)
 		}
 		j, err := c.journal(ctx, kp.Cluster, fs)
 		if err != nil {
-			return nil, nil, toStatus(err)
+			return nil, toStatus(err)
 		}
 		err = journal.ForEach(ctx, j, kind, 1000, func(r *journal.Record) {
-			recs = append(recs, r)
-			ids = append(ids, volumeid.ID{ClusterID: kp.ClusterID, PoolID: fs.ID, UUID: r.UUID}.String())
+			out = append(out, listedRecord{rec: r, id: volumeid.ID{ClusterID: kp.ClusterID, PoolID: fs.ID, UUID: r.UUID}.String()})
 		})
 		if err != nil {
-			return nil, nil, toStatus(err)
+			return nil, toStatus(err)
 		}
 	}
-	return recs, ids, nil
+	return out, nil
 }
 
 // ListVolumes lists the volumes of every filesystem this controller knows.
 func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	recs, ids, err := c.listRecords(ctx, journal.Volume)
+	all, err := c.listRecords(ctx, journal.Volume)
 	if err != nil {
 		return nil, err
 	}
-	return volume.ListVolumes(len(recs), req, func(i int) (*csi.Volume, error) {
-		return &csi.Volume{VolumeId: ids[i], CapacityBytes: recs[i].SizeBytes}, nil
+	return volume.ListVolumes(len(all), req, func(i int) (*csi.Volume, error) {
+		return &csi.Volume{VolumeId: all[i].id, CapacityBytes: all[i].rec.SizeBytes}, nil
 	})
 }
 

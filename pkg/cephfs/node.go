@@ -19,29 +19,21 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
-	"github.com/pelagic-csi/pelagic/pkg/mount"
 	"github.com/pelagic-csi/pelagic/pkg/nodefs"
 	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
 
 // NodeOptions configure the node service.
 type NodeOptions struct {
-	NodeID string
+	// Options' StateDir holds, beside the index of staged volumes, the
+	// mounts (mounts/) and short-lived key files (keys/).
+	nodefs.Options
 	// Connector asks the mgr for a subvolume's path when the volume
 	// context does not name it.
 	Connector Connector
 	Config    *ceph.Config
 	// Mounters are the ways this node mounts, by name (fuse, kernel).
 	Mounters map[string]Mounter
-	// Mounter makes the bind mounts of staging and publishing.
-	Mounter    mount.Mounter
-	KubeletDir string // when set, paths must lie inside it
-	// StateDir keeps what outlives the plugin: the mounts (mounts/), the
-	// index of staged volumes, short-lived key files (keys/).
-	StateDir   string
-	Topology   bool
-	Labels     map[string]string
-	MaxVolumes int64
 }
 
 // Node implements csi.NodeServer for CephFS. NodeStage mounts a volume
@@ -49,31 +41,24 @@ type NodeOptions struct {
 // staging path; NodePublish binds the staging path at each target.
 type Node struct {
 	csi.UnimplementedNodeServer
-	opts    NodeOptions
-	locks   volume.Locks
-	staged  nodefs.StagedIndex
-	secrets nodefs.StageSecrets
+	opts NodeOptions
+	vols *nodefs.Volumes
 }
 
 // NewNode returns the node service.
 func NewNode(opts NodeOptions) *Node {
-	return &Node{opts: opts, staged: nodefs.StagedIndex{Dir: opts.StateDir}}
+	return &Node{opts: opts, vols: nodefs.NewVolumes(opts.Options)}
 }
 
 // maxSocketPath is the longest path a unix socket (ceph-fuse's admin
 // socket, beside each mount) can bind to.
 const maxSocketPath = 107
 
-// begin checks a call's volume ID and paths, and takes the volume's lock.
-func (n *Node) begin(volumeID string, whatPath ...string) (func(), error) {
-	return nodefs.Begin(&n.locks, n.opts.KubeletDir, volumeID, whatPath...)
-}
-
 // NodeStageVolume mounts the volume (once per node) and binds it at the
 // staging path, read-only in a read-only access mode. A volume staged
 // before whose mount died is mounted again, with its targets.
 func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
+	unlock, err := n.vols.Begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +70,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if vctx[ParamClusterID] == "" || vctx[ParamFSName] == "" || (vctx[CtxSubvolumeName] == "" && vctx[CtxSubvolumePath] == "") {
 		return nil, status.Errorf(codes.InvalidArgument, "volume context needs %s, %s and %s", ParamClusterID, ParamFSName, CtxSubvolumeName)
 	}
-	n.secrets.Remember(req.GetVolumeId(), req.GetSecrets())
+	n.vols.Secrets.Remember(req.GetVolumeId(), req.GetSecrets())
 	rec, err := readStageRecord(req.GetStagingTargetPath())
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -111,13 +96,9 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 // replaced) are bound again. Whatever it mounted is undone on failure.
 func (n *Node) stage(ctx context.Context, req *csi.NodeStageVolumeRequest, targets []nodefs.Publication) (*stageRecord, error) {
 	vctx := req.GetVolumeContext()
-	cc, err := n.opts.Config.Cluster(vctx[ParamClusterID])
+	cc, creds, err := volume.StageCluster(n.opts.Config, vctx[ParamClusterID], req.GetSecrets(), vctx)
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	creds, err := ceph.CredentialsFrom(req.GetSecrets(), vctx)
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, err
 	}
 	m, err := n.mounter(ctx, vctx[ParamMounter])
 	if err != nil {
@@ -165,7 +146,7 @@ func (n *Node) record(ctx context.Context, staging string, rec *stageRecord) err
 			return err
 		}
 	}
-	err := n.staged.Put(rec.VolumeID, staging)
+	err := n.vols.Staged.Put(rec.VolumeID, staging)
 	if err == nil {
 		err = nodefs.WriteRecord(staging, rec)
 	}
@@ -338,87 +319,47 @@ func mountStatus(err error, what string) error {
 // NodeUnstageVolume unbinds the staging path and unmounts the volume. It
 // succeeds when nothing is staged.
 func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	staging := req.GetStagingTargetPath()
+	return n.vols.UnstageVolume(ctx, req, n.unstage)
+}
+
+// unstage unbinds the staging path, unmounts the volume's mount (or what
+// a crash left of one) and removes the stage record.
+func (n *Node) unstage(ctx context.Context, volumeID, staging string) error {
 	rec, err := readStageRecord(staging)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, status.Error(codes.Internal, err.Error())
+		return status.Error(codes.Internal, err.Error())
 	}
-	if rec != nil && rec.VolumeID != req.GetVolumeId() {
-		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s", staging, rec.VolumeID, req.GetVolumeId())
+	if rec != nil && rec.VolumeID != volumeID {
+		return status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s", staging, rec.VolumeID, volumeID)
 	}
 	if err := n.opts.Mounter.Unmount(ctx, staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
+		return status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
 	}
 	if rec == nil {
-		n.clearLeftovers(ctx, req.GetVolumeId())
+		n.clearLeftovers(ctx, volumeID)
 	} else if err := n.unmountMount(ctx, rec.Mount, false); err != nil {
 		code := codes.Internal
 		if strings.Contains(err.Error(), "busy") {
 			code = codes.FailedPrecondition
 		}
-		return nil, status.Errorf(code, "unmounting volume %s at %s: %v", rec.VolumeID, rec.Mount.Dir, err)
+		return status.Errorf(code, "unmounting volume %s at %s: %v", rec.VolumeID, rec.Mount.Dir, err)
 	}
 	if err := nodefs.RemoveRecord(staging); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return status.Error(codes.Internal, err.Error())
 	}
-	n.secrets.Forget(req.GetVolumeId())
-	if err := n.staged.Remove(req.GetVolumeId()); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	return &csi.NodeUnstageVolumeResponse{}, nil
+	return n.vols.Unstaged(volumeID)
 }
 
 // NodePublishVolume binds the staging path at the target, read-only when
 // asked. A staged volume whose mount died is mounted again first, with
 // the secrets of its NodeStage.
 func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if err := nodefs.CheckPath("target path", req.GetTargetPath(), n.opts.KubeletDir); err != nil {
-		return nil, err
-	}
-	if err := checkCapability(req.GetVolumeCapability()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if req.GetStagingTargetPath() == "" {
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"volume %s: no staging path; this plugin stages volumes (STAGE_UNSTAGE_VOLUME), so NodeStageVolume comes first", req.GetVolumeId())
-	}
-	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	rec, err := n.stagedRecord(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	readOnly := req.GetReadonly() || readOnlyMode(req.GetVolumeCapability())
-	pub := nodefs.Publication{Path: req.GetTargetPath(), ReadOnly: readOnly,
-		Capability: nodefs.CapabilityKey(req.GetVolumeCapability(), "")}
-	singleWriter := req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
-	if done, err := n.published(ctx, rec, pub, singleWriter); done || err != nil {
-		return &csi.NodePublishVolumeResponse{}, err
-	}
-	if err := nodefs.Bind(ctx, n.opts.Mounter, req.GetStagingTargetPath(), false, pub); err != nil {
-		return nil, err
-	}
-	rec.Targets = append(rec.Targets, pub)
-	if err := nodefs.WriteRecord(req.GetStagingTargetPath(), rec); err != nil {
-		return nil, status.Errorf(codes.Internal, "recording the publication: %v", err)
-	}
-	return &csi.NodePublishVolumeResponse{}, nil
+	return n.vols.PublishVolume(ctx, req, checkCapability, n.stagedRecord)
 }
 
 // stagedRecord reads the stage record a publish names, mounting the
 // volume again when its mount died.
-func (n *Node) stagedRecord(ctx context.Context, req *csi.NodePublishVolumeRequest) (*stageRecord, error) {
+func (n *Node) stagedRecord(ctx context.Context, req *csi.NodePublishVolumeRequest) (nodefs.Staged, error) {
 	rec, err := readStageRecord(req.GetStagingTargetPath())
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
@@ -433,7 +374,7 @@ func (n *Node) stagedRecord(ctx context.Context, req *csi.NodePublishVolumeReque
 	}
 	secrets := req.GetSecrets()
 	if len(secrets) == 0 {
-		secrets = n.secrets.Get(req.GetVolumeId())
+		secrets = n.vols.Secrets.Get(req.GetVolumeId())
 	}
 	if len(secrets) == 0 {
 		return nil, status.Errorf(codes.FailedPrecondition,
@@ -443,31 +384,6 @@ func (n *Node) stagedRecord(ctx context.Context, req *csi.NodePublishVolumeReque
 	stage := &csi.NodeStageVolumeRequest{VolumeId: rec.VolumeID, StagingTargetPath: req.GetStagingTargetPath(),
 		VolumeCapability: rec.capability(), Secrets: secrets, VolumeContext: rec.VolumeContext}
 	return n.remount(ctx, stage, rec, dead)
-}
-
-// published reports whether pub is in place already (an error when
-// something else is, or the volume is single-writer and published
-// elsewhere); it forgets targets no longer mounted.
-func (n *Node) published(ctx context.Context, rec *stageRecord, pub nodefs.Publication, singleWriter bool) (bool, error) {
-	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, pub.Path); mounted {
-		i := slices.IndexFunc(rec.Targets, func(p nodefs.Publication) bool { return p.Path == pub.Path })
-		if i < 0 {
-			return false, status.Errorf(codes.AlreadyExists, "target %s already holds a mount that is not volume %s", pub.Path, rec.VolumeID)
-		}
-		if why := rec.Targets[i].Conflict(pub.Capability, pub.ReadOnly); why != "" {
-			return false, status.Errorf(codes.AlreadyExists, "volume %s is already published at %s incompatibly: %s", rec.VolumeID, pub.Path, why)
-		}
-		return true, nil
-	}
-	rec.Targets = slices.DeleteFunc(rec.Targets, func(p nodefs.Publication) bool {
-		mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p.Path)
-		return !mounted
-	})
-	if singleWriter && len(rec.Targets) > 0 {
-		return false, status.Errorf(codes.FailedPrecondition, "volume %s is single-writer and already published at %s",
-			rec.VolumeID, rec.Targets[0].Path)
-	}
-	return false, nil
 }
 
 // mountDead returns why the volume's mount no longer serves, or nil while
@@ -502,7 +418,7 @@ func (n *Node) remount(ctx context.Context, req *csi.NodeStageVolumeRequest, rec
 
 // NodeUnpublishVolume unmounts the target and removes it.
 func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	return nodefs.UnpublishVolume(ctx, &n.locks, n.opts.KubeletDir, n.opts.Mounter, req)
+	return n.vols.UnpublishVolume(ctx, req)
 }
 
 // NodeGetVolumeStats reports bytes (the quota is the size) and inodes.
@@ -515,34 +431,23 @@ func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeSta
 // healthy. A volume not staged on this node is NotFound.
 func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	rec := &stageRecord{}
-	staging, err := n.staged.Locate(req, n.opts.KubeletDir, n.opts.NodeID, rec, func() string { return rec.VolumeID })
-	if err != nil {
-		return nil, err
-	}
-	health := nodefs.NewHealth(req.GetVolumeId())
-	if dead := n.mountDead(ctx, rec); dead != nil {
-		health.Inaccessible("MountDead", "%v; the next NodeStage or NodePublish mounts the volume again", dead)
-	}
-	health.CheckMounted(ctx, n.opts.Mounter, "NotStaged", staging)
-	health.CheckMounted(ctx, n.opts.Mounter, "NotPublished", req.GetVolumePublishPath())
-	return health.Response(), nil
-}
-
-var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
-	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
-	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+	return n.vols.VolumeHealth(ctx, req, rec, func() string { return rec.VolumeID }, func(health nodefs.Health, staging string) error {
+		if dead := n.mountDead(ctx, rec); dead != nil {
+			health.Inaccessible("MountDead", "%v; the next NodeStage or NodePublish mounts the volume again", dead)
+		}
+		health.CheckMounted(ctx, n.opts.Mounter, "NotStaged", staging)
+		return nil
+	})
 }
 
 // NodeGetCapabilities advertises what the node service implements: no
 // expansion, since a quota needs nothing on the node.
 func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	return volume.NodeCapabilities(nodeCaps), nil
+	return volume.NodeCapabilities(), nil
 }
 
 // NodeGetInfo names the node, its volume limit and, when the plugin
 // advertises VOLUME_ACCESSIBILITY_CONSTRAINTS, its topology.
 func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	return volume.NodeInfo(n.opts.NodeID, n.opts.MaxVolumes, n.opts.Topology, n.opts.Labels), nil
+	return n.opts.NodeInfo(), nil
 }

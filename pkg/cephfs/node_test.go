@@ -14,6 +14,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
 )
 
 // nodeEnv is a node service over fake mounters, with a volume made by a
@@ -32,8 +33,9 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 	t.Helper()
 	e := &nodeEnv{ctrlEnv: newCtrlEnv(t), fuse: NewFakeMounter(MounterFuse), kernel: NewFakeMounter(MounterKernel),
 		binds: mount.NewFakeMounter(), state: t.TempDir()}
-	e.node = NewNode(NodeOptions{NodeID: "node-a", Connector: FakeConnector{"c1": e.cluster}, Config: e.ctrl.opts.Config,
-		Mounters: map[string]Mounter{MounterFuse: e.fuse, MounterKernel: e.kernel}, Mounter: e.binds, StateDir: e.state})
+	e.node = NewNode(NodeOptions{Connector: FakeConnector{"c1": e.cluster}, Config: e.ctrl.opts.Config,
+		Mounters: map[string]Mounter{MounterFuse: e.fuse, MounterKernel: e.kernel},
+		Options:  nodefs.Options{NodeID: "node-a", Mounter: e.binds, StateDir: e.state}})
 	e.vol = e.create(t, e.req("pvc-1", 10<<20, nil, ParamFuseMountOptions, "debug", ParamMounter, MounterFuse))
 	return e
 }

@@ -42,3 +42,15 @@ func readStageRecord(stagingPath string) (*stageRecord, error) {
 	}
 	return &r, nil
 }
+
+// Target is the publish req asks for of the volume staged here: the
+// staging path bound at the target.
+func (r *stageRecord) Target(req *csi.NodePublishVolumeRequest) nodefs.Target {
+	c := req.GetVolumeCapability()
+	return nodefs.Target{VolumeID: r.VolumeID, Source: req.GetStagingTargetPath(),
+		SingleWriter: c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+		Publication:  nodefs.Publication{Path: req.GetTargetPath(), ReadOnly: req.GetReadonly() || readOnlyMode(c), Capability: nodefs.CapabilityKey(c, "")}}
+}
+
+// Published is where the record keeps the volume's targets.
+func (r *stageRecord) Published() *[]nodefs.Publication { return &r.Targets }

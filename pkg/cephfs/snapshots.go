@@ -19,21 +19,11 @@ import (
 // CreateSnapshot takes a subvolume snapshot of the source volume, named
 // csi-snap-<uuid> as ceph-csi names it. Its size is the source's quota.
 func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	if req.GetName() == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot name is missing")
-	}
-	if req.GetSourceVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "source volume ID is missing")
-	}
-	unlock, err := c.locks.Lock("snapname/" + req.GetName())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	src, err := c.resolve(ctx, journal.Volume, req.GetSourceVolumeId(), req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
+	return c.calls().CreateSnapshot(ctx, req, c.snapshotSubvolume)
+}
+
+// snapshotSubvolume snapshots the subvolume of src, the resolved source.
+func (c *Controller) snapshotSubvolume(ctx context.Context, src *resolved, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	if src.backedBySnapshot() {
 		return nil, status.Errorf(codes.InvalidArgument, "volume %s is a view of a snapshot: snapshot its source instead", req.GetSourceVolumeId())
 	}
@@ -83,47 +73,33 @@ func snapshotOf(id string, rec *journal.Record) *csi.Snapshot {
 
 // GetSnapshot reports a snapshot whose subvolume snapshot exists.
 func (c *Controller) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
-	if req.GetSnapshotId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot ID is missing")
-	}
-	r, err := c.resolve(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
-	if _, err := r.cluster.Volumes().Snapshot(ctx, Snapshot{Subvolume: r.subvolume(), Name: r.rec.SnapName}); err != nil {
-		return nil, toStatus(err)
-	}
-	return &csi.GetSnapshotResponse{Snapshot: snapshotOf(req.GetSnapshotId(), r.rec)}, nil
+	return c.calls().GetSnapshot(ctx, req, func(ctx context.Context, r *resolved, id string) (*csi.GetSnapshotResponse, error) {
+		if _, err := r.cluster.Volumes().Snapshot(ctx, Snapshot{Subvolume: r.subvolume(), Name: r.rec.SnapName}); err != nil {
+			return nil, toStatus(err)
+		}
+		return &csi.GetSnapshotResponse{Snapshot: snapshotOf(id, r.rec)}, nil
+	})
 }
 
 // DeleteSnapshot removes the subvolume snapshot and its journal entry.
 // It refuses while volumes are views of it, or clones of it are running.
 func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
-	if req.GetSnapshotId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot ID is missing")
+	return c.calls().DeleteSnapshot(ctx, req, c.removeSnapshot)
+}
+
+// removeSnapshot removes the subvolume snapshot of the snapshot id, then its record.
+func (c *Controller) removeSnapshot(ctx context.Context, r *resolved, id string) error {
+	if err := viewsOf(ctx, r.journal, id); err != nil {
+		return err
 	}
-	r, unlock, err := c.lockResolved(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
-	if status.Code(err) == codes.NotFound {
-		return &csi.DeleteSnapshotResponse{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := viewsOf(ctx, r.journal, req.GetSnapshotId()); err != nil {
-		return nil, err
-	}
-	err = r.cluster.Volumes().RemoveSnapshot(ctx, Snapshot{Subvolume: r.subvolume(), Name: r.rec.SnapName})
+	err := r.cluster.Volumes().RemoveSnapshot(ctx, Snapshot{Subvolume: r.subvolume(), Name: r.rec.SnapName})
 	if errors.Is(err, ErrInProgress) {
-		return nil, status.Errorf(codes.FailedPrecondition, "snapshot %s is being cloned: %v", req.GetSnapshotId(), err)
+		return status.Errorf(codes.FailedPrecondition, "snapshot %s is being cloned: %v", id, err)
 	}
 	if err := ignoreNotFound(err); err != nil {
-		return nil, toStatus(err)
+		return toStatus(err)
 	}
-	if err := r.journal.Remove(ctx, r.rec); err != nil {
-		return nil, toStatus(err)
-	}
-	return &csi.DeleteSnapshotResponse{}, nil
+	return toStatus(r.journal.Remove(ctx, r.rec))
 }
 
 // viewsOf refuses, naming them, while volumes are views of the snapshot.
@@ -146,32 +122,9 @@ func viewsOf(ctx context.Context, j journal.Journal, snapshotID string) error {
 
 // ListSnapshots lists snapshots, filtered by snapshot or source volume ID.
 func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	var recs []*journal.Record
-	var ids []string
-	if req.GetSnapshotId() != "" {
-		r, err := c.resolve(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
-		if status.Code(err) == codes.NotFound {
-			return &csi.ListSnapshotsResponse{}, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		recs, ids = []*journal.Record{r.rec}, []string{req.GetSnapshotId()}
-	} else {
-		var err error
-		if recs, ids, err = c.listRecords(ctx, journal.Snapshot); err != nil {
-			return nil, err
-		}
-	}
-	var entries []*csi.ListSnapshotsResponse_Entry
-	for i, r := range recs {
-		if src := req.GetSourceVolumeId(); src == "" || r.Source == src {
-			entries = append(entries, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotOf(ids[i], r)})
-		}
-	}
-	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(entries))
-	if err != nil {
-		return nil, err
-	}
-	return &csi.ListSnapshotsResponse{Entries: entries[start:end], NextToken: next}, nil
+	return volume.SnapshotList[*resolved, listedRecord]{Calls: c.calls(),
+		Listed:   func(r *resolved, id string) listedRecord { return listedRecord{rec: r.rec, id: id} },
+		All:      func() ([]listedRecord, error) { return c.listRecords(ctx, journal.Snapshot) },
+		Describe: func(l listedRecord) (*csi.Snapshot, error) { return snapshotOf(l.id, l.rec), nil },
+	}.ListSnapshots(ctx, req)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/kube"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
+	"github.com/pelagic-csi/pelagic/pkg/nodefs"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
 	"github.com/pelagic-csi/pelagic/pkg/util"
 )
@@ -161,9 +162,8 @@ func newRBDNode(o Options, connector rbd.Connector) (*rbd.Node, error) {
 		nodeMounter = timedMounter{Mounter: mounter, observe: o.ObserveNodeOp}
 	}
 	node := rbd.NewNode(rbd.NodeOptions{
-		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mappers: nodeMappers, Mounter: nodeMounter,
-		KubeletDir: o.KubeletDir, StateDir: o.StateDir, Topology: advertisesTopology(o), Labels: o.NodeLabels,
-		MaxVolumes: o.MaxVolumes, Holders: o.Holders,
+		Options: nodeOptions(o, nodeMounter, o.StateDir), Connector: connector, Config: o.Config, Mappers: nodeMappers,
+		Holders: o.Holders,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -190,15 +190,20 @@ func newCephFSNode(o Options, connector cephfs.Connector) (*cephfs.Node, error) 
 		daemons = daemonhost.NewClient(o.DaemonSocket)
 	}
 	return cephfs.NewNode(cephfs.NodeOptions{
-		NodeID: o.NodeID, Connector: connector, Config: o.Config, Mounter: mounter,
+		Options: nodeOptions(o, mounter, state), Connector: connector, Config: o.Config,
 		Mounters: map[string]cephfs.Mounter{
 			cephfs.MounterFuse: &cephfs.FuseMounter{Daemons: daemons, Runner: runner, Mounts: mounter, KeyDir: keys,
 				ProcRoot: "/proc", DevFuse: "/dev/fuse"},
 			cephfs.MounterKernel: &cephfs.KernelMounter{Mounts: mounter, Runner: runner, KeyDir: keys, ProcRoot: "/proc"},
 		},
-		KubeletDir: o.KubeletDir, StateDir: state, Topology: advertisesTopology(o), Labels: o.NodeLabels,
-		MaxVolumes: o.MaxVolumes,
 	}), nil
+}
+
+// nodeOptions are what both node services are told of the node; each
+// keeps its state in stateDir.
+func nodeOptions(o Options, m mount.Mounter, stateDir string) nodefs.Options {
+	return nodefs.Options{NodeID: o.NodeID, Mounter: m, KubeletDir: o.KubeletDir, StateDir: stateDir,
+		Topology: advertisesTopology(o), Labels: o.NodeLabels, MaxVolumes: o.MaxVolumes}
 }
 
 // Close stops background work and releases shared connections.

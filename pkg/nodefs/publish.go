@@ -103,3 +103,60 @@ func Unpublish(ctx context.Context, m mount.Mounter, target string) error {
 	}
 	return nil
 }
+
+// Target is a publish of a staged volume: Source (a staged filesystem, or
+// the device of a Block volume) bound at the publication's path.
+type Target struct {
+	Publication
+	VolumeID     string
+	Source       string
+	Block        bool
+	SingleWriter bool // SINGLE_NODE_SINGLE_WRITER: one target at most
+}
+
+// Staged is a driver's stage record as publishing needs it.
+type Staged interface {
+	Target(req *csi.NodePublishVolumeRequest) Target // the publish req asks for
+	Published() *[]Publication                       // where the record keeps its targets
+}
+
+// Publish binds t unless it is in place already, then adds it to the
+// targets of rec, the stage record of staging, and writes rec. AlreadyExists
+// when the path holds something else, or the volume published otherwise;
+// FailedPrecondition when a single-writer volume is published elsewhere.
+// Targets no longer mounted are forgotten.
+func Publish(ctx context.Context, m mount.Mounter, t Target, staging string, rec Staged) error {
+	targets := rec.Published()
+	if mounted, _ := m.IsMountPoint(ctx, t.Path); mounted {
+		return t.inPlace(*targets)
+	}
+	*targets = slices.DeleteFunc(*targets, func(p Publication) bool {
+		mounted, _ := m.IsMountPoint(ctx, p.Path)
+		return !mounted
+	})
+	if t.SingleWriter && len(*targets) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "volume %s is single-writer and already published at %s",
+			t.VolumeID, (*targets)[0].Path)
+	}
+	if err := Bind(ctx, m, t.Source, t.Block, t.Publication); err != nil {
+		return err
+	}
+	*targets = append(*targets, t.Publication)
+	if err := WriteRecord(staging, rec); err != nil {
+		return status.Errorf(codes.Internal, "recording the publication: %v", err)
+	}
+	return nil
+}
+
+// inPlace checks that what is mounted at the target is t as targets
+// record it.
+func (t Target) inPlace(targets []Publication) error {
+	i := slices.IndexFunc(targets, func(p Publication) bool { return p.Path == t.Path })
+	if i < 0 {
+		return status.Errorf(codes.AlreadyExists, "target %s already holds a mount that is not volume %s", t.Path, t.VolumeID)
+	}
+	if why := targets[i].Conflict(t.Capability, t.ReadOnly); why != "" {
+		return status.Errorf(codes.AlreadyExists, "volume %s is already published at %s incompatibly: %s", t.VolumeID, t.Path, why)
+	}
+	return nil
+}

@@ -224,7 +224,7 @@ func (n *Node) cephCSIStagingLive(ctx context.Context, rec *stageRecord) bool {
 // writeAdopted makes an adopted volume staged in Pelagic's eyes: index
 // first, then the stage record (see mapImage).
 func (n *Node) writeAdopted(rec *stageRecord, staging string) error {
-	if err := n.staged.Put(rec.VolumeID, staging); err != nil {
+	if err := n.vols.Staged.Put(rec.VolumeID, staging); err != nil {
 		return status.Errorf(codes.Internal, "recording the staged volume: %v", err)
 	}
 	if err := nodefs.WriteRecord(staging, rec); err != nil {

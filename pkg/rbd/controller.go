@@ -89,37 +89,20 @@ func NewController(opts ControllerOptions) *Controller {
 // metaOwnerKey is the image metadata key holding who the volume is for.
 const metaOwnerKey = "pelagic.csi/owner"
 
-var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
-	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
-	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
-	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
-	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
-	csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
-	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
-	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
-	csi.ControllerServiceCapability_RPC_GET_VOLUME,
-	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
-	csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
-	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
-}
-
-// ControllerGetCapabilities advertises exactly what is implemented.
+// ControllerGetCapabilities advertises exactly what is implemented: what
+// both drivers do, and attaching, which fences stale holders.
 func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	return volume.ControllerCapabilities(controllerCaps), nil
+	return volume.ControllerCapabilities(csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
+		csi.ControllerServiceCapability_RPC_PUBLISH_READONLY), nil
 }
 
 // connect opens the cluster with the request's secrets and remembers it.
 // Controller calls use the secret's own user: all but CreateVolume carry
 // no class parameters (see VolumeParams.checkAdminID).
 func (c *Controller) connect(ctx context.Context, clusterID string, secrets map[string]string) (Cluster, error) {
-	creds, err := ceph.CredentialsFrom(secrets, nil)
+	cl, err := volume.Connect(ctx, c.opts.Connector, clusterID, secrets)
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	cl, err := c.opts.Connector.Connect(ctx, clusterID, creds)
-	if err != nil {
-		return nil, volume.Status(err)
+		return nil, err
 	}
 	c.discoverPools(ctx, cl)
 	return cl, nil
@@ -204,10 +187,13 @@ func (c *Controller) usePool(ctx context.Context, cl Cluster, pool, namespace st
 	return p, nil
 }
 
-// lockResolved takes the per-ID lock, then resolves the ID. On success
-// the caller must call unlock.
-func (c *Controller) lockResolved(ctx context.Context, kind journal.Kind, id string, secrets map[string]string) (*resolved, func(), error) {
-	return volume.LockThen(&c.locks, string(kind)+"/"+id, func() (*resolved, error) { return c.resolve(ctx, kind, id, secrets) })
+// Record is the journal record the ID resolved to.
+func (r *resolved) Record() *journal.Record { return r.rec }
+
+// calls are the CSI side of the calls both drivers answer alike; with
+// LockResolved, the caller must call unlock on success.
+func (c *Controller) calls() volume.Calls[*resolved] {
+	return volume.Calls[*resolved]{Locks: &c.locks, Resolve: c.resolve}
 }
 
 // CreateVolume creates an image, from nothing, a snapshot or a volume.
@@ -234,7 +220,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	params.RadosNamespace = cc.RBD.RadosNamespace
-	unlock, err := c.locks.Lock("volname/" + req.GetName())
+	unlock, err := c.locks.Lock(volume.NameKey(req.GetName()))
 	if err != nil {
 		return nil, err
 	}
@@ -435,39 +421,31 @@ func writeOwner(ctx context.Context, pool Pool, image string, owner Owner) error
 // DeleteVolume removes the image and its journal entry. A volume that
 // does not exist (or an ID that cannot name one) is already deleted.
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
+	return c.calls().DeleteVolume(ctx, req, c.deleteUnresolved, c.deleteVolume)
+}
+
+// deleteUnresolved answers a DeleteVolume whose ID resolved to nothing:
+// one that names an existing pool is looked for further.
+func (c *Controller) deleteUnresolved(ctx context.Context, _ *csi.DeleteVolumeRequest, err error) (*csi.DeleteVolumeResponse, error) {
 	if unknown := (*unknownID)(nil); errors.As(err, &unknown) {
 		return c.deleteUnknown(ctx, unknown)
 	}
-	if status.Code(err) == codes.NotFound {
-		return &csi.DeleteVolumeResponse{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	unlockName, err := c.locks.Lock("volname/" + r.rec.Name)
-	if err != nil {
-		return nil, err
-	}
-	defer unlockName()
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// deleteVolume removes a resolved volume's image, then its record.
+func (c *Controller) deleteVolume(ctx context.Context, r *resolved, req *csi.DeleteVolumeRequest) error {
 	if err := c.deleteImage(ctx, r); err != nil {
-		return nil, err
+		return err
 	}
 	if r.rec.FromCephCSI() {
 		// A clone ceph-csi made is chained to its source through this
 		// image, which goes once the volume's own is gone.
 		if err := removeImage(ctx, r.pool, r.rec.Backing+cephCSITempSuffix); err != nil {
-			return nil, volume.Status(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
+			return volume.Status(fmt.Errorf("deleting volume %s: %w", req.GetVolumeId(), err))
 		}
 	}
-	if err := c.journalOf(r.pool, r.rec).Remove(ctx, r.rec); err != nil {
-		return nil, volume.Status(err)
-	}
-	return &csi.DeleteVolumeResponse{}, nil
+	return volume.Status(c.journalOf(r.pool, r.rec).Remove(ctx, r.rec))
 }
 
 // deleteImage moves the volume's image to the trash, unless a client
@@ -605,21 +583,12 @@ func (c *Controller) refuseHolders(ctx context.Context, r *resolved, usage *Usag
 
 // ControllerExpandVolume grows the image.
 func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if req.GetCapacityRange() == nil {
-		return nil, status.Error(codes.InvalidArgument, "capacity range is missing")
-	}
-	size, err := volume.RequestSize(req.GetCapacityRange(), 0)
-	if err != nil {
-		return nil, err
-	}
-	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
+	return c.calls().ExpandVolume(ctx, req, c.growImage)
+}
+
+// growImage grows a resolved volume's image to size, unless a holder the
+// CO no longer accounts for maps it.
+func (c *Controller) growImage(ctx context.Context, r *resolved, size int64, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	own, err := r.cluster.ClientAddr(ctx)
 	if err != nil {
 		return nil, volume.Status(err)
@@ -654,63 +623,42 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 // supports, and the parameters and volume context the request names when
 // they describe that volume.
 func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "volume capabilities are missing")
-	}
-	r, err := c.resolve(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
+	return c.calls().ValidateVolumeCapabilities(ctx, req, c.mismatch)
+}
+
+// mismatch says why a validation request does not describe the volume,
+// "" when it does; it fails when the volume's image is gone.
+func (c *Controller) mismatch(ctx context.Context, r *resolved, req *csi.ValidateVolumeCapabilitiesRequest) (string, error) {
 	var info ImageInfo
+	var err error
 	if r.rec.FromCephCSI() {
 		info, err = r.pool.Stat(ctx, r.rec.Backing) // its parameters are read from the image
 	} else {
 		_, err = r.pool.Head(ctx, r.rec.Backing)
 	}
 	if err != nil {
-		return nil, volume.Status(err)
+		return "", volume.Status(err)
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
-		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+		return err.Error(), nil
 	}
 	cc, _ := c.opts.Config.Cluster(r.id.ClusterID)
 	facts := volumeFacts{clusterID: r.id.ClusterID, pool: r.pool.Name(), namespace: cc.RBD.RadosNamespace,
 		image: r.rec.Backing, params: r.rec.Params}
 	if r.rec.FromCephCSI() {
 		if facts, err = cephCSIFacts(ctx, r, info, cc.RBD.RadosNamespace); err != nil {
-			return nil, volume.Status(err)
+			return "", volume.Status(err)
 		}
 	}
-	if why := facts.mismatch(req.GetParameters(), req.GetVolumeContext()); len(why) > 0 {
-		return &csi.ValidateVolumeCapabilitiesResponse{Message: strings.Join(why, "; ")}, nil
-	}
-	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
-		VolumeContext:      req.GetVolumeContext(),
-		VolumeCapabilities: req.GetVolumeCapabilities(),
-		Parameters:         req.GetParameters(),
-	}}, nil
+	return strings.Join(facts.mismatch(req.GetParameters(), req.GetVolumeContext()), "; "), nil
 }
 
 // ControllerGetVolume reports a volume whose image exists.
 func (c *Controller) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	r, err := c.resolve(ctx, journal.Volume, req.GetVolumeId(), nil)
-	if err != nil {
-		return nil, err
-	}
-	head, err := r.pool.Head(ctx, r.rec.Backing)
-	if err != nil {
-		return nil, volume.Status(err)
-	}
-	return &csi.ControllerGetVolumeResponse{
-		Volume: &csi.Volume{VolumeId: req.GetVolumeId(), CapacityBytes: head.Size},
-		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{},
-	}, nil
+	return c.calls().GetVolume(ctx, req, func(ctx context.Context, r *resolved) (int64, error) {
+		head, err := r.pool.Head(ctx, r.rec.Backing)
+		return head.Size, volume.Status(err)
+	})
 }
 
 // GetCapacity reports the available bytes of the pool named in the
@@ -742,6 +690,9 @@ type listedRecord struct {
 	id   string
 	pool Pool
 }
+
+// Record is the listed journal record.
+func (l listedRecord) Record() *journal.Record { return l.rec }
 
 // listRecords gathers journal records of kind from every known pool,
 // Pelagic's then ceph-csi's, each in UUID order.
@@ -805,21 +756,11 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 
 // CreateSnapshot takes an RBD snapshot of the source volume's image.
 func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	if req.GetName() == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot name is missing")
-	}
-	if req.GetSourceVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "source volume ID is missing")
-	}
-	unlock, err := c.locks.Lock("snapname/" + req.GetName())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	src, err := c.resolve(ctx, journal.Volume, req.GetSourceVolumeId(), req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
+	return c.calls().CreateSnapshot(ctx, req, c.snapshotImage)
+}
+
+// snapshotImage snapshots the image of src, the resolved source.
+func (c *Controller) snapshotImage(ctx context.Context, src *resolved, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	if snap, err := c.cephCSISnapshot(ctx, src, req); snap != nil || err != nil {
 		return &csi.CreateSnapshotResponse{Snapshot: snap}, err
 	}
@@ -878,91 +819,50 @@ func snapshotOf(id string, rec *journal.Record, snap SnapInfo) *csi.Snapshot {
 
 // GetSnapshot reports one snapshot whose RBD snapshot still exists.
 func (c *Controller) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
-	if req.GetSnapshotId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot ID is missing")
-	}
-	r, err := c.resolve(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
-	snap, err := r.pool.Snap(ctx, r.rec.BackingID, r.rec.SnapName)
-	if err != nil {
-		return nil, volume.Status(err)
-	}
-	if r.rec.FromCephCSI() {
-		snap.Created = r.rec.Created // ceph-csi answered its image's
-	}
-	return &csi.GetSnapshotResponse{Snapshot: snapshotOf(req.GetSnapshotId(), r.rec, snap)}, nil
+	return c.calls().GetSnapshot(ctx, req, func(ctx context.Context, r *resolved, id string) (*csi.GetSnapshotResponse, error) {
+		snap, err := r.pool.Snap(ctx, r.rec.BackingID, r.rec.SnapName)
+		if err != nil {
+			return nil, volume.Status(err)
+		}
+		if r.rec.FromCephCSI() {
+			snap.Created = r.rec.Created // ceph-csi answered its image's
+		}
+		return &csi.GetSnapshotResponse{Snapshot: snapshotOf(id, r.rec, snap)}, nil
+	})
 }
 
 // DeleteSnapshot removes the RBD snapshot and its journal entry.
 func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
-	if req.GetSnapshotId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot ID is missing")
-	}
-	r, unlock, err := c.lockResolved(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
-	if status.Code(err) == codes.NotFound {
-		return &csi.DeleteSnapshotResponse{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
+	return c.calls().DeleteSnapshot(ctx, req, c.removeSnapshot)
+}
+
+// removeSnapshot removes a resolved snapshot's RBD snapshot, then its record.
+func (c *Controller) removeSnapshot(ctx context.Context, r *resolved, _ string) error {
 	if r.rec.FromCephCSI() {
-		return &csi.DeleteSnapshotResponse{}, volume.Status(c.deleteCephCSISnapshot(ctx, r))
+		return volume.Status(c.deleteCephCSISnapshot(ctx, r))
 	}
 	if err := r.pool.RemoveSnap(ctx, r.rec.BackingID, r.rec.SnapName); err != nil {
-		return nil, volume.Status(err)
+		return volume.Status(err)
 	}
 	// The volume may be gone, its image kept in the trash by this snapshot;
 	// purged before the record goes, so that a retry gets to do it, and
 	// its trashed ancestors after it (a clone ceph-csi chained through
 	// "-temp").
 	purgeFreed(ctx, r.pool, r.rec.BackingID)
-	if err := r.pool.Remove(ctx, r.rec); err != nil {
-		return nil, volume.Status(err)
-	}
-	return &csi.DeleteSnapshotResponse{}, nil
+	return volume.Status(r.pool.Remove(ctx, r.rec))
 }
 
 // ListSnapshots lists snapshots, filtered by snapshot or source volume ID.
 func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	var found []listedRecord
-	switch {
-	case req.GetSnapshotId() != "":
-		r, err := c.resolve(ctx, journal.Snapshot, req.GetSnapshotId(), req.GetSecrets())
-		if status.Code(err) == codes.NotFound {
-			return &csi.ListSnapshotsResponse{}, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		if req.GetSourceVolumeId() == "" || req.GetSourceVolumeId() == r.rec.Source {
-			found = []listedRecord{{rec: r.rec, id: req.GetSnapshotId(), pool: r.pool}}
-		}
-	default:
-		all, err := c.listRecords(ctx, journal.Snapshot)
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range all {
-			if req.GetSourceVolumeId() == "" || l.rec.Source == req.GetSourceVolumeId() {
-				found = append(found, l)
+	return volume.SnapshotList[*resolved, listedRecord]{Calls: c.calls(),
+		Listed: func(r *resolved, id string) listedRecord { return listedRecord{rec: r.rec, id: id, pool: r.pool} },
+		All:    func() ([]listedRecord, error) { return c.listRecords(ctx, journal.Snapshot) },
+		Describe: func(l listedRecord) (*csi.Snapshot, error) {
+			rec, err := sized(ctx, l)
+			if err != nil {
+				return nil, err
 			}
-		}
-	}
-	start, end, next, err := volume.Page(req.GetStartingToken(), req.GetMaxEntries(), len(found))
-	if err != nil {
-		return nil, err
-	}
-	resp := &csi.ListSnapshotsResponse{NextToken: next}
-	for _, l := range found[start:end] {
-		rec, err := sized(ctx, l)
-		if err != nil {
-			return nil, err
-		}
-		snap := SnapInfo{Size: rec.SizeBytes, Created: rec.Created}
-		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotOf(l.id, rec, snap)})
-	}
-	return resp, nil
+			return snapshotOf(l.id, rec, SnapInfo{Size: rec.SizeBytes, Created: rec.Created}), nil
+		},
+	}.ListSnapshots(ctx, req)
 }

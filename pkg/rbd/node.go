@@ -31,21 +31,12 @@ type Mappers interface {
 
 // NodeOptions configure the node service.
 type NodeOptions struct {
-	NodeID     string
-	Connector  Connector // reads and writes image metadata and watchers
-	Config     *ceph.Config
-	Mappers    Mappers
-	Mounter    mount.Mounter
-	KubeletDir string // when set, paths must lie inside it
-	// StateDir keeps what must outlive a restart of the plugin: the index
-	// of staged volumes, and mapping records whose removal waits for a
-	// connection to the cluster.
-	StateDir string
-	// Topology is whether the plugin advertises VOLUME_ACCESSIBILITY_
-	// CONSTRAINTS; only then does NodeGetInfo report Labels.
-	Topology   bool
-	Labels     map[string]string
-	MaxVolumes int64
+	// Options' StateDir holds, beside the index of staged volumes, the
+	// mapping records whose removal waits for a connection to the cluster.
+	nodefs.Options
+	Connector Connector // reads and writes image metadata and watchers
+	Config    *ceph.Config
+	Mappers   Mappers
 	// Holders, when set, is told of the stages refused for holders elsewhere.
 	Holders HolderObserver
 }
@@ -54,29 +45,18 @@ type NodeOptions struct {
 type Node struct {
 	csi.UnimplementedNodeServer
 	opts    NodeOptions
-	locks   volume.Locks
+	vols    *nodefs.Volumes
 	known   volume.Known[Cluster] // clusters opened by NodeStage, for unstage
 	forgets *forgetQueue
-	staged  nodefs.StagedIndex
-	secrets nodefs.StageSecrets
 	checked sync.Map // mapper name -> true once its Check succeeded
 	ended   endedClients
 }
 
 // NewNode returns the node service.
 func NewNode(opts NodeOptions) *Node {
-	n := &Node{opts: opts, staged: nodefs.StagedIndex{Dir: opts.StateDir}}
+	n := &Node{opts: opts, vols: nodefs.NewVolumes(opts.Options)}
 	n.forgets = &forgetQueue{dir: opts.StateDir, remove: n.removeMappingRecord}
 	return n
-}
-
-// lock takes the volume's lock or fails with Aborted.
-func (n *Node) lock(volumeID string) (func(), error) { return n.locks.Lock(volumeID) }
-
-// begin checks the volume ID and the paths a call names (what, path
-// pairs), then takes the volume's lock. Nothing is touched on bad input.
-func (n *Node) begin(volumeID string, whatPath ...string) (unlock func(), err error) {
-	return nodefs.Begin(&n.locks, n.opts.KubeletDir, volumeID, whatPath...)
 }
 
 func (n *Node) checkPath(what, path string) error {
@@ -104,12 +84,12 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if vctx[ParamPool] == "" || vctx[CtxImageName] == "" || vctx[ParamClusterID] == "" {
 		return nil, status.Errorf(codes.InvalidArgument, "volume context needs %s, %s and %s", ParamClusterID, ParamPool, CtxImageName)
 	}
-	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
+	unlock, err := n.vols.Begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	n.secrets.Remember(req.GetVolumeId(), req.GetSecrets())
+	n.vols.Secrets.Remember(req.GetVolumeId(), req.GetSecrets())
 
 	staging := req.GetStagingTargetPath()
 	rec, err := readStageRecord(staging)
@@ -158,13 +138,9 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 // of a mapping being replaced (its Unmap done), nil for a first mapping.
 func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, prev *stageRecord) (*stageRecord, error) {
 	vctx := req.GetVolumeContext()
-	cc, err := n.opts.Config.Cluster(vctx[ParamClusterID])
+	cc, creds, err := volume.StageCluster(n.opts.Config, vctx[ParamClusterID], req.GetSecrets(), vctx)
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	creds, err := ceph.CredentialsFrom(req.GetSecrets(), vctx)
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, err
 	}
 	m, err := n.opts.Mappers.Get(vctx[ParamMounter])
 	if err != nil {
@@ -231,7 +207,7 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	// see this node's client.
 	// The index first: an entry whose stage record is missing is dropped
 	// when found, and a stage record must never be missing from it.
-	err = n.staged.Put(req.GetVolumeId(), req.GetStagingTargetPath())
+	err = n.vols.Staged.Put(req.GetVolumeId(), req.GetStagingTargetPath())
 	if err == nil {
 		err = nodefs.WriteRecord(req.GetStagingTargetPath(), rec)
 	}
@@ -458,65 +434,65 @@ func (n *Node) filesystemSmaller(ctx context.Context, dev, fstype string) bool {
 
 // NodeUnstageVolume unmounts and unmaps. It succeeds when nothing is staged.
 func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	staging := req.GetStagingTargetPath()
+	return n.vols.UnstageVolume(ctx, req, n.unstage)
+}
+
+// unstage unmounts the staging path, unmaps the image and removes the
+// stage record, of this plugin or of ceph-csi's.
+func (n *Node) unstage(ctx context.Context, volumeID, staging string) error {
 	rec, err := readStageRecord(staging)
 	fromStash := false // staged by ceph-csi's node plugin, never seen by this one
 	if errors.Is(err, os.ErrNotExist) {
-		rec, err = n.cephCSIStaged(ctx, req.GetVolumeId(), staging)
+		rec, err = n.cephCSIStaged(ctx, volumeID, staging)
 		fromStash = err == nil
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, status.Convert(err).Err()
+		return status.Convert(err).Err()
 	}
 	// Check whose staging path this is before touching its mount.
-	if rec != nil && rec.VolumeID != req.GetVolumeId() {
-		return nil, status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s",
-			staging, rec.VolumeID, req.GetVolumeId())
+	if rec != nil && rec.VolumeID != volumeID {
+		return status.Errorf(codes.FailedPrecondition, "staging path %s holds volume %s, not %s",
+			staging, rec.VolumeID, volumeID)
 	}
 	mounted := staging
 	if rec != nil {
 		mounted = rec.fsPath(staging)
 	}
 	if err := n.opts.Mounter.Unmount(ctx, mounted); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", mounted, err)
+		return status.Errorf(codes.Internal, "unmounting %s: %v", mounted, err)
 	}
 	if rec == nil {
-		return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
+		return n.vols.Unstaged(volumeID)
 	}
+	if err := n.unmap(ctx, rec, fromStash); err != nil {
+		return err
+	}
+	if err := nodefs.RemoveRecord(staging); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	if err := unstageCephCSILeftovers(rec, staging); err != nil {
+		return err
+	}
+	return n.vols.Unstaged(volumeID)
+}
+
+// unmap unmaps a staged image and, unless ceph-csi mapped it, removes the
+// image's record of this node's mapping.
+func (n *Node) unmap(ctx context.Context, rec *stageRecord, fromStash bool) error {
 	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return status.Error(codes.Internal, err.Error())
 	}
 	if err := m.Unmap(ctx, rec.Mapping, mapper.UnmapOptions{Options: rec.UnmapOptions}); err != nil {
 		if errors.Is(err, mapper.ErrBusy) {
 			holders, _ := n.opts.Mounter.Holders(ctx, rec.Mapping.Device)
-			return nil, status.Errorf(codes.FailedPrecondition, "device %s of volume %s is busy (held by %s): %v",
+			return status.Errorf(codes.FailedPrecondition, "device %s of volume %s is busy (held by %s): %v",
 				rec.Mapping.Device, rec.VolumeID, strings.Join(holders, ", "), err)
 		}
-		return nil, mapperStatus(err, "unmapping "+rec.Mapping.Device)
+		return mapperStatus(err, "unmapping "+rec.Mapping.Device)
 	}
 	if !fromStash {
 		n.forgetMapping(ctx, rec)
-	}
-	if err := nodefs.RemoveRecord(staging); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	if err := unstageCephCSILeftovers(rec, staging); err != nil {
-		return nil, err
-	}
-	return &csi.NodeUnstageVolumeResponse{}, n.unstaged(req.GetVolumeId())
-}
-
-// unstaged forgets what the node kept of a volume while it was staged.
-func (n *Node) unstaged(volumeID string) error {
-	n.secrets.Forget(volumeID)
-	if err := n.staged.Remove(volumeID); err != nil {
-		return status.Error(codes.Internal, err.Error())
 	}
 	return nil
 }
@@ -525,25 +501,12 @@ func (n *Node) unstaged(volumeID string) error {
 // a block volume) at the target path. A staged volume whose mapping died is
 // mapped again first, with the secrets of its NodeStage.
 func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
-	}
-	if err := n.checkPath("target path", req.GetTargetPath()); err != nil {
-		return nil, err
-	}
-	if err := validateCapability(req.GetVolumeCapability()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if req.GetStagingTargetPath() == "" {
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"volume %s: no staging path; this plugin stages volumes (STAGE_UNSTAGE_VOLUME), so NodeStageVolume comes first", req.GetVolumeId())
-	}
-	unlock, err := n.begin(req.GetVolumeId(), "staging target path", req.GetStagingTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	target := req.GetTargetPath()
+	return n.vols.PublishVolume(ctx, req, validateCapability, n.stagedRecord)
+}
+
+// stagedRecord reads the stage record a publish names (or adopts ceph-csi's
+// stage), mapping the volume again when its mapping died.
+func (n *Node) stagedRecord(ctx context.Context, req *csi.NodePublishVolumeRequest) (nodefs.Staged, error) {
 	rec, err := readStageRecord(req.GetStagingTargetPath())
 	if errors.Is(err, os.ErrNotExist) {
 		rec, err = n.adoptCephCSIPublish(ctx, req)
@@ -563,55 +526,18 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 			return nil, err
 		}
 	}
-	readOnly := req.GetReadonly() || readOnlyMode(req.GetVolumeCapability())
-	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, target); mounted {
-		pub, ok := rec.target(target)
-		if !ok {
-			return nil, status.Errorf(codes.AlreadyExists, "target %s already holds a mount that is not volume %s", target, req.GetVolumeId())
-		}
-		if why := pub.Conflict(capabilityKey(req.GetVolumeCapability()), readOnly); why != "" {
-			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published at %s incompatibly: %s",
-				req.GetVolumeId(), target, why)
-		}
-		return &csi.NodePublishVolumeResponse{}, nil
-	}
-	// Targets unpublished since (or before a restart) are no longer mounted.
-	rec.Targets = slices.DeleteFunc(rec.Targets, func(p nodefs.Publication) bool {
-		mounted, _ := n.opts.Mounter.IsMountPoint(ctx, p.Path)
-		return !mounted
-	})
-	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
-		for _, p := range rec.Targets {
-			if p.Path != target {
-				return nil, status.Errorf(codes.FailedPrecondition,
-					"volume %s is single-writer and already published at %s", req.GetVolumeId(), p.Path)
-			}
-		}
-	}
-	pub := nodefs.Publication{Path: target, ReadOnly: readOnly, Capability: capabilityKey(req.GetVolumeCapability())}
-	if err := n.bindTarget(ctx, req.GetStagingTargetPath(), rec, pub); err != nil {
-		return nil, err
-	}
-	rec.Targets = append(rec.Targets, pub)
-	if err := nodefs.WriteRecord(req.GetStagingTargetPath(), rec); err != nil {
-		return nil, status.Errorf(codes.Internal, "recording the publication: %v", err)
-	}
-	return &csi.NodePublishVolumeResponse{}, nil
+	return rec, nil
 }
 
 // bindTarget binds the staged filesystem, or the device of a block
 // volume, at a publication's target.
 func (n *Node) bindTarget(ctx context.Context, staging string, rec *stageRecord, pub nodefs.Publication) error {
-	source := rec.fsPath(staging)
-	if rec.Block {
-		source = rec.Mapping.Device
-	}
-	return nodefs.Bind(ctx, n.opts.Mounter, source, rec.Block, pub)
+	return nodefs.Bind(ctx, n.opts.Mounter, rec.source(staging), rec.Block, pub)
 }
 
 // NodeUnpublishVolume unmounts the target and removes it.
 func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	return nodefs.UnpublishVolume(ctx, &n.locks, n.opts.KubeletDir, n.opts.Mounter, req)
+	return n.vols.UnpublishVolume(ctx, req)
 }
 
 // NodeGetVolumeStats reports bytes and inodes of a published volume.
@@ -638,7 +564,7 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 			return nil, err
 		}
 	}
-	unlock, err := n.lock(req.GetVolumeId())
+	unlock, err := n.vols.Locks.Lock(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -707,14 +633,17 @@ func (n *Node) growDevice(ctx context.Context, volumeID, staging string) error {
 // A volume not staged on this node is NotFound.
 func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	rec := &stageRecord{}
-	staging, err := n.staged.Locate(req, n.opts.KubeletDir, n.opts.NodeID, rec, func() string { return rec.VolumeID })
-	if err != nil {
-		return nil, err
-	}
-	health := nodefs.NewHealth(req.GetVolumeId())
+	return n.vols.VolumeHealth(ctx, req, rec, func() string { return rec.VolumeID }, func(health nodefs.Health, staging string) error {
+		return n.checkStaged(ctx, health, rec, staging)
+	})
+}
+
+// checkStaged adds to health what is wrong with a staged volume's mapping
+// and, for a filesystem, its mount at the staging path.
+func (n *Node) checkStaged(ctx context.Context, health nodefs.Health, rec *stageRecord, staging string) error {
 	m, err := n.opts.Mappers.Get(rec.Mapping.Mapper)
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return status.Error(codes.Internal, err.Error())
 	}
 	switch err := m.Alive(ctx, rec.Mapping); {
 	case errors.Is(err, mapper.ErrMappingDead):
@@ -725,25 +654,17 @@ func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 	if mounted, _ := n.opts.Mounter.IsMountPoint(ctx, rec.fsPath(staging)); !rec.Block && !mounted {
 		health.Inaccessible("NotMounted", "the filesystem on %s is not mounted at %s", rec.Mapping.Device, rec.fsPath(staging))
 	}
-	health.CheckMounted(ctx, n.opts.Mounter, "NotPublished", req.GetVolumePublishPath())
-	return health.Response(), nil
+	return nil
 }
 
-var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
-	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
-	csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
-	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
-}
-
-// NodeGetCapabilities advertises what the node service implements.
+// NodeGetCapabilities advertises what the node service implements: what
+// both drivers do, and growing a filesystem to its grown image.
 func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	return volume.NodeCapabilities(nodeCaps), nil
+	return volume.NodeCapabilities(csi.NodeServiceCapability_RPC_EXPAND_VOLUME), nil
 }
 
 // NodeGetInfo names the node, its volume limit and, when the plugin
 // advertises VOLUME_ACCESSIBILITY_CONSTRAINTS, its topology.
 func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	return volume.NodeInfo(n.opts.NodeID, n.opts.MaxVolumes, n.opts.Topology, n.opts.Labels), nil
+	return n.opts.NodeInfo(), nil
 }

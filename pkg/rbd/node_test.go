@@ -74,11 +74,10 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 	if err := os.MkdirAll(e.staging, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	e.n = NewNode(NodeOptions{NodeID: nodeTestNode, Config: cfg, Mappers: reg, Mounter: e.mnt, KubeletDir: e.root,
+	e.n = NewNode(NodeOptions{Config: cfg, Mappers: reg,
 		Connector: &FakeConnector{Clusters: map[string]*FakeCluster{testClusterID: NewFakeCluster(testClusterID, e.pool)}},
-		StateDir:  t.TempDir(),
-		Topology:  true, Labels: map[string]string{"topology.pelagic.csi/zone": "a"},
-		MaxVolumes: 16})
+		Options: nodefs.Options{NodeID: nodeTestNode, Mounter: e.mnt, KubeletDir: e.root, StateDir: t.TempDir(),
+			Topology: true, Labels: map[string]string{"topology.pelagic.csi/zone": "a"}, MaxVolumes: 16}})
 	return e
 }
 
@@ -622,14 +621,14 @@ func TestNodeStageRefused(t *testing.T) {
 
 func TestNodeStageAbortedWhileLocked(t *testing.T) {
 	e := newNodeEnv(t)
-	if !e.n.locks.TryLock(e.volID) {
+	if !e.n.vols.Locks.TryLock(e.volID) {
 		t.Fatal("lock taken")
 	}
 	_, err := e.n.NodeStageVolume(context.Background(), e.stageReq(mountCap(rwo)))
 	wantCode(t, err, codes.Aborted)
 	_, err = e.n.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: e.volID, StagingTargetPath: e.staging})
 	wantCode(t, err, codes.Aborted)
-	e.n.locks.Unlock(e.volID)
+	e.n.vols.Locks.Unlock(e.volID)
 	e.stage(t, e.stageReq(mountCap(rwo)))
 }
 
@@ -1108,13 +1107,13 @@ func TestNodeGetInfoAndCapabilities(t *testing.T) {
 		t.Errorf("NodeGetInfo = %v", info)
 	}
 
-	bare := NewNode(NodeOptions{NodeID: "n"})
+	bare := NewNode(NodeOptions{Options: nodefs.Options{NodeID: "n"}})
 	info, err = bare.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
 	if err != nil || info.GetNodeId() != "n" || info.GetAccessibleTopology() != nil || info.GetMaxVolumesPerNode() != 0 {
 		t.Errorf("NodeGetInfo without labels = %v, %v", info, err)
 	}
 	// Labels without VOLUME_ACCESSIBILITY_CONSTRAINTS advertised: no topology.
-	quiet := NewNode(NodeOptions{NodeID: "n", Labels: map[string]string{"topology.pelagic.csi/zone": "a"}})
+	quiet := NewNode(NodeOptions{Options: nodefs.Options{NodeID: "n", Labels: map[string]string{"topology.pelagic.csi/zone": "a"}}})
 	info, err = quiet.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
 	if err != nil || info.GetAccessibleTopology() != nil {
 		t.Errorf("NodeGetInfo with labels but no topology advertised = %v, %v", info, err)

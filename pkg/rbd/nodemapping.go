@@ -133,7 +133,7 @@ func (n *Node) keepMappingUsable(ctx context.Context, req *csi.NodeStageVolumeRe
 func (n *Node) replaceDeadForPublish(ctx context.Context, req *csi.NodePublishVolumeRequest, rec *stageRecord, dead error) (*stageRecord, error) {
 	secrets := req.GetSecrets()
 	if len(secrets) == 0 {
-		secrets = n.secrets.Get(req.GetVolumeId())
+		secrets = n.vols.Secrets.Get(req.GetVolumeId())
 	}
 	if len(secrets) == 0 {
 		return nil, status.Errorf(codes.FailedPrecondition,

@@ -321,7 +321,7 @@ func TestStagedIndex(t *testing.T) {
 	e.stage(t, e.stageReq(mountCap(rwo)))
 	e.n = NewNode(e.n.opts) // restarted
 	e.n.Adopt(ctx)
-	if got := e.n.staged.StagingPath(e.volID); got != e.staging {
+	if got := e.n.vols.Staged.StagingPath(e.volID); got != e.staging {
 		t.Fatalf("index gives %q, want %s", got, e.staging)
 	}
 	if _, err := e.n.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: e.volID}); err != nil {
@@ -336,7 +336,7 @@ func TestStagedIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.n.Adopt(ctx)
-	if got := e.n.staged.All(); len(got) != 0 {
+	if got := e.n.vols.Staged.All(); len(got) != 0 {
 		t.Fatalf("index after Adopt: %+v; want the entry without a stage record gone", got)
 	}
 }

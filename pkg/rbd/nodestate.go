@@ -47,13 +47,13 @@ type stageRecord struct {
 // capabilityKey is nodefs.CapabilityKey with RBD's default filesystem.
 func capabilityKey(c *csi.VolumeCapability) string { return nodefs.CapabilityKey(c, fsTypeOf(c)) }
 
-func (r *stageRecord) target(path string) (nodefs.Publication, bool) {
-	for _, p := range r.Targets {
-		if p.Path == path {
-			return p, true
-		}
+// source is what a target binds: the staged filesystem, or the device of
+// a block volume.
+func (r *stageRecord) source(staging string) string {
+	if r.Block {
+		return r.Mapping.Device
 	}
-	return nodefs.Publication{}, false
+	return r.fsPath(staging)
 }
 
 // capability is the capability the volume was staged with, as far as the
@@ -109,10 +109,10 @@ func readStageRecord(stagingPath string) (*stageRecord, error) {
 // next NodeStage or NodePublish; NodeGetVolumeHealth reports it until then.
 func (n *Node) Adopt(ctx context.Context) {
 	log := klog.FromContext(ctx)
-	for _, e := range n.staged.All() {
+	for _, e := range n.vols.Staged.All() {
 		rec, err := readStageRecord(e.StagingPath)
 		if errors.Is(err, os.ErrNotExist) || (err == nil && rec.VolumeID != e.VolumeID) {
-			_ = n.staged.Remove(e.VolumeID)
+			_ = n.vols.Staged.Remove(e.VolumeID)
 			continue
 		}
 		if err != nil {
@@ -128,3 +128,14 @@ func (n *Node) Adopt(ctx context.Context) {
 			"client", rec.Mapping.ClientAddr, "targets", len(rec.Targets))
 	}
 }
+
+// Target is the publish req asks for of the volume staged here.
+func (r *stageRecord) Target(req *csi.NodePublishVolumeRequest) nodefs.Target {
+	c := req.GetVolumeCapability()
+	return nodefs.Target{VolumeID: r.VolumeID, Source: r.source(req.GetStagingTargetPath()), Block: r.Block,
+		SingleWriter: c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+		Publication:  nodefs.Publication{Path: req.GetTargetPath(), ReadOnly: req.GetReadonly() || readOnlyMode(c), Capability: capabilityKey(c)}}
+}
+
+// Published is where the record keeps the volume's targets.
+func (r *stageRecord) Published() *[]nodefs.Publication { return &r.Targets }

@@ -31,7 +31,7 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 	if err := c.checkNode(ctx, req.GetNodeId()); err != nil {
 		return nil, err
 	}
-	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
+	r, unlock, err := c.calls().LockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +96,7 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is missing")
 	}
-	r, unlock, err := c.lockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
+	r, unlock, err := c.calls().LockResolved(ctx, journal.Volume, req.GetVolumeId(), req.GetSecrets())
 	if status.Code(err) == codes.NotFound {
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
 	}

@@ -1,29 +1,60 @@
 package volume
 
 import (
+	"slices"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// ControllerCapabilities answers ControllerGetCapabilities with rpcs.
-func ControllerCapabilities(rpcs []csi.ControllerServiceCapability_RPC_Type) *csi.ControllerGetCapabilitiesResponse {
-	caps := make([]*csi.ControllerServiceCapability, 0, len(rpcs))
-	for _, t := range rpcs {
-		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
-			Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
+// controllerRPCs and nodeRPCs are what both drivers implement.
+var (
+	controllerRPCs = []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_GET_VOLUME,
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	}
-	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}
+	nodeRPCs = []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+	}
+)
+
+// ControllerCapabilities answers ControllerGetCapabilities with what both
+// controllers implement and a driver's extra RPCs.
+func ControllerCapabilities(extra ...csi.ControllerServiceCapability_RPC_Type) *csi.ControllerGetCapabilitiesResponse {
+	rpc := func(t csi.ControllerServiceCapability_RPC_Type) *csi.ControllerServiceCapability {
+		return &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}}
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: capabilities(controllerRPCs, extra, rpc)}
 }
 
-// NodeCapabilities answers NodeGetCapabilities with rpcs.
-func NodeCapabilities(rpcs []csi.NodeServiceCapability_RPC_Type) *csi.NodeGetCapabilitiesResponse {
-	caps := make([]*csi.NodeServiceCapability, 0, len(rpcs))
-	for _, t := range rpcs {
-		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
-			Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+// NodeCapabilities answers NodeGetCapabilities with what both node
+// services implement and a driver's extra RPCs.
+func NodeCapabilities(extra ...csi.NodeServiceCapability_RPC_Type) *csi.NodeGetCapabilitiesResponse {
+	rpc := func(t csi.NodeServiceCapability_RPC_Type) *csi.NodeServiceCapability {
+		return &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}}
 	}
-	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: capabilities(nodeRPCs, extra, rpc)}
+}
+
+// capabilities lists the capability of each RPC of shared, then of extra.
+func capabilities[T, C any](shared, extra []T, capability func(T) C) []C {
+	caps := make([]C, 0, len(shared)+len(extra))
+	for _, t := range slices.Concat(shared, extra) {
+		caps = append(caps, capability(t))
+	}
+	return caps
 }
 
 // NodeInfo answers NodeGetInfo: the node, its volume limit and, when the
