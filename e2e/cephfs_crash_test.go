@@ -128,16 +128,26 @@ func killCephFuse(t *testing.T, state string) {
 
 // cephFusePID finds the ceph-fuse whose mount point lies under state; 0 if none.
 func cephFusePID(t *testing.T, state string) int {
+	if pids := cephFusePIDs(state); len(pids) > 0 {
+		return pids[0]
+	}
+	return 0
+}
+
+// cephFusePIDs lists the ceph-fuse processes whose mount point lies under state.
+func cephFusePIDs(state string) []int {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var pids []int
 	for _, p := range procs {
 		b, _ := os.ReadFile(p)
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 		if filepath.Base(args[0]) == "ceph-fuse" && strings.HasPrefix(args[len(args)-1], state+"/") {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			return pid
+			pids = append(pids, pid)
 		}
 	}
-	return 0
+	slices.Sort(pids)
+	return pids
 }
 
 // TestCephFSPluginRestart: a volume's ceph-fuse, started through the daemon

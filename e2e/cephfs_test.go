@@ -32,6 +32,7 @@ type cephfsEnv struct {
 	cfg     *ceph.Config
 	cfgPath string
 	group   string
+	ns      string // the journal's RADOS namespace
 	ctrl    *cephfs.Controller
 	fsa     *admin.FSAdmin
 	secrets map[string]string
@@ -40,8 +41,21 @@ type cephfsEnv struct {
 
 func newCephFSEnv(t *testing.T) *cephfsEnv {
 	c := cephtest.Get(t)
-	e := &cephfsEnv{cluster: c, group: uniqueName("fs"), secrets: cephfsSecrets(c)}
-	e.cfg, e.cfgPath = cephfsConfig(t, c, e.group, uniqueName("ns"))
+	group := uniqueName("fs")
+	t.Cleanup(func() { removeGroup(t, c, group) })
+	return newCephFSEnvIn(t, c, group)
+}
+
+// newCephFSEnvOn is newCephFSEnv on a private cluster: the group goes with
+// the cluster. (After a monitor restart, the mgr may not answer a group's
+// removal within the admin's timeout.)
+func newCephFSEnvOn(t *testing.T, c *cephtest.Cluster) *cephfsEnv {
+	return newCephFSEnvIn(t, c, uniqueName("fs"))
+}
+
+func newCephFSEnvIn(t *testing.T, c *cephtest.Cluster, group string) *cephfsEnv {
+	e := &cephfsEnv{cluster: c, group: group, ns: uniqueName("ns"), secrets: cephfsSecrets(c)}
+	e.cfg, e.cfgPath = writeClusterConfig(t, c, map[string]any{"subvolumeGroup": e.group, "radosNamespace": e.ns})
 	e.ctrl = e.controller(t, nil)
 	e.fsa = admin.NewFromConn(adminConn(t, c))
 	e.params = map[string]string{"clusterID": testClusterID, "fsName": c.FSName, "subvolumeGroup": e.group, "mounter": "fuse"}

@@ -283,39 +283,34 @@ func TestCreateWithStalledOSD(t *testing.T) {
 		}
 	})
 	req := e.createReq("pvc-stalled", 16<<20)
-	stalledCall := func(what string, deadline time.Duration) error {
-		ctx, cancel := context.WithTimeout(context.Background(), deadline)
-		defer cancel()
-		start := time.Now()
-		_, err := ctrl.CreateVolume(ctx, req)
-		if took := time.Since(start); took > deadline+time.Second {
-			t.Fatalf("%s CreateVolume with the OSD stopped took %v, past its deadline of %v (%v)", what, took, deadline, err)
-		}
+	var resp *csi.CreateVolumeResponse
+	stallCreate(t, osd, func(ctx context.Context) (err error) {
+		resp, err = ctrl.CreateVolume(ctx, req)
 		return err
-	}
-	wantStalled(t, "in-flight CreateVolume", stalledCall("in-flight", 5*time.Second))
+	})
+	e.assertExactly(t, testContext(t, time.Minute), []*csi.Volume{resp.GetVolume()})
+}
+
+// stallCreate makes a CreateVolume, under which the controller's hook
+// stops the OSD once its name is reserved, then a second for the name:
+// each returns DeadlineExceeded or Unavailable by its deadline. The
+// reservation stays, as the create may land once the OSD is back: the
+// name's lock is free at once, and the second call stalls in turn. Once
+// the OSD continues, the provisioner's retries succeed; the first may time
+// out in librados while the OSD catches up.
+func stallCreate(t *testing.T, osd *osdStaller, create func(context.Context) error) {
+	t.Helper()
+	callStalled(t, "in-flight CreateVolume", 5*time.Second, time.Second, create)
 	if !osd.stopped.Load() {
 		t.Fatal("the OSD was never stopped")
 	}
-	// The reservation stays, as the create may land once the OSD is back:
-	// the name's lock is free at once, and the next call stalls in turn.
-	err := stalledCall("a second", 3*time.Second)
-	wantStalled(t, "a second CreateVolume", err)
+	callStalled(t, "a second CreateVolume", 3*time.Second, time.Second, create)
 	osd.thaw()
-	// The provisioner retries until it succeeds; the first calls may time
-	// out in librados while the OSD catches up.
 	ctx := testContext(t, 2*time.Minute)
-	var resp *csi.CreateVolumeResponse
-	for resp == nil {
-		resp, err = ctrl.CreateVolume(ctx, req)
-		if ctx.Err() != nil {
-			t.Fatalf("retries after SIGCONT: %v", err)
-		}
-		if err != nil {
-			time.Sleep(200 * time.Millisecond)
-		}
+	eventually(t, 90*time.Second, "CreateVolume after SIGCONT", func() error { return create(ctx) })
+	if t.Failed() {
+		t.FailNow()
 	}
-	e.assertExactly(t, ctx, []*csi.Volume{resp.GetVolume()})
 }
 
 // osdStaller stops the OSD of a private cluster (SIGSTOP) once, and
@@ -351,6 +346,23 @@ func (s *osdStaller) thaw() {
 			s.t.Error(err)
 		}
 	}
+}
+
+// callStalled makes a call the stopped OSD holds up, on a context with
+// deadline: it must return DeadlineExceeded or Unavailable, at most margin
+// past the deadline.
+func callStalled(t *testing.T, what string, deadline, margin time.Duration, call func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	start := time.Now()
+	err := call(ctx)
+	took := time.Since(start)
+	if took > deadline+margin {
+		t.Fatalf("%s with the OSD stopped took %v, past its deadline of %v (%v)", what, took, deadline, err)
+	}
+	wantStalled(t, what, err)
+	t.Logf("%s with the OSD stopped: %v after %v", what, status.Code(err), took.Round(time.Millisecond))
 }
 
 // wantStalled fails the test unless a call the stalled OSD held up

@@ -27,15 +27,18 @@ import (
 func TestMonitorRestart(t *testing.T) {
 	c := cephtest.Start(t)
 	e := newControllerEnvOn(t, c)
-	state, work := shortTempDir(t), t.TempDir()
-	t.Cleanup(func() { cleanupNode(state, work) })
-	d, err := driver.New(driver.Options{Type: "rbd", DriverName: "rbd.csi.pelagic.dev", Controller: true, Node: true,
-		NodeID: "node-1", Config: e.cfg, Mounter: "fuse", StateDir: state})
-	if err != nil {
-		t.Fatal(err)
+	m := newMonRestartEnv(t, driver.Options{Type: "rbd", DriverName: "rbd.csi.pelagic.dev", Config: e.cfg, Mounter: "fuse"},
+		e.secrets, mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), e.createReq)
+	m.restartMonitor(t, c)
+	if left := e.images(t); len(left) != 0 {
+		t.Fatalf("images left in the pool: %v", left)
 	}
-	t.Cleanup(d.Close)
-	m := &monRestartEnv{controllerEnv: e, svc: d.Services, work: work}
+}
+
+// restartMonitor stops the monitor with SIGTERM, then SIGKILL, and starts
+// it again, with a volume published and written across each restart; it
+// ends with every volume it made deleted.
+func (m *monRestartEnv) restartMonitor(t *testing.T, c *cephtest.Cluster) {
 	published := m.bringUp(t, "before")
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		ctx := testContext(t, time.Minute)
@@ -86,15 +89,31 @@ func TestMonitorRestart(t *testing.T) {
 		published = next
 	}
 	m.tearDown(t, published)
-	if left := e.images(t); len(left) != 0 {
-		t.Fatalf("images left in the pool: %v", left)
-	}
 }
 
+// monRestartEnv is one driver process serving controller and node, and
+// how to ask it for volumes.
 type monRestartEnv struct {
-	*controllerEnv
-	svc  csiserver.Services
-	work string
+	svc       csiserver.Services
+	work      string
+	secrets   map[string]string
+	cap       *csi.VolumeCapability
+	createReq func(name string, size int64) *csi.CreateVolumeRequest
+}
+
+// newMonRestartEnv starts a driver process of o serving controller and
+// node, with a state directory of its own.
+func newMonRestartEnv(t *testing.T, o driver.Options, secrets map[string]string, c *csi.VolumeCapability,
+	createReq func(name string, size int64) *csi.CreateVolumeRequest) *monRestartEnv {
+	state, work := shortTempDir(t), t.TempDir()
+	t.Cleanup(func() { cleanupNode(state, work) })
+	o.Controller, o.Node, o.NodeID, o.StateDir = true, true, "node-1", state
+	d, err := driver.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return &monRestartEnv{svc: d.Services, work: work, secrets: secrets, cap: c, createReq: createReq}
 }
 
 // monVolume is a volume staged, published and written by monRestartEnv.
@@ -126,7 +145,7 @@ func (m *monRestartEnv) bringUp(t *testing.T, when string) monVolume {
 	if err := os.MkdirAll(v.staging, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	c := m.cap
 	if _, err := m.svc.Node.NodeStageVolume(m.call(t), &csi.NodeStageVolumeRequest{VolumeId: v.vol.GetVolumeId(),
 		StagingTargetPath: v.staging, VolumeCapability: c, VolumeContext: v.vol.GetVolumeContext(), Secrets: m.secrets}); err != nil {
 		t.Fatalf("NodeStage %s: %v", when, err)

@@ -100,7 +100,8 @@ func fusePIDs(dir string) []int {
 
 // cleanupNode is the last-resort cleanup of a test node: unmount the
 // filesystems under its work directory, detach the loop devices backed by
-// its rbd-fuse files, unmount those, then kill its rbd-fuse daemons.
+// its rbd-fuse files, unmount those, then kill its rbd-fuse and ceph-fuse
+// daemons.
 func cleanupNode(stateDir, workDir string) {
 	run := func(name string, args ...string) []byte {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -115,7 +116,7 @@ func cleanupNode(stateDir, workDir string) {
 		}
 	}
 	unmountUnder(stateDir, run)
-	for _, pid := range fusePIDs(stateDir) {
+	for _, pid := range append(fusePIDs(stateDir), cephFusePIDs(stateDir)...) {
 		_ = syscall.Kill(pid, syscall.SIGCONT)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}

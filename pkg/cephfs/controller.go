@@ -15,6 +15,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
@@ -244,7 +245,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	sv := Subvolume{FS: fs.Name, Group: params.Group, Name: rec.Backing}
 	path, err := c.ensureVolume(ctx, cl.Volumes(), sv, rec, params, src, reserved)
 	if err != nil {
-		if reserved {
+		if reserved && !abandoned(err) {
 			c.undoReservation(cl.Volumes(), j, sv, rec, params.BackingSnapshot)
 		}
 		return nil, toStatus(err)
@@ -331,6 +332,15 @@ func (c *Controller) undoReservation(v Volumes, j journal.Journal, sv Subvolume,
 	if err := j.Remove(ctx, rec); err != nil {
 		klog.FromContext(ctx).Error(err, "removing reservation", "name", rec.Name, "uuid", rec.UUID)
 	}
+}
+
+// abandoned reports whether err is that of a call given up at the
+// request's deadline: the mgr may still carry it out after any check, so
+// its reservation stays for the retry, which looks for what it made; and
+// the mgr stalled, a check would hold the reply past the deadline.
+func abandoned(err error) bool {
+	var a *util.AbandonedError
+	return errors.As(err, &a)
 }
 
 // DeleteVolume removes the subvolume, keeping its snapshots (they outlive

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
 
@@ -192,6 +193,30 @@ func TestCreateVolumeReservation(t *testing.T) {
 	}
 	v := e.create(t, e.req("pvc-2", 1<<20, nil))
 	if sv, _ := e.subvolume(t, v); sv.Name != rec.Backing || e.vols.Calls("CreateSubvolume") != 2 {
+		t.Errorf("the retry made %s; the reservation names %s", sv.Name, rec.Backing)
+	}
+}
+
+// TestCreateVolumeKeepsReservationOfAnAbandonedCreate: a create given up
+// at the deadline (a stalled mgr) may still make its subvolume, so its
+// reservation stays, unchecked: the reply does not wait on the stalled
+// mgr. The retry makes the volume under the reserved name.
+func TestCreateVolumeKeepsReservationOfAnAbandonedCreate(t *testing.T) {
+	e := newCtrlEnv(t)
+	e.vols.FailNext("CreateSubvolume", &util.AbandonedError{What: "fs subvolume create", Err: context.DeadlineExceeded})
+	if _, err := e.ctrl.CreateVolume(context.Background(), e.req("pvc-1", 1<<20, nil)); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("CreateVolume abandoned at its deadline: %v", err)
+	}
+	j, _ := e.cluster.Journal(context.Background(), svcFS.MetadataPool, "csi")
+	rec, err := j.LookupName(context.Background(), journal.Volume, "pvc-1")
+	if err != nil {
+		t.Fatalf("reservation after the abandoned create: %v, want it kept", err)
+	}
+	if n := e.vols.Calls("Subvolume"); n != 0 {
+		t.Errorf("the failed call asked for the subvolume %d times", n)
+	}
+	v := e.create(t, e.req("pvc-1", 1<<20, nil))
+	if sv, _ := e.subvolume(t, v); sv.Name != rec.Backing {
 		t.Errorf("the retry made %s; the reservation names %s", sv.Name, rec.Backing)
 	}
 }

@@ -98,12 +98,29 @@ func (f *FuseMounter) Mount(ctx context.Context, req MountRequest) (Mount, error
 	if len(req.Options) > 0 {
 		args = append(args, "-o", strings.Join(req.Options, ","))
 	}
-	// ceph-fuse returns once req.Dir is mounted, and serves it as a daemon.
-	if _, err := f.Daemons.Run(ctx, fuseBinary, append(args, req.Dir)...); err != nil {
+	// ceph-fuse returns once req.Dir is mounted, and serves it as a daemon
+	// it forks first. Killing ceph-fuse at the deadline leaves that daemon,
+	// which a stalled cluster holds: it would keep the call waiting on its
+	// output past the deadline, then mount where no record names it. It is
+	// stopped too.
+	stop := context.AfterFunc(ctx, func() { f.stopClients(req.Dir) })
+	_, err = f.Daemons.Run(ctx, fuseBinary, append(args, req.Dir)...)
+	if !stop() && err == nil {
+		err = ctx.Err() // stopped as it mounted
+	}
+	if err != nil {
+		f.stopClients(req.Dir)
 		return m, fmt.Errorf("ceph-fuse mounting %s:%s as %s: %w", req.FS, req.Root, req.Creds, err)
 	}
 	m.PID = f.findPID(req.Dir)
 	return m, nil
+}
+
+// stopClients kills every ceph-fuse whose mount point is dir.
+func (f *FuseMounter) stopClients(dir string) {
+	for _, pid := range f.findPIDs(dir) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 func (f *FuseMounter) Alive(ctx context.Context, m Mount) error {
@@ -148,13 +165,23 @@ func (f *FuseMounter) serves(pid int, dir string) bool {
 
 // findPID finds the ceph-fuse serving dir; 0 when none does.
 func (f *FuseMounter) findPID(dir string) int {
-	entries, _ := os.ReadDir(f.ProcRoot)
-	for _, e := range entries {
-		if pid, err := strconv.Atoi(e.Name()); err == nil && f.serves(pid, dir) {
-			return pid
-		}
+	if pids := f.findPIDs(dir); len(pids) > 0 {
+		return pids[0]
 	}
 	return 0
+}
+
+// findPIDs finds the ceph-fuse processes whose mount point is dir: the
+// daemon serving it, and while it mounts, the process that forked it.
+func (f *FuseMounter) findPIDs(dir string) []int {
+	entries, _ := os.ReadDir(f.ProcRoot)
+	var pids []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && f.serves(pid, dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // KernelMounter mounts with the kernel client (mount -t ceph); the key

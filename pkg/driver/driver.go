@@ -57,7 +57,8 @@ type Options struct {
 	Nodes      kube.NodeChecker
 	KubeConfig string
 	// ObserveNodeOp, when set, is told how long each map, unmap, mkfs and
-	// mount (Op*) of the RBD node took, whatever its outcome.
+	// mount (Op*) of the RBD node, and each client mount of the CephFS
+	// node, took, whatever its outcome.
 	ObserveNodeOp func(op string, d time.Duration)
 	// Holders, when set, is told of Multi-Attach refusals and fences.
 	Holders rbd.HolderObserver
@@ -189,13 +190,18 @@ func newCephFSNode(o Options, connector cephfs.Connector) (*cephfs.Node, error) 
 	if o.DaemonSocket != "" {
 		daemons = daemonhost.NewClient(o.DaemonSocket)
 	}
+	mounters := map[string]cephfs.Mounter{
+		cephfs.MounterFuse: &cephfs.FuseMounter{Daemons: daemons, Runner: runner, Mounts: mounter, KeyDir: keys,
+			ProcRoot: "/proc", DevFuse: "/dev/fuse"},
+		cephfs.MounterKernel: &cephfs.KernelMounter{Mounts: mounter, Runner: runner, KeyDir: keys, ProcRoot: "/proc"},
+	}
+	if o.ObserveNodeOp != nil {
+		for name, m := range mounters {
+			mounters[name] = timedFSMounter{Mounter: m, observe: o.ObserveNodeOp}
+		}
+	}
 	return cephfs.NewNode(cephfs.NodeOptions{
-		Options: nodeOptions(o, mounter, state), Connector: connector, Config: o.Config,
-		Mounters: map[string]cephfs.Mounter{
-			cephfs.MounterFuse: &cephfs.FuseMounter{Daemons: daemons, Runner: runner, Mounts: mounter, KeyDir: keys,
-				ProcRoot: "/proc", DevFuse: "/dev/fuse"},
-			cephfs.MounterKernel: &cephfs.KernelMounter{Mounts: mounter, Runner: runner, KeyDir: keys, ProcRoot: "/proc"},
-		},
+		Options: nodeOptions(o, mounter, state), Connector: connector, Config: o.Config, Mounters: mounters,
 	}), nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/pkg/cephfs"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
@@ -73,4 +74,16 @@ func (m timedMapper) since(op string, start time.Time) { m.observe(op, time.Sinc
 type timedResizer struct {
 	timedMapper
 	mapper.Resizer
+}
+
+// timedFSMounter times a CephFS client's Mount (ceph-fuse or the kernel's)
+// as OpMount.
+type timedFSMounter struct {
+	cephfs.Mounter
+	observe func(op string, d time.Duration)
+}
+
+func (m timedFSMounter) Mount(ctx context.Context, req cephfs.MountRequest) (cephfs.Mount, error) {
+	defer func(start time.Time) { m.observe(OpMount, time.Since(start)) }(time.Now())
+	return m.Mounter.Mount(ctx, req)
 }

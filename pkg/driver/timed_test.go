@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pelagic-csi/pelagic/pkg/cephfs"
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 )
@@ -15,8 +16,8 @@ type resizingMapper struct{ *mapper.FakeMapper }
 
 func (resizingMapper) Resize(context.Context, mapper.Mapping) error { return nil }
 
-// TestTimedNodeOps: map, unmap, mkfs and mount are timed and nothing
-// else; a mapper that can resize still can through the wrapper.
+// TestTimedNodeOps: map, unmap, mkfs and mount, a CephFS client's
+// included, are timed and nothing else; a mapper that can resize still can through the wrapper.
 func TestTimedNodeOps(t *testing.T) {
 	var ops []string
 	observe := func(op string, d time.Duration) {
@@ -51,7 +52,13 @@ func TestTimedNodeOps(t *testing.T) {
 	_ = mounter.Format(ctx, "/dev/fake0", "ext4", nil)
 	_ = mounter.Mount(ctx, "/dev/fake0", t.TempDir(), "ext4", nil)
 	_ = mounter.BindMount(ctx, t.TempDir(), t.TempDir(), false)
-	want := []string{OpMap, OpUnmap, OpMap, OpUnmap, OpMkfs, OpMount}
+	fs := timedFSMounter{Mounter: cephfs.NewFakeMounter(cephfs.MounterFuse), observe: observe}
+	m, err := fs.Mount(ctx, cephfs.MountRequest{FS: "cephfs", Root: "/volumes/g/v", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = fs.Unmount(ctx, m, false)
+	want := []string{OpMap, OpUnmap, OpMap, OpUnmap, OpMkfs, OpMount, OpMount}
 	if !slices.Equal(ops, want) {
 		t.Errorf("timed %v; want %v", ops, want)
 	}
