@@ -148,6 +148,8 @@ func TestDriverProcessKeepsSecretsAndCounts(t *testing.T) {
 		{"pelagic_node_operation_duration_seconds_count", []string{`operation="mount"`}},
 		{"pelagic_node_operation_duration_seconds_count", []string{`operation="unmap"`}},
 		{"pelagic_multiattach_refusals_total", []string{`call="publish"`, `reason="attached"`}},
+		{"pelagic_ceph_connections", []string{`state="connected"`}},
+		{"pelagic_ceph_connect_failures_total", nil}, // the wrong key's
 		{"go_goroutines", nil},
 		{"process_resident_memory_bytes", nil},
 	} {

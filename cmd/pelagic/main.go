@@ -118,6 +118,7 @@ func run(ctx context.Context, o *Options) error {
 	var outer []grpc.UnaryServerInterceptor
 	var servers []func(context.Context) error
 	if o.MetricsAddress != "" {
+		metrics.NewCephConnections(reg, d.Conns.State)
 		outer = append(outer, rpc.Interceptor)
 		servers = append(servers, metricsServer(o, reg, d.Services.Identity))
 	}

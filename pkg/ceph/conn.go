@@ -52,8 +52,9 @@ type connEntry struct {
 type ConnPool struct {
 	Timeouts Timeouts
 
-	mu    sync.Mutex
-	conns map[connKey]*connEntry
+	mu       sync.Mutex
+	conns    map[connKey]*connEntry
+	failures map[string]uint64 // failed connects by cluster ID
 }
 
 // NewConnPool returns an empty pool using t (zero fields take defaults).
@@ -67,7 +68,7 @@ func NewConnPool(t Timeouts) *ConnPool {
 	if t.Mount == 0 {
 		t.Mount = DefaultTimeouts.Mount
 	}
-	return &ConnPool{Timeouts: t, conns: make(map[connKey]*connEntry)}
+	return &ConnPool{Timeouts: t, conns: make(map[connKey]*connEntry), failures: map[string]uint64{}}
 }
 
 // Get returns the cached connection for cluster and creds, connecting if
@@ -113,6 +114,7 @@ func (p *ConnPool) connect(key connKey, e *connEntry, cluster *ClusterConfig, cr
 	if e.err != nil {
 		p.mu.Lock()
 		delete(p.conns, key)
+		p.failures[key.clusterID]++
 		p.mu.Unlock()
 	}
 	close(e.ready)
@@ -180,6 +182,36 @@ func (p *ConnPool) Cached(clusterID string) []*Conn {
 			}
 		default:
 		}
+	}
+	return out
+}
+
+// ConnState is how a pool's connections to one cluster stand.
+type ConnState struct {
+	Connected  int    // cached connections, each one librados handle
+	Connecting int    // connects under way
+	Failures   uint64 // connects that failed since the pool was made
+}
+
+// State reports the pool's connections by cluster ID, for metrics.
+func (p *ConnPool) State() map[string]ConnState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]ConnState{}
+	for id, n := range p.failures {
+		out[id] = ConnState{Failures: n}
+	}
+	for k, e := range p.conns {
+		st := out[k.clusterID]
+		select {
+		case <-e.ready:
+			if e.conn != nil {
+				st.Connected++
+			}
+		default:
+			st.Connecting++
+		}
+		out[k.clusterID] = st
 	}
 	return out
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 )
 
 // RPC holds the metrics of the CSI calls.
@@ -98,6 +100,39 @@ func (h *Holders) Refused(call, reason string) { h.refusals.WithLabelValues(call
 
 // Fenced counts one fenced holder.
 func (h *Holders) Fenced(reason string) { h.fences.WithLabelValues(reason).Inc() }
+
+// cephConnections reports, at each scrape, how the driver's connections
+// to each Ceph cluster stand.
+type cephConnections struct {
+	state              func() map[string]ceph.ConnState
+	connections, fails *prometheus.Desc
+}
+
+// NewCephConnections registers on reg the state of the connections that
+// state reports (a ceph.ConnPool's State).
+func NewCephConnections(reg prometheus.Registerer, state func() map[string]ceph.ConnState) {
+	reg.MustRegister(&cephConnections{state: state,
+		connections: prometheus.NewDesc("pelagic_ceph_connections",
+			"Connections to a Ceph cluster the driver holds (connected) or is making (connecting), by cluster ID.",
+			[]string{"cluster_id", "state"}, nil),
+		fails: prometheus.NewDesc("pelagic_ceph_connect_failures_total",
+			"Connections to a Ceph cluster that could not be made (monitors unreachable, wrong credentials), by cluster ID.",
+			[]string{"cluster_id"}, nil),
+	})
+}
+
+func (c *cephConnections) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.connections
+	ch <- c.fails
+}
+
+func (c *cephConnections) Collect(ch chan<- prometheus.Metric) {
+	for id, st := range c.state() {
+		ch <- prometheus.MustNewConstMetric(c.connections, prometheus.GaugeValue, float64(st.Connected), id, "connected")
+		ch <- prometheus.MustNewConstMetric(c.connections, prometheus.GaugeValue, float64(st.Connecting), id, "connecting")
+		ch <- prometheus.MustNewConstMetric(c.fails, prometheus.CounterValue, float64(st.Failures), id)
+	}
+}
 
 // Interceptor counts and times every unary call; outermost, it sees the
 // code and the time the caller sees.

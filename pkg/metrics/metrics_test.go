@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 )
 
 // TestScrapeAfterCalls: calls through the interceptor show in a scrape of
@@ -108,5 +110,29 @@ func TestHoldersScraped(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("scrape lacks %s", want)
 		}
+	}
+}
+
+// TestCephConnections: each scrape reports the connection state as the
+// pool reports it at that moment.
+func TestCephConnections(t *testing.T) {
+	reg, _ := NewRegistry()
+	state := map[string]ceph.ConnState{"rook-ceph": {Connected: 2, Failures: 1}, "other": {Connecting: 1}}
+	NewCephConnections(reg, func() map[string]ceph.ConnState { return state })
+	text := scrape(t, Handler(reg))
+	for _, want := range []string{
+		`pelagic_ceph_connections{cluster_id="rook-ceph",state="connected"} 2`,
+		`pelagic_ceph_connections{cluster_id="rook-ceph",state="connecting"} 0`,
+		`pelagic_ceph_connections{cluster_id="other",state="connecting"} 1`,
+		`pelagic_ceph_connect_failures_total{cluster_id="rook-ceph"} 1`,
+		`pelagic_ceph_connect_failures_total{cluster_id="other"} 0`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
+	state = map[string]ceph.ConnState{"rook-ceph": {Connected: 1, Failures: 3}}
+	if text := scrape(t, Handler(reg)); !strings.Contains(text, `pelagic_ceph_connect_failures_total{cluster_id="rook-ceph"} 3`) {
+		t.Errorf("a later scrape does not read the pool again:\n%s", text)
 	}
 }
