@@ -200,8 +200,9 @@ func TestCephFSMonitorRestart(t *testing.T) {
 // NodeStage: right after ceph-fuse mounted the volume, before the staging
 // path is bound and the stage is recorded. The NodeStage the CO retries,
 // on the restarted plugin, converges on one ceph-fuse and one mount at the
-// staging path; the volume publishes, what was written reads back after a
-// restage, and NodeUnstage leaves no ceph-fuse, mount or mount directory.
+// staging path, the leftover client's caps given back; the volume
+// publishes, what was written reads back after a restage without waiting
+// on them, and NodeUnstage leaves no ceph-fuse, mount or mount directory.
 func TestCephFSNodeStageSurvivesPluginKill(t *testing.T) {
 	e := newCephFSEnv(t)
 	state, work := shortTempDir(t), t.TempDir()
@@ -243,10 +244,17 @@ func TestCephFSNodeStageSurvivesPluginKill(t *testing.T) {
 	for seq := range int64(blocks) {
 		data = append(data, block(seq)...)
 	}
+	// The killed stage's ceph-fuse must have given its caps back: had it
+	// been stopped without closing its session, this write would wait for
+	// the MDS to time that session out (60 s).
+	start := time.Now()
 	if err := writeSynced(filepath.Join(r.target, "data"), data); err != nil {
 		t.Fatal(err)
 	}
 	r.readBack(t, ctx, pl.node, blocks)
+	if took := time.Since(start); took > 30*time.Second {
+		t.Fatalf("writing and reading back took %v: the leftover client's caps held it up", took)
+	}
 	eventually(t, 30*time.Second, "nothing left after NodeUnstage", func() error {
 		if left := fsNodeStateOf(t, state, r.staging, r.target); !left.empty() {
 			return fmt.Errorf("left: %s", left)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
@@ -116,6 +117,28 @@ func (f *FuseMounter) Mount(ctx context.Context, req MountRequest) (Mount, error
 	return m, nil
 }
 
+// fuseExitWait bounds the wait for a ceph-fuse to exit once unmounted.
+const fuseExitWait = 10 * time.Second
+
+// awaitExit waits for the ceph-fuse of dir, unmounted, to exit by itself,
+// as it does once it has closed its MDS session (giving its caps back),
+// so that the client is gone when an unmount returns; one that lingers
+// past the wait, or the call's deadline, is stopped.
+func (f *FuseMounter) awaitExit(ctx context.Context, dir string) {
+	ctx, cancel := context.WithTimeout(ctx, fuseExitWait)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for len(f.findPIDs(dir)) > 0 {
+		select {
+		case <-ctx.Done():
+			f.stopClients(dir)
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 // stopClients kills every ceph-fuse whose mount point is dir.
 func (f *FuseMounter) stopClients(dir string) {
 	for _, pid := range f.findPIDs(dir) {
@@ -132,7 +155,11 @@ func (f *FuseMounter) Alive(ctx context.Context, m Mount) error {
 
 func (f *FuseMounter) Unmount(ctx context.Context, m Mount, force bool) error {
 	if !force {
-		return f.Mounts.Unmount(ctx, m.Dir) // ceph-fuse exits by itself
+		if err := f.Mounts.Unmount(ctx, m.Dir); err != nil {
+			return err
+		}
+		f.awaitExit(ctx, m.Dir)
+		return nil
 	}
 	if err := f.Mounts.Detach(ctx, m.Dir); err != nil {
 		return err

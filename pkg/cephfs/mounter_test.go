@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
+	"github.com/pelagic-csi/pelagic/pkg/mount"
 )
 
 // stalledFuse stands for a ceph-fuse whose cluster stalled: it forks its
@@ -58,5 +59,39 @@ func TestFuseMountStopsItsDaemonAtTheDeadline(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		_ = runner.daemon.Process.Kill()
 		t.Fatalf("the daemon of the mount cut short lives on (%v)", err)
+	}
+}
+
+// TestFuseUnmountAwaitsTheClientsExit: unmounted, ceph-fuse exits by
+// itself once its session is closed; one that lingers past the call's
+// deadline is stopped, so no client outlives the unmount.
+func TestFuseUnmountAwaitsTheClientsExit(t *testing.T) {
+	runner := &stalledFuse{t: t, procRoot: t.TempDir()}
+	dir := filepath.Join(t.TempDir(), "mnt")
+	started, cancelStart := context.WithCancel(context.Background())
+	cancelStart()
+	_, _ = runner.Run(started, fuseBinary, "-c", "/dev/null", dir) // a daemon serving dir, whose mount fails
+	mounts := mount.NewFakeMounter()
+	mounts.Mounts[dir] = mount.FakeMount{Device: "ceph-fuse"}
+	f := &FuseMounter{Mounts: mounts, ProcRoot: runner.procRoot}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := f.Unmount(ctx, Mount{Mounter: MounterFuse, Dir: dir}, false); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Unmount returned %v after its deadline", took)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- runner.daemon.Wait() }()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = runner.daemon.Process.Kill()
+		t.Fatal("the ceph-fuse that lingered after its unmount lives on")
+	}
+	if _, mounted := mounts.Mounts[dir]; mounted {
+		t.Error("not unmounted")
 	}
 }

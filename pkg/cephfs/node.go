@@ -260,12 +260,20 @@ func (n *Node) clearLeftovers(ctx context.Context, volumeID string) {
 	for _, d := range dirs {
 		mnt := filepath.Join(d, "mnt")
 		klog.FromContext(ctx).Info("removing a mount no stage record names", "volume", volumeID, "dir", mnt)
-		// Forced, either mounter detaches it; ceph-fuse's also stops the client.
 		name := MounterFuse
 		if _, ok := n.opts.Mounters[name]; !ok {
 			name = MounterKernel
 		}
-		n.unmount(ctx, Mount{Mounter: name, Dir: mnt}, true)
+		// Unmounted cleanly, the client closes its MDS session and gives
+		// its caps back; stopped by force, it keeps them until the MDS
+		// times the session out (a minute), and the volume's next mount
+		// waits on them. Forced only when the clean unmount fails (a dead
+		// client, a busy mount): either mounter detaches it then, and
+		// ceph-fuse's is stopped.
+		m := Mount{Mounter: name, Dir: mnt}
+		if err := n.unmountMount(ctx, m, false); err != nil {
+			n.unmount(ctx, m, true)
+		}
 	}
 }
 
