@@ -86,12 +86,16 @@ func TestCephFSDeadFuseRemounted(t *testing.T) {
 				t.Fatalf("health after the kill: %v, %v; want MountDead", h, err)
 			}
 			start := time.Now()
+			// The MDS keeps the caps of the killed client's session until
+			// it times the session out (session_timeout, 60 s): the new
+			// mount may wait that long on the volume's root.
+			ctx := testContext(t, 2*time.Minute)
 			switch via {
 			case "NodeStage":
-				_, err = node.NodeStageVolume(testContext(t, time.Minute), &csi.NodeStageVolumeRequest{VolumeId: v.GetVolumeId(),
+				_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.GetVolumeId(),
 					StagingTargetPath: m.staging, VolumeCapability: rwx, VolumeContext: v.GetVolumeContext(), Secrets: e.secrets})
 			default:
-				_, err = node.NodePublishVolume(testContext(t, time.Minute), &csi.NodePublishVolumeRequest{VolumeId: v.GetVolumeId(),
+				_, err = node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.GetVolumeId(),
 					StagingTargetPath: m.staging, TargetPath: m.target, VolumeCapability: rwx, VolumeContext: v.GetVolumeContext()})
 			}
 			if err != nil {
