@@ -2,6 +2,7 @@ package cephfs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +41,19 @@ func (s *stalledFuse) Run(ctx context.Context, name string, args ...string) ([]b
 	return nil, ctx.Err()
 }
 
+// expectDaemonStopped fails with why unless the daemon exits soon.
+func (s *stalledFuse) expectDaemonStopped(why string) {
+	s.t.Helper()
+	exited := make(chan error, 1)
+	go func() { exited <- s.daemon.Wait() }()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = s.daemon.Process.Kill()
+		s.t.Fatal(why)
+	}
+}
+
 // TestFuseMountStopsItsDaemonAtTheDeadline: a ceph-fuse mount the deadline
 // cuts short leaves no daemon to mount later, where no record names it.
 func TestFuseMountStopsItsDaemonAtTheDeadline(t *testing.T) {
@@ -52,14 +66,7 @@ func TestFuseMountStopsItsDaemonAtTheDeadline(t *testing.T) {
 	if err == nil {
 		t.Fatal("a mount past its deadline succeeded")
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- runner.daemon.Wait() }()
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-		_ = runner.daemon.Process.Kill()
-		t.Fatalf("the daemon of the mount cut short lives on (%v)", err)
-	}
+	runner.expectDaemonStopped(fmt.Sprintf("the daemon of the mount cut short lives on (%v)", err))
 }
 
 // TestFuseUnmountAwaitsTheClientsExit: unmounted, ceph-fuse exits by
@@ -83,14 +90,7 @@ func TestFuseUnmountAwaitsTheClientsExit(t *testing.T) {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("Unmount returned %v after its deadline", took)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- runner.daemon.Wait() }()
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-		_ = runner.daemon.Process.Kill()
-		t.Fatal("the ceph-fuse that lingered after its unmount lives on")
-	}
+	runner.expectDaemonStopped("the ceph-fuse that lingered after its unmount lives on")
 	if _, mounted := mounts.Mounts[dir]; mounted {
 		t.Error("not unmounted")
 	}
