@@ -1,7 +1,10 @@
 # go-ceph needs the tag of the Ceph release it builds against (Pacific here).
 GO_TAGS   ?= pacific
 GO        ?= go
-GOFLAGS_T := -tags $(GO_TAGS)
+# grpcnotrace builds gRPC without golang.org/x/net/trace, whose templates look
+# methods up by name and so keep every exported method of every type linked:
+# 4 MB less code, and as much less memory.
+GOFLAGS_T := -tags $(GO_TAGS),grpcnotrace
 BIN       ?= bin
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 TEST_TIMEOUT ?= 75m

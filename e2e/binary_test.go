@@ -32,7 +32,7 @@ func buildPelagic(t *testing.T) string {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "pelagic")
-	cmd := exec.Command("go", "build", "-tags", "pacific", "-o", bin, "./cmd/pelagic")
+	cmd := exec.Command("go", "build", "-tags", "pacific,grpcnotrace", "-o", bin, "./cmd/pelagic") // as make build
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/pelagic: %v: %s", err, out)
