@@ -17,6 +17,9 @@ func CheckPath(what, path, root string) error {
 		return status.Errorf(codes.InvalidArgument, "%s is missing", what)
 	case !filepath.IsAbs(path):
 		return status.Errorf(codes.InvalidArgument, "%s %q must be absolute", what, path)
+	case strings.ContainsRune(path, 0):
+		// No system call takes it: every file operation on it fails (EINVAL).
+		return status.Errorf(codes.InvalidArgument, "%s %q contains a NUL byte", what, path)
 	}
 	for _, elem := range strings.Split(path, "/") {
 		if elem == ".." {

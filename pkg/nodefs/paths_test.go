@@ -23,6 +23,7 @@ func TestCheckPath(t *testing.T) {
 		{"/var/lib/kubelet", kubelet, false}, // the directory itself
 		{"/var/lib/kubeletx/pods", kubelet, false},
 		{"/etc/passwd", kubelet, false},
+		{"/var/lib/kubelet/plugins/x/\x00/globalmount", kubelet, false},
 	}
 	for _, tc := range tests {
 		err := CheckPath("target path", tc.path, tc.root)
