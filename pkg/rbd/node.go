@@ -137,6 +137,49 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 // the image's metadata, then in the stage record. prev is the stage record
 // of a mapping being replaced (its Unmap done), nil for a first mapping.
 func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, prev *stageRecord) (*stageRecord, error) {
+	t, err := n.stageTargetOf(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	image := req.GetVolumeContext()[CtxImageName]
+	if prev != nil {
+		if err := waitForWatchGone(ctx, t.pool, image, prev.Mapping.ClientAddr); err != nil {
+			return nil, err
+		}
+	}
+	mapping, err := n.mapAndRecord(ctx, req, t)
+	if err != nil {
+		return nil, err
+	}
+	rec := newStageRecord(req, t, mapping, prev)
+	// The stage record only after the image's mapping record: it makes a
+	// retry skip mapping, so it must only exist once the controller can
+	// see this node's client.
+	// The index first: an entry whose stage record is missing is dropped
+	// when found, and a stage record must never be missing from it.
+	err = n.vols.Staged.Put(req.GetVolumeId(), req.GetStagingTargetPath())
+	if err == nil {
+		err = nodefs.WriteRecord(req.GetStagingTargetPath(), rec)
+	}
+	if err != nil {
+		_ = t.mapper.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
+		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
+	}
+	return rec, nil
+}
+
+// stageTarget is what a stage request maps with, and where.
+type stageTarget struct {
+	mapper             mapper.Mapper
+	mapOpts, unmapOpts string
+	cluster            *ceph.ClusterConfig
+	creds              ceph.Credentials
+	pool               Pool
+}
+
+// stageTargetOf checks a stage request's mapper and options, and opens
+// the pool of its image.
+func (n *Node) stageTargetOf(ctx context.Context, req *csi.NodeStageVolumeRequest) (*stageTarget, error) {
 	vctx := req.GetVolumeContext()
 	cc, creds, err := volume.StageCluster(n.opts.Config, vctx[ParamClusterID], req.GetSecrets(), vctx)
 	if err != nil {
@@ -163,59 +206,55 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 	}
 	n.known.Remember(cl, pool.Name(), cc.RBD.RadosNamespace)
 	n.forgets.drain(ctx, cl)
+	return &stageTarget{mapper: m, mapOpts: mapOpts, unmapOpts: unmapOpts, cluster: cc, creds: creds, pool: pool}, nil
+}
+
+// mapAndRecord maps the image once no other node holds it, and records in
+// the image which client maps it on this node.
+func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest, t *stageTarget) (mapper.Mapping, error) {
+	vctx, cc, m := req.GetVolumeContext(), t.cluster, t.mapper
 	image := vctx[CtxImageName]
-	if prev != nil {
-		if err := waitForWatchGone(ctx, pool, image, prev.Mapping.ClientAddr); err != nil {
-			return nil, err
-		}
-	}
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
-	own := ownMappingClient(ctx, m, pool.Name(), cc.RBD.RadosNamespace, image)
-	usage, err := n.checkHolders(ctx, pool, image, req.GetVolumeId(), mode, own)
+	own := ownMappingClient(ctx, m, t.pool.Name(), cc.RBD.RadosNamespace, image)
+	usage, err := n.checkHolders(ctx, t.pool, image, req.GetVolumeId(), mode, own)
 	if err != nil {
-		return nil, err
+		return mapper.Mapping{}, err
 	}
-	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: pool.Name(),
-		RadosNamespace: cc.RBD.RadosNamespace, Name: image, Creds: creds}
+	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: t.pool.Name(),
+		RadosNamespace: cc.RBD.RadosNamespace, Name: image, Creds: t.creds}
 	mapping, err := n.mapFresh(ctx, m, img, usage.Records, mapper.MapOptions{
 		ReadOnly:  readOnlyMode(req.GetVolumeCapability()),
 		Exclusive: m.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
-		Options:   mapOpts})
+		Options:   t.mapOpts})
 	if err != nil {
-		return nil, err
+		return mapper.Mapping{}, err
 	}
-	recorded, err := n.recordMapping(ctx, pool, image, req.GetVolumeId(), mode, mapping, usage.Watchers)
+	recorded, err := n.recordMapping(ctx, t.pool, image, req.GetVolumeId(), mode, mapping, usage.Watchers)
 	if err != nil {
 		if m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
 			n.ended.add(mapping.ClientAddr, time.Now())
 		}
-		return nil, err
+		return mapper.Mapping{}, err
 	}
 	mapping.ClientAddr, mapping.ClientID = recorded.ClientAddr, recorded.ClientID
-	rec := &stageRecord{VolumeID: req.GetVolumeId(), ClusterID: cc.ClusterID, Mapping: mapping,
-		Block: req.GetVolumeCapability().GetBlock() != nil, Mode: mode.String(), Staged: time.Now().UTC(),
-		UnmapOptions: unmapOpts, VolumeContext: vctx, MountFlags: req.GetVolumeCapability().GetMount().GetMountFlags()}
+	return mapping, nil
+}
+
+// newStageRecord is the stage record of a mapping made for req; a
+// replaced mapping's targets (bound again by the caller) carry over.
+func newStageRecord(req *csi.NodeStageVolumeRequest, t *stageTarget, mapping mapper.Mapping, prev *stageRecord) *stageRecord {
+	c := req.GetVolumeCapability()
+	rec := &stageRecord{VolumeID: req.GetVolumeId(), ClusterID: t.cluster.ClusterID, Mapping: mapping,
+		Block: c.GetBlock() != nil, Mode: c.GetAccessMode().GetMode().String(), Staged: time.Now().UTC(),
+		UnmapOptions: t.unmapOpts, VolumeContext: req.GetVolumeContext(), MountFlags: c.GetMount().GetMountFlags()}
 	if !rec.Block {
-		rec.FSType = fsTypeOf(req.GetVolumeCapability())
+		rec.FSType = fsTypeOf(c)
 	}
 	if prev != nil {
-		rec.Targets = prev.Targets // bound again by the caller
+		rec.Targets = prev.Targets
 		rec.CephCSIStash = prev.CephCSIStash
 	}
-	// The stage record only after the image's mapping record: it makes a
-	// retry skip mapping, so it must only exist once the controller can
-	// see this node's client.
-	// The index first: an entry whose stage record is missing is dropped
-	// when found, and a stage record must never be missing from it.
-	err = n.vols.Staged.Put(req.GetVolumeId(), req.GetStagingTargetPath())
-	if err == nil {
-		err = nodefs.WriteRecord(req.GetStagingTargetPath(), rec)
-	}
-	if err != nil {
-		_ = m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{})
-		return nil, status.Errorf(codes.Internal, "recording the mapping: %v", err)
-	}
-	return rec, nil
+	return rec
 }
 
 // checkMapper runs a mapper's Check until it has succeeded once: the tools
