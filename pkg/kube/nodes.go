@@ -1,22 +1,22 @@
 // Package kube holds the one thing Pelagic asks of the Kubernetes API:
-// whether a CSI node ID belongs to a node this driver runs on.
+// whether a CSI node ID belongs to a node this driver runs on. It lists and
+// watches CSINodes over HTTPS itself: client-go's REST machinery made up a
+// quarter of the driver's code, and of its memory, for one resource.
 package kube
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/url"
+	"slices"
+	"strconv"
+	"sync"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 )
 
 // NodeChecker tells whether a CSI node ID names a node of this driver.
@@ -29,107 +29,175 @@ type NodeChecker interface {
 // ErrNotSynced: the cache has not yet listed the cluster's CSINodes.
 var ErrNotSynced = errors.New("the CSINode cache has not synced with the API server yet (the controller needs get, list and watch on storage.k8s.io csinodes)")
 
-// byDriverNodeID indexes CSINodes by the node IDs they hold for the driver.
-const byDriverNodeID = "driverNodeID"
+const csiNodesPath = "/apis/storage.k8s.io/v1/csinodes"
 
-// CSINodes answers from the CSINode objects kubelet writes when a node
-// plugin registers: each lists its node's drivers with their node IDs.
-// An informer watches them and keeps them cached, so HasNode costs no
-// API request.
+// watchTimeout is how long one watch lasts before the CSINodes are listed
+// again; the API server ends it then.
+const watchTimeout = 5 * time.Minute
+
+// CSINodes is a NodeChecker answering from a cache of the cluster's
+// CSINodes, kept by Run.
 type CSINodes struct {
-	informer cache.SharedIndexInformer
+	api    *apiServer
+	driver string
+
+	mu     sync.Mutex
+	synced bool
+	ids    map[string][]string // CSINode name -> the node IDs it holds for driver
 }
 
 var _ NodeChecker = (*CSINodes)(nil)
 
-// csiNodes is the resource the node plugins register their node IDs in.
-var csiNodes = schema.GroupVersionResource{Group: "storage.k8s.io", Version: "v1", Resource: "csinodes"}
-
-// NewCSINodes watches client's CSINodes for driverName's node IDs once Run
-// runs. It reads them as unstructured objects through the dynamic client:
-// the typed clients bring every Kubernetes API type into the binary, which
-// made the driver a fifth larger, in its file and in its memory, for two
-// fields.
-func NewCSINodes(client dynamic.Interface, driverName string, resync time.Duration) *CSINodes {
-	api := client.Resource(csiNodes)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-			return api.List(ctx, opts)
-		},
-		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-			return api.Watch(ctx, opts)
-		},
-	}
-	// A fake client cannot stream a list: the wrapper tells the reflector.
-	watcher := cache.ToListWatcherWithWatchListSemantics(lw, client)
-	return &CSINodes{informer: cache.NewSharedIndexInformer(watcher, &unstructured.Unstructured{}, resync, cache.Indexers{
-		byDriverNodeID: func(obj any) ([]string, error) { return nodeIDs(obj, driverName), nil },
-	})}
+// csiNode is the part of a CSINode the driver reads.
+type csiNode struct {
+	Metadata struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+	Spec struct {
+		Drivers []struct {
+			Name   string `json:"name"`
+			NodeID string `json:"nodeID"`
+		} `json:"drivers"`
+	} `json:"spec"`
 }
 
-// nodeIDs returns the node IDs a CSINode holds for driverName
-// (spec.drivers[].name and .nodeID).
-func nodeIDs(obj any, driverName string) []string {
-	n, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return nil
-	}
-	drivers, _, _ := unstructured.NestedSlice(n.Object, "spec", "drivers")
+// nodeIDs returns the node IDs n holds for driver.
+func (n *csiNode) nodeIDs(driver string) []string {
 	var ids []string
-	for _, d := range drivers {
-		d, _ := d.(map[string]any)
-		name, _ := d["name"].(string)
-		id, _ := d["nodeID"].(string)
-		if name == driverName && id != "" {
-			ids = append(ids, id)
+	for _, d := range n.Spec.Drivers {
+		if d.Name == driver && d.NodeID != "" {
+			ids = append(ids, d.NodeID)
 		}
 	}
 	return ids
 }
 
-// Run watches until ctx ends.
-func (c *CSINodes) Run(ctx context.Context) { c.informer.RunWithContext(ctx) }
-
 // HasNode implements NodeChecker from the cache.
 func (c *CSINodes) HasNode(_ context.Context, nodeID string) (bool, error) {
-	if !c.informer.HasSynced() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.synced {
 		return false, ErrNotSynced
 	}
-	objs, err := c.informer.GetIndexer().ByIndex(byDriverNodeID, nodeID)
-	return len(objs) > 0, err
+	for _, ids := range c.ids {
+		if slices.Contains(ids, nodeID) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
-// RESTConfig finds Kubernetes access: the kubeconfig file when one is
-// named, else the pod's in-cluster config; nil, and no error, when there
-// is neither.
-func RESTConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+// Run lists and watches the CSINodes until ctx ends, listing again when a
+// watch ends and backing off while the API server fails.
+func (c *CSINodes) Run(ctx context.Context) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		version, err := c.list(ctx)
+		if err == nil {
+			backoff = time.Second
+			err = c.watch(ctx, version)
 		}
-		return cfg, nil
+		if err == nil || ctx.Err() != nil {
+			continue
+		}
+		klog.FromContext(ctx).Error(err, "watching CSINodes; trying again", "in", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
 	}
-	cfg, err := rest.InClusterConfig()
-	if errors.Is(err, rest.ErrNotInCluster) {
-		return nil, nil
+}
+
+// list replaces the cache with the CSINodes as they are, and returns the
+// list's resource version.
+func (c *CSINodes) list(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	body, err := c.api.get(ctx, csiNodesPath, nil)
+	if err != nil {
+		return "", fmt.Errorf("listing CSINodes: %w", err)
 	}
-	return cfg, err
+	defer body.Close()
+	var list struct {
+		Metadata struct {
+			ResourceVersion string `json:"resourceVersion"`
+		} `json:"metadata"`
+		Items []csiNode `json:"items"`
+	}
+	if err := json.NewDecoder(body).Decode(&list); err != nil {
+		return "", fmt.Errorf("listing CSINodes: %w", err)
+	}
+	ids := map[string][]string{}
+	for i := range list.Items {
+		ids[list.Items[i].Metadata.Name] = list.Items[i].nodeIDs(c.driver)
+	}
+	c.mu.Lock()
+	c.ids, c.synced = ids, true
+	c.mu.Unlock()
+	return list.Metadata.ResourceVersion, nil
+}
+
+// watchEvent is one line of a watch.
+type watchEvent struct {
+	Type   string          `json:"type"`
+	Object json.RawMessage `json:"object"`
+}
+
+// watch applies the changes since version until the watch ends: nil when
+// the API server ended it or asked for a new list (an ERROR event, such as
+// 410 Gone for a version too old).
+func (c *CSINodes) watch(ctx context.Context, version string) error {
+	ctx, cancel := context.WithTimeout(ctx, watchTimeout+time.Minute)
+	defer cancel()
+	query := url.Values{"watch": {"true"}, "resourceVersion": {version}, "allowWatchBookmarks": {"true"},
+		"timeoutSeconds": {strconv.Itoa(int(watchTimeout.Seconds()))}}
+	body, err := c.api.get(ctx, csiNodesPath, query)
+	if err != nil {
+		return fmt.Errorf("watching CSINodes: %w", err)
+	}
+	defer body.Close()
+	dec := json.NewDecoder(body)
+	for {
+		var ev watchEvent
+		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("watching CSINodes: %w", err)
+		}
+		if ev.Type == "ERROR" {
+			return nil
+		}
+		c.apply(ev)
+	}
+}
+
+// apply changes the cache by one watch event.
+func (c *CSINodes) apply(ev watchEvent) {
+	var n csiNode
+	if ev.Type == "BOOKMARK" || json.Unmarshal(ev.Object, &n) != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch ev.Type {
+	case "ADDED", "MODIFIED":
+		c.ids[n.Metadata.Name] = n.nodeIDs(c.driver)
+	case "DELETED":
+		delete(c.ids, n.Metadata.Name)
+	}
 }
 
 // WatchCSINodes returns a NodeChecker over the cluster that kubeconfig (or
-// the in-cluster config) reaches, watching until ctx ends; nil when there
-// is no Kubernetes access.
+// the in-cluster service account) reaches, watching until ctx ends; nil
+// when there is no Kubernetes access.
 func WatchCSINodes(ctx context.Context, kubeconfig, driverName string) (NodeChecker, error) {
-	cfg, err := RESTConfig(kubeconfig)
-	if err != nil || cfg == nil {
+	api, err := findAPIServer(kubeconfig)
+	if err != nil || api == nil {
 		return nil, err
 	}
-	client, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	nodes := NewCSINodes(client, driverName, 10*time.Minute)
+	nodes := &CSINodes{api: api, driver: driverName}
 	go nodes.Run(ctx)
 	return nodes, nil
 }
