@@ -43,19 +43,20 @@ controller() {
 	mapfile -t args < <(deployed_args "$type/controller.yaml" pelagic |
 		host_paths "/csi/=$cd/" "/etc/ceph-csi-config/=$CONFIG_DIR/")
 	pick_ports "$port" "$metrics"
-	# the last of a flag given twice wins: the deployed addresses move to loopback
-	start "pelagic-controller-$type" "$ROOT/bin/pelagic" "${args[@]}" --healthz-address="127.0.0.1:${!port}" \
-		--metrics-address="127.0.0.1:${!metrics}"
-	wait_for "the $type controller's socket" 30 test -S "$cd/csi.sock"
-	alive "pelagic-controller-$type"
-
-	# The sidecars run as the deployed service account, so its RBAC is what is tested.
+	# The controller and its sidecars run as the deployed service account, so its RBAC is what
+	# is tested: the controller watches CSINodes with it, to know the nodes it publishes to.
 	# The token goes straight into the kubeconfig file, never onto a command line.
 	if [[ ! -f $DIR/sidecars.kubeconfig ]]; then
 		local token
 		token=$(kubectl -n pelagic create token pelagic-controller --duration=24h)
 		printf 'token: %s\n' "$token" | write_kubeconfig "$DIR/sidecars.kubeconfig" pelagic-controller
 	fi
+	# the last of a flag given twice wins: the deployed addresses move to loopback
+	start "pelagic-controller-$type" "$ROOT/bin/pelagic" "${args[@]}" --healthz-address="127.0.0.1:${!port}" \
+		--metrics-address="127.0.0.1:${!metrics}" --kubeconfig="$DIR/sidecars.kubeconfig"
+	wait_for "the $type controller's socket" 30 test -S "$cd/csi.sock"
+	alive "pelagic-controller-$type"
+
 	local s
 	for s in "$@"; do
 		mapfile -t args < <(deployed_args "$type/controller.yaml" "$s" | host_paths "/csi/=$cd/")
