@@ -125,17 +125,9 @@ const fuseExitWait = 10 * time.Second
 // so that the client is gone when an unmount returns; one that lingers
 // past the wait, or the call's deadline, is stopped.
 func (f *FuseMounter) awaitExit(ctx context.Context, dir string) {
-	ctx, cancel := context.WithTimeout(ctx, fuseExitWait)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for len(f.findPIDs(dir)) > 0 {
-		select {
-		case <-ctx.Done():
-			f.stopClients(dir)
-			return
-		case <-tick.C:
-		}
+	exited := func() (bool, error) { return len(f.findPIDs(dir)) == 0, nil }
+	if util.WaitFor(ctx, fuseExitWait, "ceph-fuse to exit", exited) != nil {
+		f.stopClients(dir)
 	}
 }
 

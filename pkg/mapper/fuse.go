@@ -21,6 +21,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 	"github.com/pelagic-csi/pelagic/pkg/nodefs"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 )
 
 // fuse maps images without kernel rbd or nbd: each mapping runs its own
@@ -255,7 +256,7 @@ func (f *fuse) runFuse(ctx context.Context, dir string, img Image, conf, keyfile
 // connects to the cluster only after it has daemonized; if that fails it
 // exits and leaves a dead mount behind.
 func (f *fuse) waitForImage(ctx context.Context, dir string, st fuseState) error {
-	err := waitFor(ctx, f.cfg.FuseStartTimeout, "rbd-fuse to serve "+st.Image, func() (bool, error) {
+	err := util.WaitFor(ctx, f.cfg.FuseStartTimeout, "rbd-fuse to serve "+st.Image, func() (bool, error) {
 		_, err := nodefs.StatBounded(ctx, st.imageFile())
 		switch {
 		case err == nil:
@@ -317,7 +318,7 @@ func (f *fuse) learnedAddrs(ctx context.Context, socket, logFile string) (map[st
 	}
 	var addrs map[string]bool
 	// The dump is written by rbd-fuse's log thread; give it a moment.
-	err := waitFor(ctx, 2*time.Second, "rbd-fuse log dump", func() (bool, error) {
+	err := util.WaitFor(ctx, 2*time.Second, "rbd-fuse log dump", func() (bool, error) {
 		data, err := os.ReadFile(logFile)
 		if errors.Is(err, os.ErrNotExist) {
 			return false, nil
@@ -493,7 +494,7 @@ func (f *fuse) detachLoops(ctx context.Context, mountpoint string, force bool) e
 		if force {
 			continue
 		}
-		err := waitFor(ctx, f.cfg.DeviceTimeout, device+" to detach", func() (bool, error) {
+		err := util.WaitFor(ctx, f.cfg.DeviceTimeout, device+" to detach", func() (bool, error) {
 			return f.loopBacking(device) != backing, nil
 		})
 		if err != nil {
@@ -538,14 +539,14 @@ func (f *fuse) waitForExit(ctx context.Context, pid int, mountpoint string) erro
 		return nil
 	}
 	exited := func() (bool, error) { return !f.fuseAlive(pid, mountpoint), nil }
-	if err := waitFor(ctx, f.cfg.FuseExitTimeout, "rbd-fuse to exit", exited); err == nil {
+	if err := util.WaitFor(ctx, f.cfg.FuseExitTimeout, "rbd-fuse to exit", exited); err == nil {
 		return nil
 	}
 	klog.InfoS("fuse: rbd-fuse did not exit after unmount; sending SIGTERM", "pid", pid, "mountpoint", mountpoint)
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("stopping rbd-fuse (pid %d): %w", pid, err)
 	}
-	if err := waitFor(ctx, f.cfg.FuseExitTimeout, "rbd-fuse to exit", exited); err != nil {
+	if err := util.WaitFor(ctx, f.cfg.FuseExitTimeout, "rbd-fuse to exit", exited); err != nil {
 		return fmt.Errorf("rbd-fuse (pid %d) for %s: %w", pid, mountpoint, err)
 	}
 	return nil
@@ -672,7 +673,7 @@ func (f *fuse) Resize(ctx context.Context, m Mapping) error {
 		return fmt.Errorf("%s is not mapped by fuse", specOf(m))
 	}
 	current := f.loopSize(st.Device)
-	_ = waitFor(ctx, 2*time.Second, "the new image size", func() (bool, error) {
+	_ = util.WaitFor(ctx, 2*time.Second, "the new image size", func() (bool, error) {
 		fi, err := nodefs.StatBounded(ctx, st.imageFile())
 		return err == nil && fi.Size() > current, nil
 	})

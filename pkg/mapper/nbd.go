@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/pelagic-csi/pelagic/pkg/util"
 )
 
 // nbd maps images with rbd-nbd, a userspace librbd daemon behind the
@@ -60,7 +62,7 @@ func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, err
 	// above), so the one that does now is the new one, even on the device
 	// of a mapping removed meanwhile.
 	var mapped Mapping
-	err = waitFor(ctx, n.cfg.DeviceTimeout, "rbd-nbd to connect "+img.Spec(), func() (bool, error) {
+	err = util.WaitFor(ctx, n.cfg.DeviceTimeout, "rbd-nbd to connect "+img.Spec(), func() (bool, error) {
 		after, err := n.List(ctx)
 		for _, m := range after {
 			if m.same(img) {

@@ -212,38 +212,9 @@ func SweepKeyfiles(stateDir string) error {
 	return errors.Join(errs...)
 }
 
-// pollInterval is how often waits look again, at most: what they wait for
-// (a device's detach, a daemon's exit after its unmount) mostly comes
-// within a few milliseconds, so they look again after 1 ms at first,
-// doubling the delay up to this.
-const pollInterval = 50 * time.Millisecond
-
-// waitFor polls cond until it returns true, an error, or timeout or ctx
-// ends; what names the awaited thing in the timeout error.
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	delay := time.Millisecond
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
-	for {
-		done, err := cond()
-		if err != nil || done {
-			return err
-		}
-		timer.Reset(delay)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
-		case <-timer.C:
-		}
-		delay = min(2*delay, pollInterval)
-	}
-}
-
 // waitForDevice waits for a device node to appear; udev may be slow.
 func waitForDevice(ctx context.Context, timeout time.Duration, device string) error {
-	return waitFor(ctx, timeout, "device "+device, func() (bool, error) {
+	return util.WaitFor(ctx, timeout, "device "+device, func() (bool, error) {
 		_, err := os.Stat(device)
 		if errors.Is(err, os.ErrNotExist) {
 			return false, nil

@@ -1,3 +1,3 @@
 // Package util holds the few helpers every service needs: deadlines around
-// blocking calls and bounded command execution.
+// blocking calls, bounded command execution, and waiting for a condition.
 package util
