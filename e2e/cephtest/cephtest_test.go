@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,9 +34,18 @@ func TestClusterAnswers(t *testing.T) {
 	}
 }
 
-// The restricted users authenticate with nothing but the monitor address and their key.
+// The restricted users authenticate with nothing but the monitor address and their key
+// (in a key file: a key in a command line is seen by every process on the machine, and
+// the driver's own tests look for one there).
 func TestRestrictedUsers(t *testing.T) {
 	c := cephtest.Get(t)
+	keyfile := func(key string) string {
+		p := filepath.Join(t.TempDir(), "key")
+		if err := os.WriteFile(p, []byte(key), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	for _, u := range []struct {
 		id, key string
 		args    []string
@@ -45,7 +55,7 @@ func TestRestrictedUsers(t *testing.T) {
 		{c.FSUserID, c.FSUserKey, []string{"fs", "ls"}, c.FSName},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		args := append([]string{"-c", "/dev/null", "-m", c.Monitors, "--id", u.id, "--key", u.key,
+		args := append([]string{"-c", "/dev/null", "-m", c.Monitors, "--id", u.id, "--keyfile", keyfile(u.key),
 			"--connect-timeout", "20"}, u.args...)
 		out, err := exec.CommandContext(ctx, "ceph", args...).CombinedOutput()
 		cancel()
@@ -56,7 +66,7 @@ func TestRestrictedUsers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "rbd", "-c", "/dev/null", "-m", c.Monitors, "--id", c.RBDUserID,
-		"--key", c.RBDUserKey, "ls", c.Pool).CombinedOutput()
+		"--keyfile", keyfile(c.RBDUserKey), "ls", c.Pool).CombinedOutput()
 	if err != nil {
 		t.Errorf("rbd --id %s ls %s: %v\n%s", c.RBDUserID, c.Pool, err, out)
 	}
