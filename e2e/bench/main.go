@@ -51,6 +51,7 @@ type options struct {
 	nodeConcurrency int
 	nodeGroup       int // node volumes mapped at once, per side
 	rounds          int // batches each side's calls are split into, to interleave them
+	expandRounds    int // times each volume is grown
 	trashKept       int // images kept in the trash by their snapshots throughout
 	skip            string
 
@@ -83,6 +84,7 @@ func parseOptions(args []string, out io.Writer) (options, error) {
 	fs.IntVar(&o.nodeConcurrency, "node-concurrency", 1, "concurrency of the node workload")
 	fs.IntVar(&o.nodeGroup, "node-group", 4, "node volumes mapped at once, per side")
 	fs.IntVar(&o.rounds, "rounds", 5, "rounds each workload is interleaved in")
+	fs.IntVar(&o.expandRounds, "expand-rounds", 5, "times each volume is grown, by a quarter of -size each time")
 	fs.IntVar(&o.trashKept, "trash-kept", 0, "images left in the trash, kept by a snapshot each, throughout the run")
 	fs.StringVar(&o.skip, "skip", "", "workloads to leave out: controller, copies, node (comma-separated)")
 	fs.StringVar(&o.fsEndpoint, "cephfs-endpoint", "", "the CephFS driver's CSI endpoint (controller); empty: CephFS is not measured")
