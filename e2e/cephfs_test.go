@@ -250,7 +250,7 @@ func TestCephFSQuota(t *testing.T) {
 	e := newCephFSEnv(t)
 	v := e.create(t, e.createReq("pvc-quota", 8<<20, rwx, nil))
 	m := e.mount(t, e.node(t, "node-a"), v, rwx, t.TempDir())
-	written, err := fill(m.file("big"), 64<<20)
+	written, err := cephtest.FillFile(m.file("big"), 64<<20)
 	if !errors.Is(err, syscall.EDQUOT) && !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("writing 64 MiB into 8 MiB: %v after %d bytes; want EDQUOT or ENOSPC", err, written)
 	}
@@ -267,28 +267,6 @@ func TestCephFSQuota(t *testing.T) {
 		}
 		return err
 	})
-}
-
-// fill writes up to n bytes of 1 MiB blocks, synced, until a write fails.
-func fill(path string, n int64) (int64, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	block := bytes.Repeat([]byte{'q'}, 1<<20)
-	var written int64
-	for written < n {
-		w, err := f.Write(block)
-		written += int64(w)
-		if err == nil {
-			err = f.Sync()
-		}
-		if err != nil {
-			return written, err
-		}
-	}
-	return written, nil
 }
 
 // TestCephFSCopies: a volume restored from a snapshot, and a clone of a

@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/pelagic-csi/pelagic/e2e/cephtest"
 	"github.com/pelagic-csi/pelagic/pkg/driver"
 )
 
@@ -76,7 +76,7 @@ func TestCephFSKernelClient(t *testing.T) {
 	if err != nil || stats.GetUsage()[0].GetTotal() != quota {
 		t.Errorf("stats %v, %v; want the quota, %d bytes", stats, err, quota)
 	}
-	written, err := fillUp(filepath.Join(rw, "big"), 4*quota)
+	written, err := cephtest.FillFile(filepath.Join(rw, "big"), 4*quota)
 	if !errors.Is(err, syscall.EDQUOT) && !errors.Is(err, syscall.ENOSPC) {
 		t.Errorf("writing %d bytes into a %d-byte quota: %v after %d bytes; want EDQUOT or ENOSPC", 4*quota, quota, err, written)
 	}
@@ -108,26 +108,4 @@ func cephMounts(t *testing.T) []string {
 		}
 	}
 	return out
-}
-
-// fillUp writes up to n bytes in 1 MiB blocks, each synced, until a write fails.
-func fillUp(path string, n int64) (int64, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	block := bytes.Repeat([]byte{'k'}, 1<<20)
-	var written int64
-	for written < n {
-		w, err := f.Write(block)
-		written += int64(w)
-		if err == nil {
-			err = f.Sync()
-		}
-		if err != nil {
-			return written, err
-		}
-	}
-	return written, nil
 }
