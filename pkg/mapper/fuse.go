@@ -203,7 +203,20 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 	if err := f.waitForImage(ctx, dir, st); err != nil {
 		return st, err
 	}
-	st.ClientAddr, st.ClientID = f.clientIdentity(ctx, dir, img, conf, keyfile)
+	// Which client rbd-fuse is takes admin socket calls and an open of the
+	// image: learnt while the loop device attaches. It ends before the
+	// key file goes (deferred calls run last first).
+	identity := make(chan [2]string, 1)
+	go func() {
+		addr, id := f.clientIdentity(ctx, dir, img, conf, keyfile)
+		identity <- [2]string{addr, id}
+	}()
+	joined := false
+	defer func() {
+		if !joined {
+			<-identity
+		}
+	}()
 
 	device, err := f.attachLoop(ctx, st)
 	if err != nil {
@@ -213,6 +226,9 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 	if err := waitForDevice(ctx, f.cfg.DeviceTimeout, device); err != nil {
 		return st, err
 	}
+	learnt := <-identity
+	joined = true
+	st.ClientAddr, st.ClientID = learnt[0], learnt[1]
 	if err := writeFuseState(dir, st); err != nil {
 		return st, err
 	}
@@ -252,11 +268,16 @@ func (f *fuse) runFuse(ctx context.Context, dir string, img Image, conf, keyfile
 	return nil
 }
 
+// fuseStartPoll is the longest delay between looks for rbd-fuse's image file.
+const fuseStartPoll = 5 * time.Millisecond
+
 // waitForImage waits until rbd-fuse serves the image file. rbd-fuse
 // connects to the cluster only after it has daemonized; if that fails it
 // exits and leaves a dead mount behind.
 func (f *fuse) waitForImage(ctx context.Context, dir string, st fuseState) error {
-	err := util.WaitFor(ctx, f.cfg.FuseStartTimeout, "rbd-fuse to serve "+st.Image, func() (bool, error) {
+	// rbd-fuse serves after tens of milliseconds (its connection to the
+	// cluster): look every few, not up to MaxPollInterval late.
+	err := util.WaitEvery(ctx, f.cfg.FuseStartTimeout, fuseStartPoll, "rbd-fuse to serve "+st.Image, func() (bool, error) {
 		_, err := nodefs.StatBounded(ctx, st.imageFile())
 		switch {
 		case err == nil:

@@ -15,9 +15,16 @@ const MaxPollInterval = 50 * time.Millisecond
 // WaitFor polls cond until it returns true, an error, or timeout or ctx
 // ends; what names the awaited thing in the timeout error.
 func WaitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, error)) error {
+	return WaitEvery(ctx, timeout, MaxPollInterval, what, cond)
+}
+
+// WaitFor with the delay between looks capped at most instead of
+// MaxPollInterval: for what comes after tens of milliseconds, where a
+// long last delay would be most of the wait.
+func WaitEvery(ctx context.Context, timeout, most time.Duration, what string, cond func() (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	delay := time.Millisecond
+	delay := min(time.Millisecond, most)
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
 	for {
@@ -31,6 +38,6 @@ func WaitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
 		case <-timer.C:
 		}
-		delay = min(2*delay, MaxPollInterval)
+		delay = min(2*delay, most)
 	}
 }

@@ -29,3 +29,18 @@ func TestWaitFor(t *testing.T) {
 		t.Fatalf("WaitFor returned %v after a 100 ms timeout", took)
 	}
 }
+
+func TestWaitEveryCapsTheDelay(t *testing.T) {
+	var looks []time.Time
+	err := WaitEvery(context.Background(), time.Second, 2*time.Millisecond, "the eighth look", func() (bool, error) {
+		looks = append(looks, time.Now())
+		return len(looks) == 8, nil
+	})
+	if err != nil {
+		t.Fatalf("WaitEvery = %v", err)
+	}
+	// Uncapped, the eighth look comes 113 ms after the first.
+	if took := looks[7].Sub(looks[0]); took > 60*time.Millisecond {
+		t.Fatalf("8 looks took %v with delays capped at 2 ms", took)
+	}
+}
