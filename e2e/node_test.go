@@ -303,7 +303,7 @@ func TestFirstStageOfLargeVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("8 GiB volume, fuse mapper: first NodeStage (map + mkfs.ext4 -E nodiscard + mount) took %v", took.Round(time.Millisecond))
+	t.Logf("8 GiB volume, fuse mapper: first NodeStage (map + mkfs.ext4 + mount) took %v", took.Round(time.Millisecond))
 }
 
 // TestReadOnlyBlockPublication: a raw block volume published read-only

@@ -85,13 +85,15 @@ func TestFormat(t *testing.T) {
 		wantErr  error
 		anyError bool
 	}{
-		{"ext4 forces whole-device mkfs, never discards", "ext4", nil, reply{exit: 2}, "mkfs.ext4 -F -E nodiscard /dev/x", nil, false},
-		{"ext4 with options", "ext4", []string{"-m0"}, reply{exit: 2}, "mkfs.ext4 -F -m0 -E nodiscard /dev/x", nil, false},
-		{"ext4 joins the class's extended options", "ext4", []string{"-E", "lazy_itable_init=1", "-m0"}, reply{exit: 2},
-			"mkfs.ext4 -F -E lazy_itable_init=1,nodiscard -m0 /dev/x", nil, false},
-		{"ext4 overrides a discard asked for", "ext3", []string{"-Ediscard"}, reply{exit: 2}, "mkfs.ext3 -F -Ediscard,nodiscard /dev/x", nil, false},
+		{"ext4 forces whole-device mkfs, never discards", "ext4", nil, reply{exit: 2}, "mkfs.ext4 -F -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 /dev/x", nil, false},
+		{"ext4 with options", "ext4", []string{"-m0"}, reply{exit: 2}, "mkfs.ext4 -F -m0 -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 /dev/x", nil, false},
+		{"ext4 joins the class's extended options", "ext4", []string{"-E", "stride=4", "-m0"}, reply{exit: 2},
+			"mkfs.ext4 -F -E stride=4,nodiscard,lazy_itable_init=1,lazy_journal_init=1 -m0 /dev/x", nil, false},
+		{"ext4 keeps the class's lazy init", "ext4", []string{"-Elazy_journal_init=0,lazy_itable_init=0"}, reply{exit: 2},
+			"mkfs.ext4 -F -Elazy_journal_init=0,lazy_itable_init=0,nodiscard /dev/x", nil, false},
+		{"ext4 overrides a discard asked for", "ext3", []string{"-Ediscard"}, reply{exit: 2}, "mkfs.ext3 -F -Ediscard,nodiscard,lazy_itable_init=1,lazy_journal_init=1 /dev/x", nil, false},
 		{"ext4: only the last -E counts", "ext4", []string{"-E", "stride=4", "-E", "stripe_width=8"}, reply{exit: 2},
-			"mkfs.ext4 -F -E stride=4 -E stripe_width=8,nodiscard /dev/x", nil, false},
+			"mkfs.ext4 -F -E stride=4 -E stripe_width=8,nodiscard,lazy_itable_init=1,lazy_journal_init=1 /dev/x", nil, false},
 		{"xfs never forced, never discards", "xfs", nil, reply{exit: 2}, "mkfs.xfs -K /dev/x", nil, false},
 		{"xfs with options", "xfs", []string{"-K", "-m", "reflink=0"}, reply{exit: 2}, "mkfs.xfs -K -m reflink=0 /dev/x", nil, false},
 		{"refuses a formatted device", "ext4", nil, reply{out: "TYPE=xfs\n"}, "", ErrDeviceNotEmpty, true},
