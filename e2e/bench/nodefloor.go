@@ -88,7 +88,9 @@ func (f *fuseFloor) stage(ctx context.Context, i int, image string, step stepFun
 	if err != nil {
 		return err
 	}
-	if err := step("mkfs", func() error { return f.exec(ctx, "mkfs.ext4", "-F", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", m.device) }); err != nil {
+	if err := step("mkfs", func() error {
+		return f.exec(ctx, "mkfs.ext4", "-F", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", m.device)
+	}); err != nil {
 		return err
 	}
 	return step("mount", func() error {

@@ -165,6 +165,11 @@ func (c *Controller) undoCephCSIVolume(ctx context.Context, pool Pool, rec *jour
 // whose image is gone is taken back, with the source's snapshot of that
 // name should ceph-csi have been cut short before cloning it.
 func (c *Controller) cephCSISnapshot(ctx context.Context, src *resolved, req *csi.CreateSnapshotRequest) (*csi.Snapshot, error) {
+	if !src.rec.FromCephCSI() {
+		// ceph-csi cannot resolve a volume Pelagic made (its journal is
+		// Pelagic's own), so it never snapshotted one: no lookup.
+		return nil, nil
+	}
 	j := c.cephCSIJournal(src.pool)
 	rec, err := j.LookupName(ctx, journal.Snapshot, req.GetName())
 	switch {

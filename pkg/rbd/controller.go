@@ -769,26 +769,9 @@ func (c *Controller) snapshotImage(ctx context.Context, src *resolved, req *csi.
 		return nil, err
 	}
 	defer unlockFlatten()
-	rec, err := src.pool.LookupName(ctx, journal.Snapshot, req.GetName())
-	switch {
-	case err == nil:
-		if rec.Source != req.GetSourceVolumeId() {
-			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for another volume", req.GetName())
-		}
-	case errors.Is(err, journal.ErrNotFound):
-		head, err := src.pool.Head(ctx, src.rec.Backing)
-		if err != nil {
-			return nil, volume.Status(err)
-		}
-		uuid := volume.NewUUID()
-		rec = &journal.Record{Kind: journal.Snapshot, Name: req.GetName(), UUID: uuid, Backing: src.rec.Backing,
-			BackingID: head.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
-			SizeBytes: head.Size, Created: time.Now().UTC()}
-		if err := src.pool.Reserve(ctx, rec); err != nil {
-			return nil, volume.Status(err)
-		}
-	default:
-		return nil, volume.Status(err)
+	rec, err := c.reserveSnapshot(ctx, src, req)
+	if err != nil {
+		return nil, err
 	}
 	snap, err := src.pool.CreateSnap(ctx, rec.BackingID, rec.SnapName)
 	if err != nil {
@@ -804,6 +787,32 @@ func (c *Controller) snapshotImage(ctx context.Context, src *resolved, req *csi.
 	}
 	id := volumeid.ID{ClusterID: src.id.ClusterID, PoolID: src.id.PoolID, UUID: rec.UUID}
 	return &csi.CreateSnapshotResponse{Snapshot: snapshotOf(id.String(), rec, snap)}, nil
+}
+
+// reserveSnapshot returns the journal record of the snapshot req names:
+// a fresh reservation, or the existing one of a retry for the same
+// source. A name is reserved first and looked up only when it is taken:
+// a retry is rarer than a new name.
+func (c *Controller) reserveSnapshot(ctx context.Context, src *resolved, req *csi.CreateSnapshotRequest) (*journal.Record, error) {
+	head, err := src.pool.Head(ctx, src.rec.Backing)
+	if err != nil {
+		return nil, volume.Status(err)
+	}
+	uuid := volume.NewUUID()
+	rec := &journal.Record{Kind: journal.Snapshot, Name: req.GetName(), UUID: uuid, Backing: src.rec.Backing,
+		BackingID: head.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
+		SizeBytes: head.Size, Created: time.Now().UTC()}
+	err = src.pool.Reserve(ctx, rec)
+	if errors.Is(err, journal.ErrNameTaken) {
+		rec, err = src.pool.LookupName(ctx, journal.Snapshot, req.GetName())
+		switch {
+		case errors.Is(err, journal.ErrNotFound):
+			return nil, status.Errorf(codes.Aborted, "snapshot %q: another request reserved its name and gave it up; retry", req.GetName())
+		case err == nil && rec.Source != req.GetSourceVolumeId():
+			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for another volume", req.GetName())
+		}
+	}
+	return rec, volume.Status(err)
 }
 
 func snapshotOf(id string, rec *journal.Record, snap SnapInfo) *csi.Snapshot {
