@@ -238,6 +238,55 @@ func TestDeleteParentWithLiveClone(t *testing.T) {
 	}
 }
 
+// TestDeleteSnapshotPurgesItsDeletedVolume: a volume deleted while its
+// snapshot lives waits in the trash, and goes with the snapshot; the
+// snapshot of a live volume goes alone.
+func TestDeleteSnapshotPurgesItsDeletedVolume(t *testing.T) {
+	e := newControllerEnv(t)
+	ctrl := e.controller(nil)
+	ctx := testContext(t, 2*time.Minute)
+	snapshotOf := func(name string) (*csi.Volume, *csi.Snapshot) {
+		t.Helper()
+		vol, err := ctrl.CreateVolume(ctx, e.createReq("pvc-"+name, 64<<20))
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-" + name,
+			SourceVolumeId: vol.GetVolume().GetVolumeId(), Secrets: e.secrets})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vol.GetVolume(), snap.GetSnapshot()
+	}
+	deleteSnapshot := func(s *csi.Snapshot) {
+		t.Helper()
+		if _, err := ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: s.GetSnapshotId(), Secrets: e.secrets}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	live, liveSnap := snapshotOf("live")
+	deleteSnapshot(liveSnap)
+	if imgs, trash := e.images(t), e.trash(t); len(imgs) != 1 || len(trash) != 0 {
+		t.Fatalf("after deleting a live volume's snapshot: images %v, trash %v; want the volume's image only", imgs, trash)
+	}
+
+	gone, goneSnap := snapshotOf("gone")
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: gone.GetVolumeId(), Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	if trash := e.trash(t); len(trash) != 1 {
+		t.Fatalf("trash after deleting a volume with a snapshot = %v, want its image", trash)
+	}
+	deleteSnapshot(goneSnap)
+	if imgs, trash := e.images(t), e.trash(t); len(imgs) != 1 || len(trash) != 0 {
+		t.Fatalf("after deleting the deleted volume's snapshot: images %v, trash %v; want the live volume's image only", imgs, trash)
+	}
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: live.GetVolumeId(), Secrets: e.secrets}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestMalformedIDsNeverPanic sends garbage IDs to every RPC that takes one.
 func TestMalformedIDsNeverPanic(t *testing.T) {
 	e := newControllerEnv(t)

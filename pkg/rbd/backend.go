@@ -138,6 +138,8 @@ type Pool interface {
 	// TrashedID finds the ID of a trashed image by its name ("" when the
 	// trash holds none).
 	TrashedID(ctx context.Context, image string) (string, error)
+	// InTrash reports whether the trash holds the image with id.
+	InTrash(ctx context.Context, id string) (bool, error)
 	// Purge removes the trashed image with id unless snapshots or clone
 	// children still need it; removed says whether it did.
 	Purge(ctx context.Context, id string) (removed bool, err error)

@@ -537,6 +537,23 @@ func (p *cephPool) TrashedID(ctx context.Context, image string) (string, error) 
 	return "", nil
 }
 
+// InTrash reads the trash directory's entry for id: one operation.
+func (p *cephPool) InTrash(ctx context.Context, id string) (bool, error) {
+	return util.Do(ctx, "reading the trash entry of image "+id, func() (bool, error) {
+		op := rados.CreateReadOp()
+		defer op.Release()
+		op.Exec("rbd", "trash_get", stringArg(id))
+		err := op.Operate(p.ioctx, trashObject, rados.OperationNoFlag)
+		switch ceph.Errno(err) {
+		case 0:
+			return true, nil
+		case syscall.ENOENT: // no entry, or no trash object at all
+			return false, nil
+		}
+		return false, fmt.Errorf("reading the trash entry of %s/%s: %w", p.Name(), id, err)
+	})
+}
+
 func (p *cephPool) Purge(ctx context.Context, id string) (bool, error) {
 	err := util.Run(ctx, "purging image "+id, func() error { return librbd.TrashRemove(p.ioctx, id, false) })
 	switch ceph.Errno(err) {

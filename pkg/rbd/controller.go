@@ -541,8 +541,13 @@ func purgeWithAncestors(ctx context.Context, pool Pool, id, parentID string) err
 // touches nothing else in the trash. An image that is not trashed, or is
 // still needed, ends the chain; so does an error, which only leaves an
 // image in the trash until the next call that frees it, and is logged.
+// The trash entry is read first: most often (a snapshot's deletion while
+// its volume lives) there is none, and that is one read.
 func purgeFreed(ctx context.Context, pool Pool, id string) {
 	for id != "" {
+		if trashed, err := pool.InTrash(ctx, id); err == nil && !trashed {
+			return
+		}
 		head, err := pool.HeadByID(ctx, id)
 		if err != nil {
 			if !errors.Is(err, ErrImageNotFound) {

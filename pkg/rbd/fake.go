@@ -478,6 +478,16 @@ func (p *FakePool) TrashedID(_ context.Context, image string) (string, error) {
 	return "", nil
 }
 
+func (p *FakePool) InTrash(_ context.Context, id string) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.hook("InTrash"); err != nil {
+		return false, err
+	}
+	img, ok := p.images[id]
+	return ok && img.trashed, nil
+}
+
 // Purge removes a trashed image that nothing needs, as the Ceph backend
 // does: not trashed, watched, with snapshots or with children, it stays.
 func (p *FakePool) Purge(_ context.Context, id string) (bool, error) {

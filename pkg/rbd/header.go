@@ -20,6 +20,15 @@ func headerObject(id string) string { return "rbd_header." + id }
 // sizeArg is the input of the rbd class's get_size: the snapshot ID.
 func sizeArg() []byte { return binary.LittleEndian.AppendUint64(nil, noSnap) }
 
+// trashObject is the pool's (or namespace's) trash directory.
+const trashObject = "rbd_trash"
+
+// stringArg encodes s as a cls method's string argument: a little-endian
+// length, then the bytes.
+func stringArg(s string) []byte {
+	return append(binary.LittleEndian.AppendUint32(nil, uint32(len(s))), s...)
+}
+
 // decodeSize decodes get_size's reply: the object order, then the size.
 func decodeSize(b []byte) (int64, error) {
 	if len(b) != 9 {
