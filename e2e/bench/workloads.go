@@ -85,27 +85,28 @@ func (b *bench) createDelete(ctx context.Context, conc int) {
 
 // copies is the second controller workload, on fewer volumes: snapshots,
 // volumes restored from them, clones of volumes, expansion, and the
-// deletion of each.
-func (b *bench) copies(ctx context.Context, conc int) {
+// deletion of each; round tells the names of one run of it from another's.
+func (b *bench) copies(ctx context.Context, conc, round int) {
 	n := b.opts.snapshots
-	src := b.createVolumes(ctx, "", fmt.Sprintf("src-c%d", conc), conc, n)
+	tag := fmt.Sprintf("c%d-r%d", conc, round)
+	src := b.createVolumes(ctx, "", "src-"+tag, conc, n)
 	driverSnaps, floorSnaps := make([]*csi.Snapshot, n), make([]*journal.Record, n)
 	b.interleaved(ctx, "CreateSnapshot", conc, n,
 		func(ctx context.Context, i int) (err error) {
 			if src.vols[i] == nil {
 				return errSkip
 			}
-			driverSnaps[i], err = b.drv.createSnapshot(ctx, b.name("snap-c%d-%d", conc, i), src.vols[i])
+			driverSnaps[i], err = b.drv.createSnapshot(ctx, b.name("snap-%s-%d", tag, i), src.vols[i])
 			return err
 		},
 		func(ctx context.Context, i int) (err error) {
 			if src.recs[i] == nil {
 				return errSkip
 			}
-			floorSnaps[i], err = b.floor.snapshot(ctx, src.recs[i], b.name("snap-c%d-%d", conc, i))
+			floorSnaps[i], err = b.floor.snapshot(ctx, src.recs[i], b.name("snap-%s-%d", tag, i))
 			return err
 		})
-	restored := b.copiesOf(ctx, "CreateVolume from snapshot", fmt.Sprintf("restored-c%d", conc), conc, n,
+	restored := b.copiesOf(ctx, "CreateVolume from snapshot", "restored-"+tag, conc, n,
 		func(i int) *csi.VolumeContentSource { return snapSource(driverSnaps[i]) },
 		func(ctx context.Context, i int, name string) (*journal.Record, error) {
 			if floorSnaps[i] == nil {
@@ -113,7 +114,7 @@ func (b *bench) copies(ctx context.Context, conc int) {
 			}
 			return b.floor.fromSnapshot(ctx, floorSnaps[i], name)
 		})
-	clones := b.copiesOf(ctx, "CreateVolume clone of a volume", fmt.Sprintf("clone-c%d", conc), conc, n,
+	clones := b.copiesOf(ctx, "CreateVolume clone of a volume", "clone-"+tag, conc, n,
 		func(i int) *csi.VolumeContentSource { return volSource(src.vols[i]) },
 		func(ctx context.Context, i int, name string) (*journal.Record, error) {
 			if src.recs[i] == nil {
