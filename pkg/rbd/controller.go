@@ -796,28 +796,20 @@ func (c *Controller) snapshotImage(ctx context.Context, src *resolved, req *csi.
 
 // reserveSnapshot returns the journal record of the snapshot req names:
 // a fresh reservation, or the existing one of a retry for the same
-// source. A name is reserved first and looked up only when it is taken:
-// a retry is rarer than a new name.
+// source.
 func (c *Controller) reserveSnapshot(ctx context.Context, src *resolved, req *csi.CreateSnapshotRequest) (*journal.Record, error) {
 	head, err := src.pool.Head(ctx, src.rec.Backing)
 	if err != nil {
 		return nil, volume.Status(err)
 	}
 	uuid := volume.NewUUID()
-	rec := &journal.Record{Kind: journal.Snapshot, Name: req.GetName(), UUID: uuid, Backing: src.rec.Backing,
-		BackingID: head.ID, SnapName: "csi-snap-" + uuid, Source: req.GetSourceVolumeId(),
-		SizeBytes: head.Size, Created: time.Now().UTC()}
-	err = src.pool.Reserve(ctx, rec)
-	if errors.Is(err, journal.ErrNameTaken) {
-		rec, err = src.pool.LookupName(ctx, journal.Snapshot, req.GetName())
-		switch {
-		case errors.Is(err, journal.ErrNotFound):
-			return nil, status.Errorf(codes.Aborted, "snapshot %q: another request reserved its name and gave it up; retry", req.GetName())
-		case err == nil && rec.Source != req.GetSourceVolumeId():
-			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for another volume", req.GetName())
-		}
+	rec, _, err := volume.ReserveName(ctx, src.pool, &journal.Record{Kind: journal.Snapshot, Name: req.GetName(),
+		UUID: uuid, Backing: src.rec.Backing, BackingID: head.ID, SnapName: "csi-snap-" + uuid,
+		Source: req.GetSourceVolumeId(), SizeBytes: head.Size, Created: time.Now().UTC()})
+	if err == nil && rec.Source != req.GetSourceVolumeId() {
+		return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for another volume", req.GetName())
 	}
-	return rec, volume.Status(err)
+	return rec, err
 }
 
 func snapshotOf(id string, rec *journal.Record, snap SnapInfo) *csi.Snapshot {

@@ -64,6 +64,17 @@ func Reserve(ctx context.Context, j journal.Journal, req Request) (rec *journal.
 	uuid := NewUUID()
 	rec = &journal.Record{Kind: journal.Volume, Name: req.Name, UUID: uuid, Backing: req.BackingPrefix + uuid,
 		SizeBytes: req.Size, Params: req.Params, Source: req.Source, Created: time.Now().UTC()}
+	if rec, reserved, err = ReserveName(ctx, j, rec); err != nil || reserved {
+		return rec, reserved, err
+	}
+	return rec, false, reuse(ctx, j, rec, req)
+}
+
+// ReserveName reserves rec's name for rec (reserved), or returns the
+// record that holds the name already; which is the caller's to check.
+// Reserving first and looking up only a taken name costs a new name, the
+// common case, no read.
+func ReserveName(ctx context.Context, j journal.Journal, rec *journal.Record) (held *journal.Record, reserved bool, err error) {
 	err = j.Reserve(ctx, rec)
 	if err == nil {
 		return rec, true, nil
@@ -71,15 +82,15 @@ func Reserve(ctx context.Context, j journal.Journal, req Request) (rec *journal.
 	if !errors.Is(err, journal.ErrNameTaken) {
 		return nil, false, Status(err)
 	}
-	rec, err = j.LookupName(ctx, journal.Volume, req.Name)
+	held, err = j.LookupName(ctx, rec.Kind, rec.Name)
 	if errors.Is(err, journal.ErrNotFound) {
 		// Taken, then gone again: another call's undone reservation.
-		return nil, false, status.Errorf(codes.Aborted, "volume %q: another request reserved its name and gave it up; retry", req.Name)
+		return nil, false, status.Errorf(codes.Aborted, "%s %q: another request reserved its name and gave it up; retry", rec.Kind, rec.Name)
 	}
 	if err != nil {
 		return nil, false, Status(err)
 	}
-	return rec, false, reuse(ctx, j, rec, req)
+	return held, false, nil
 }
 
 // reuse checks that an existing reservation is the volume req asks for.
