@@ -134,15 +134,9 @@ func formatArgs(fstype string, options []string) ([]string, error) {
 // it, overrides a contrary option there), or comes as an -E of its own.
 func withExtendedOption(options []string, opt string) []string {
 	out := append([]string{}, options...)
-	for i := len(out) - 1; i >= 0; i-- {
-		switch {
-		case out[i] == "-E" && i+1 < len(out):
-			out[i+1] += "," + opt
-			return out
-		case strings.HasPrefix(out[i], "-E") && len(out[i]) > 2:
-			out[i] += "," + opt
-			return out
-		}
+	if i, _, ok := lastExtendedOptions(out); ok {
+		out[i] += "," + opt
+		return out
 	}
 	return append(out, "-E", opt)
 }
@@ -150,24 +144,28 @@ func withExtendedOption(options []string, opt string) []string {
 // hasExtendedOption reports whether mke2fs's options set key in the -E
 // that counts, the last.
 func hasExtendedOption(options []string, key string) bool {
-	for i := len(options) - 1; i >= 0; i-- {
-		var list string
-		switch {
-		case options[i] == "-E" && i+1 < len(options):
-			list = options[i+1]
-		case strings.HasPrefix(options[i], "-E") && len(options[i]) > 2:
-			list = options[i][2:]
-		default:
-			continue
+	_, list, _ := lastExtendedOptions(options)
+	for _, o := range strings.Split(list, ",") {
+		if k, _, _ := strings.Cut(o, "="); k == key {
+			return true
 		}
-		for _, o := range strings.Split(list, ",") {
-			if k, _, _ := strings.Cut(o, "="); k == key {
-				return true
-			}
-		}
-		return false
 	}
 	return false
+}
+
+// lastExtendedOptions finds the last -E of mke2fs's options, the one it
+// keeps: the index of the argument holding its list ("-E", "a,b" or
+// "-Ea,b") and the list.
+func lastExtendedOptions(options []string) (i int, list string, ok bool) {
+	for i := len(options) - 1; i >= 0; i-- {
+		switch {
+		case options[i] == "-E" && i+1 < len(options):
+			return i + 1, options[i+1], true
+		case strings.HasPrefix(options[i], "-E") && len(options[i]) > 2:
+			return i, options[i][2:], true
+		}
+	}
+	return 0, "", false
 }
 
 // Mount implements Mounter.
