@@ -211,12 +211,8 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 		addr, id := f.clientIdentity(ctx, dir, img, conf, keyfile)
 		identity <- [2]string{addr, id}
 	}()
-	joined := false
-	defer func() {
-		if !joined {
-			<-identity
-		}
-	}()
+	learnt := sync.OnceValue(func() [2]string { return <-identity })
+	defer learnt()
 
 	device, err := f.attachLoop(ctx, st)
 	if err != nil {
@@ -226,9 +222,7 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 	if err := waitForDevice(ctx, f.cfg.DeviceTimeout, device); err != nil {
 		return st, err
 	}
-	learnt := <-identity
-	joined = true
-	st.ClientAddr, st.ClientID = learnt[0], learnt[1]
+	st.ClientAddr, st.ClientID = learnt()[0], learnt()[1]
 	if err := writeFuseState(dir, st); err != nil {
 		return st, err
 	}

@@ -18,7 +18,7 @@ func WaitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 	return WaitEvery(ctx, timeout, MaxPollInterval, what, cond)
 }
 
-// WaitFor with the delay between looks capped at most instead of
+// WaitEvery is WaitFor with the delay between looks capped at most, not
 // MaxPollInterval: for what comes after tens of milliseconds, where a
 // long last delay would be most of the wait.
 func WaitEvery(ctx context.Context, timeout, most time.Duration, what string, cond func() (bool, error)) error {
