@@ -3,14 +3,15 @@ package util
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 )
 
 // Do runs fn, a blocking call that takes no context (a librados or librbd
 // call, or a stat of a FUSE mount whose daemon may hang), and returns when
 // it finishes or ctx is done, whichever is first. A call abandoned this way
-// still runs to its own end in the background; the rados timeouts bound
-// how long that can be, and nothing bounds a system call on a hung FUSE
-// mount: only the caller is released.
+// still runs to its own end in the background (one not yet started does
+// not run); the rados timeouts bound how long that can be, and nothing
+// bounds a system call on a hung FUSE mount: only the caller is released.
 func Do[T any](ctx context.Context, what string, fn func() (T, error)) (T, error) {
 	type result struct {
 		v   T
@@ -21,7 +22,14 @@ func Do[T any](ctx context.Context, what string, fn func() (T, error)) (T, error
 		return zero, fmt.Errorf("%s: %w", what, err)
 	}
 	done := make(chan result, 1)
+	// A call whose goroutine had not started by ctx's end is dropped, not
+	// abandoned: on a starved CPU it could otherwise reach Ceph long after
+	// its caller answered (a reservation landing after the volume's delete).
+	var started atomic.Int32 // callPending, callRunning or callDropped
 	go func() {
+		if !started.CompareAndSwap(callPending, callRunning) {
+			return
+		}
 		v, err := fn()
 		done <- result{v, err}
 	}()
@@ -30,9 +38,18 @@ func Do[T any](ctx context.Context, what string, fn func() (T, error)) (T, error
 		return r.v, r.err
 	case <-ctx.Done():
 		var zero T
+		if started.CompareAndSwap(callPending, callDropped) {
+			return zero, fmt.Errorf("%s: %w", what, ctx.Err())
+		}
 		return zero, &AbandonedError{What: what, Err: ctx.Err()}
 	}
 }
+
+const (
+	callPending int32 = iota
+	callRunning
+	callDropped
+)
 
 // AbandonedError is the error of a call Do stopped waiting for: unlike one
 // that failed, the call may yet take effect.

@@ -3,6 +3,8 @@ package util
 import (
 	"context"
 	"errors"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -58,5 +60,46 @@ func TestRun(t *testing.T) {
 	}
 	if err := Run(context.Background(), "x", func() error { return nil }); err != nil {
 		t.Errorf("Run = %v", err)
+	}
+}
+
+// endingContext is done already, but says so only from its second Err:
+// its end falls between Do's first look and the call's start.
+type endingContext struct {
+	context.Context
+	looks atomic.Int32
+}
+
+func (c *endingContext) Done() <-chan struct{} {
+	done := make(chan struct{})
+	close(done)
+	return done
+}
+
+func (c *endingContext) Err() error {
+	if c.looks.Add(1) == 1 {
+		return nil
+	}
+	return context.Canceled
+}
+
+// TestDoDropsACallNotStarted: a call whose goroutine has not started when
+// the context ends never runs, and is not reported as one that may land.
+func TestDoDropsACallNotStarted(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // the call's goroutine waits for this one to block
+	ran := make(chan struct{}, 1)
+	err := Run(&endingContext{Context: context.Background()}, "rbd create", func() error {
+		ran <- struct{}{}
+		return nil
+	})
+	var abandoned *AbandonedError
+	if !errors.Is(err, context.Canceled) || errors.As(err, &abandoned) {
+		t.Fatalf("Run = %v, want a plain cancellation", err)
+	}
+	runtime.Gosched()
+	select {
+	case <-ran:
+		t.Error("the dropped call ran")
+	case <-time.After(20 * time.Millisecond):
 	}
 }
