@@ -15,7 +15,6 @@ import (
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
-	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volume"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
@@ -244,11 +243,11 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	}
 	sv := Subvolume{FS: fs.Name, Group: params.Group, Name: rec.Backing}
 	path, err := c.ensureVolume(ctx, cl.Volumes(), sv, rec, params, src, reserved)
-	if err != nil {
-		if reserved && !abandoned(err) {
+	if err := toStatus(err); err != nil {
+		if reserved && volume.Final(err) {
 			c.undoReservation(cl.Volumes(), j, sv, rec, params.BackingSnapshot)
 		}
-		return nil, toStatus(err)
+		return nil, err
 	}
 	id := volumeid.ID{ClusterID: params.ClusterID, PoolID: fs.ID, UUID: rec.UUID}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: id.String(), CapacityBytes: rec.SizeBytes,
@@ -332,15 +331,6 @@ func (c *Controller) undoReservation(v Volumes, j journal.Journal, sv Subvolume,
 	if err := j.Remove(ctx, rec); err != nil {
 		klog.FromContext(ctx).Error(err, "removing reservation", "name", rec.Name, "uuid", rec.UUID)
 	}
-}
-
-// abandoned reports whether err is that of a call given up at the
-// request's deadline: the mgr may still carry it out after any check, so
-// its reservation stays for the retry, which looks for what it made; and
-// the mgr stalled, a check would hold the reply past the deadline.
-func abandoned(err error) bool {
-	var a *util.AbandonedError
-	return errors.As(err, &a)
 }
 
 // DeleteVolume removes the subvolume, keeping its snapshots (they outlive

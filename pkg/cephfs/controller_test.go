@@ -168,17 +168,22 @@ func TestCreateVolumeRefusals(t *testing.T) {
 }
 
 // A CreateVolume whose subvolume could not be made takes its reservation
-// back; one that reserved and then died leaves it for the retry, which
-// makes the subvolume under the reservation's UUID.
+// back if it failed finally; one the provisioner retries (the mgr timed
+// out) keeps it, as does one that reserved and then died: the retry makes
+// the subvolume under the reservation's UUID.
 func TestCreateVolumeReservation(t *testing.T) {
 	e := newCtrlEnv(t)
-	e.vols.FailNext("CreateSubvolume", &Error{Op: "fs subvolume create", Errno: syscall.ETIMEDOUT})
-	if _, err := e.ctrl.CreateVolume(context.Background(), e.req("pvc-1", 1<<20, nil)); status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("CreateVolume with the mgr timing out: %v", err)
-	}
 	j, _ := e.cluster.Journal(context.Background(), svcFS.MetadataPool, "csi")
-	if _, err := j.LookupName(context.Background(), journal.Volume, "pvc-1"); err != journal.ErrNotFound {
-		t.Errorf("reservation after the failure: %v, want none", err)
+	for errno, code := range map[syscall.Errno]codes.Code{syscall.EINVAL: codes.InvalidArgument, syscall.ETIMEDOUT: codes.DeadlineExceeded} {
+		e.vols.FailNext("CreateSubvolume", &Error{Op: "fs subvolume create", Errno: errno})
+		name := "pvc-" + errno.Error()
+		if _, err := e.ctrl.CreateVolume(context.Background(), e.req(name, 1<<20, nil)); status.Code(err) != code {
+			t.Fatalf("CreateVolume with the mgr failing with %v: %v, want %v", errno, err, code)
+		}
+		_, err := j.LookupName(context.Background(), journal.Volume, name)
+		if kept := err == nil; kept != (code == codes.DeadlineExceeded) {
+			t.Errorf("%v: reservation after the failure: %v", errno, err)
+		}
 	}
 	var reserved string
 	died := NewController(ControllerOptions{Connector: FakeConnector{"c1": e.cluster}, Config: e.ctrl.opts.Config,
@@ -191,8 +196,9 @@ func TestCreateVolumeReservation(t *testing.T) {
 	if reserved != "killed" || err != nil {
 		t.Fatalf("reservation of the killed call: %v", err)
 	}
+	before := e.vols.Calls("CreateSubvolume")
 	v := e.create(t, e.req("pvc-2", 1<<20, nil))
-	if sv, _ := e.subvolume(t, v); sv.Name != rec.Backing || e.vols.Calls("CreateSubvolume") != 2 {
+	if sv, _ := e.subvolume(t, v); sv.Name != rec.Backing || e.vols.Calls("CreateSubvolume") != before+1 {
 		t.Errorf("the retry made %s; the reservation names %s", sv.Name, rec.Backing)
 	}
 }

@@ -6,6 +6,7 @@ package rbd
 import (
 	"context"
 	"errors"
+	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
 	"github.com/pelagic-csi/pelagic/pkg/volume"
 )
@@ -107,7 +109,8 @@ func (c *Controller) cloneImage(ctx context.Context, pool Pool, rec *journal.Rec
 		c.createStep(CreateStepCloneSnap)
 	}
 	if err := pool.Clone(ctx, parent, snap, spec); err != nil {
-		if src.kind == journal.Volume {
+		// On EEXIST another request is cloning from the same snapshot.
+		if src.kind == journal.Volume && ceph.Errno(err) != syscall.EEXIST {
 			if rerr := pool.RemoveSnap(context.WithoutCancel(ctx), src.head.ID, snap); rerr != nil {
 				klog.FromContext(ctx).Error(rerr, "removing temporary clone snapshot", "image", parent, "snap", snap)
 			}

@@ -47,6 +47,10 @@ type ControllerOptions struct {
 	// CreateHook, when set, runs after each step of a CreateVolume
 	// (CreateStep*): tests use it to stop or kill a controller between them.
 	CreateHook func(step string)
+	// CreatedElsewhereWait bounds how long a CreateVolume waits for an
+	// image another request is creating from the same reservation
+	// (default 10 s); then it is Aborted, for the provisioner to retry.
+	CreatedElsewhereWait time.Duration
 	// Holders, when set, is told of refusals and fences.
 	Holders HolderObserver
 	// Nodes, when set, tells which node IDs exist, so that publishing to
@@ -79,6 +83,9 @@ func NewController(opts ControllerOptions) *Controller {
 	}
 	if opts.DefaultSize == 0 {
 		opts.DefaultSize = 1 << 30
+	}
+	if opts.CreatedElsewhereWait == 0 {
+		opts.CreatedElsewhereWait = 10 * time.Second
 	}
 	if opts.CephCSIInstanceID == "" {
 		opts.CephCSIInstanceID = journal.DefaultCephCSIInstance
@@ -259,14 +266,14 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		return nil, err
 	}
 	c.createStep(CreateStepReserved)
-	if err := c.ensureImage(ctx, pool, rec, params, source, reserved); err != nil {
-		if reserved && !mayLand(err) {
+	if err := volume.Status(c.ensureImage(ctx, pool, rec, params, source, reserved)); err != nil {
+		if reserved && volume.Final(err) {
 			// Only the caller that made a reservation may take it back:
 			// another may be creating the image of one it found.
 			handedOver = true
 			c.undoReservation(ctx, pool, rec, unlock)
 		}
-		return nil, volume.Status(err)
+		return nil, err
 	}
 	return &csi.CreateVolumeResponse{Volume: c.volumeOf(cl, pool, rec, params, req.GetVolumeContentSource())}, nil
 }
@@ -312,15 +319,6 @@ func (c *Controller) undoReservation(ctx context.Context, pool Pool, rec *journa
 	}
 }
 
-// mayLand reports whether the Ceph call that failed with err may still
-// take effect: one abandoned at the request's deadline or timed out in
-// librados. Its image may appear after any check, so its reservation
-// stays for the retry, which finishes the job under the same name.
-func mayLand(err error) bool {
-	var abandoned *util.AbandonedError
-	return errors.As(err, &abandoned) || ceph.Errno(err) == syscall.ETIMEDOUT
-}
-
 func (c *Controller) removeReservation(pool Pool, rec *journal.Record) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -337,47 +335,32 @@ func (c *Controller) removeReservation(pool Pool, rec *journal.Record) {
 // reservation made just now under a fresh UUID cannot have an image yet.
 func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Record, params *VolumeParams,
 	source *contentSource, fresh bool) error {
-	exists := false
 	var head ImageHead
+	err := ErrImageNotFound
 	if !fresh {
-		var err error
 		head, err = pool.Head(ctx, rec.Backing)
-		switch {
-		case err == nil:
-			exists = true
-			if head.Size < rec.SizeBytes {
-				if err := pool.Resize(ctx, rec.Backing, rec.SizeBytes); err != nil {
-					return err
-				}
-			}
-		case !errors.Is(err, ErrImageNotFound):
-			return err
-		}
 	}
-	if !exists {
+	if errors.Is(err, ErrImageNotFound) {
 		spec := ImageSpec{Name: rec.Backing, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool,
 			ObjectSize: params.ObjectSize, StripeUnit: params.StripeUnit, StripeCount: params.StripeCount}
-		var err error
 		if source == nil {
 			err = pool.CreateImage(ctx, spec)
 		} else {
 			err = c.cloneImage(ctx, pool, rec, spec, source)
 		}
-		if ceph.Errno(err) == syscall.EEXIST {
-			return nil // another controller created it from the same reservation
+		if err == nil {
+			c.createStep(CreateStepImage)
+		} else if ceph.Errno(err) == syscall.EEXIST {
+			head, err = c.awaitCreated(ctx, pool, rec.Backing, source != nil)
+			if err == nil {
+				err = c.finishExisting(ctx, pool, rec, head, source)
+			}
 		}
-		if err != nil {
-			return err
-		}
-		c.createStep(CreateStepImage)
-	} else if source != nil && head.Parent != nil {
-		depth, err := cloneDepth(ctx, pool, head, c.opts.HardCloneDepth)
-		if err != nil {
-			return err
-		}
-		if err := c.applyFlattenPolicy(ctx, pool, rec.Backing, head.Parent.ImageID, depth); err != nil {
-			return err
-		}
+	} else if err == nil {
+		err = c.finishExisting(ctx, pool, rec, head, source)
+	}
+	if err != nil {
+		return err
 	}
 	if source != nil && source.kind == journal.Volume {
 		if err := pool.RemoveSnap(ctx, source.head.ID, cloneSnapName(rec.UUID)); err != nil {
@@ -386,6 +369,47 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 	}
 	return writeOwner(ctx, pool, rec.Backing, Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
 		PV: params.PVName, Params: rec.Params})
+}
+
+// finishExisting does what creating the existing image head may have left
+// undone: its growth to the reserved size and a clone's flatten policy.
+func (c *Controller) finishExisting(ctx context.Context, pool Pool, rec *journal.Record, head ImageHead, source *contentSource) error {
+	if head.Size < rec.SizeBytes {
+		if err := pool.Resize(ctx, rec.Backing, rec.SizeBytes); err != nil {
+			return err
+		}
+	}
+	if source == nil || head.Parent == nil {
+		return nil
+	}
+	depth, err := cloneDepth(ctx, pool, head, c.opts.HardCloneDepth)
+	if err != nil {
+		return err
+	}
+	return c.applyFlattenPolicy(ctx, pool, rec.Backing, head.Parent.ImageID, depth)
+}
+
+// awaitCreated waits until the image another request is creating opens,
+// with its parent attached if it is a clone. librbd takes the name before
+// it writes the header and attaches a clone's parent after: answering on
+// EEXIST alone would report a volume a DeleteVolume cannot find yet, whose
+// creation then lands after the delete. A request abandoned at its
+// deadline goes on in librbd, so the other creator may be this controller.
+func (c *Controller) awaitCreated(ctx context.Context, pool Pool, image string, clone bool) (ImageHead, error) {
+	var head ImageHead
+	var readErr error
+	err := util.WaitFor(ctx, c.opts.CreatedElsewhereWait, "image "+image, func() (bool, error) {
+		head, readErr = pool.Head(ctx, image)
+		if errors.Is(readErr, ErrImageNotFound) {
+			return false, nil
+		}
+		return readErr == nil && (!clone || head.Parent != nil), readErr
+	})
+	if err != nil && ctx.Err() == nil && (readErr == nil || errors.Is(readErr, ErrImageNotFound)) {
+		return head, status.Errorf(codes.Aborted, "image %s is being created by another request; not open after %v, retry",
+			image, c.opts.CreatedElsewhereWait)
+	}
+	return head, err
 }
 
 // writeOwner records who the volume is for, the last step of its creation.

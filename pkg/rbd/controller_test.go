@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"strings"
 	"syscall"
@@ -293,15 +294,24 @@ func TestCreateVolumeCompletesReservation(t *testing.T) {
 	}
 }
 
-func TestCreateVolumeFailureRemovesReservation(t *testing.T) {
+// TestCreateVolumeFailureReservation: a create that failed finally takes
+// its reservation back. One the provisioner retries keeps it, even after
+// the claim's deletion: the image may yet appear (a call abandoned at the
+// deadline, or timed out in librados, goes on), or another replica may be
+// making it; the retry takes the same ID.
+func TestCreateVolumeFailureReservation(t *testing.T) {
 	tests := []struct {
 		name string
 		err  error
 		code codes.Code
+		kept bool
 	}{
-		{"plain error", errors.New("boom"), codes.Internal},
-		{"ENOSPC", errnoErr(-28), codes.ResourceExhausted},
-		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded},
+		{"plain error", errors.New("boom"), codes.Internal, false},
+		{"EINVAL", errnoErr(-int(syscall.EINVAL)), codes.InvalidArgument, false},
+		{"ENOSPC", errnoErr(-int(syscall.ENOSPC)), codes.ResourceExhausted, true},
+		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded, true},
+		{"abandoned", &util.AbandonedError{What: "creating image", Err: context.DeadlineExceeded}, codes.DeadlineExceeded, true},
+		{"ETIMEDOUT", errnoErr(-int(syscall.ETIMEDOUT)), codes.DeadlineExceeded, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -309,39 +319,89 @@ func TestCreateVolumeFailureRemovesReservation(t *testing.T) {
 			e.pool.SetFail("CreateImage", tc.err)
 			_, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
 			wantCode(t, err, tc.code)
-			if recs := e.records(t, journal.Volume); len(recs) != 0 {
-				t.Errorf("journal holds %v after a failed create", recs[0])
+			recs := e.records(t, journal.Volume)
+			if kept := len(recs) == 1; kept != tc.kept || len(recs) > 1 {
+				t.Fatalf("journal holds %d records after the failure, want the reservation kept = %v", len(recs), tc.kept)
 			}
-			if _, err := e.pool.LookupName(context.Background(), journal.Volume, "pvc-1"); !errors.Is(err, journal.ErrNotFound) {
-				t.Errorf("name still reserved: %v", err)
+			if _, err := e.pool.LookupName(context.Background(), journal.Volume, "pvc-1"); errors.Is(err, journal.ErrNotFound) == tc.kept {
+				t.Errorf("name reserved = %v, want %v", err == nil, tc.kept)
 			}
 			e.pool.SetFail("CreateImage", nil)
-			e.create(t, createReq("pvc-1", gib))
+			vol := e.create(t, createReq("pvc-1", gib))
+			if tc.kept && !strings.HasSuffix(vol.GetVolumeId(), recs[0].UUID) {
+				t.Errorf("retry made %s, not the reserved %s", vol.GetVolumeId(), recs[0].UUID)
+			}
 		})
 	}
 }
 
-// TestCreateVolumeKeepsReservationOfACreateThatMayLand: a create abandoned
-// at the deadline or timed out in librados may still make its image after
-// any check, so its reservation stays, and the retry takes the same ID.
-func TestCreateVolumeKeepsReservationOfACreateThatMayLand(t *testing.T) {
-	for name, err := range map[string]error{
-		"abandoned": &util.AbandonedError{What: "creating image", Err: context.DeadlineExceeded},
-		"ETIMEDOUT": errnoErr(-int(syscall.ETIMEDOUT)),
-	} {
-		t.Run(name, func(t *testing.T) {
-			e := newEnv(t)
-			e.pool.SetFail("CreateImage", err)
-			_, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
-			wantCode(t, err, codes.DeadlineExceeded)
-			recs := e.records(t, journal.Volume)
-			if len(recs) != 1 {
-				t.Fatalf("journal holds %d records after a create that may land, want its reservation", len(recs))
+// TestCreateVolumeWaitsForAnImageBeingCreated: librbd takes an image's
+// name before it writes its header, so EEXIST means another request (one
+// abandoned at its deadline goes on in librbd) is creating the image. The
+// create answers only once the image opens, and writes its owner.
+func TestCreateVolumeWaitsForAnImageBeingCreated(t *testing.T) {
+	e := newEnv(t)
+	e.pool.SetFail("CreateImage", errnoErr(-int(syscall.EEXIST)))
+	type result struct {
+		vol *csi.Volume
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
+		done <- result{resp.GetVolume(), err}
+	}()
+	ctx := context.Background()
+	if err := util.WaitFor(ctx, 10*time.Second, "the create's EEXIST", func() (bool, error) {
+		return e.pool.Calls("Head") > 0, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("create answered (%v, %v) before the image opened", r.vol, r.err)
+	default:
+	}
+	recs := e.records(t, journal.Volume)
+	if len(recs) != 1 {
+		t.Fatalf("journal holds %d records, want the reservation", len(recs))
+	}
+	e.pool.SetFail("CreateImage", nil)
+	if err := e.pool.CreateImage(ctx, ImageSpec{Name: recs[0].Backing, Size: gib}); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !strings.HasSuffix(r.vol.GetVolumeId(), recs[0].UUID) {
+		t.Errorf("created %s, not the reserved %s", r.vol.GetVolumeId(), recs[0].UUID)
+	}
+	if meta, _ := e.pool.Metadata(ctx, recs[0].Backing); meta[metaOwnerKey] == "" {
+		t.Errorf("no owner record on %s: %v", recs[0].Backing, meta)
+	}
+}
+
+// TestCreateVolumeAbortedWhileAnotherCreates: an image being created
+// elsewhere that does not open in time is Aborted, and its reservation
+// stays whoever made it, as that creation may still land.
+func TestCreateVolumeAbortedWhileAnotherCreates(t *testing.T) {
+	for _, reservedBefore := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reserved before %v", reservedBefore), func(t *testing.T) {
+			e := newEnv(t, func(o *ControllerOptions) { o.CreatedElsewhereWait = 20 * time.Millisecond })
+			e.pool.SetFail("CreateImage", errnoErr(-int(syscall.EEXIST)))
+			if reservedBefore {
+				if _, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib)); status.Code(err) != codes.Aborted {
+					t.Fatalf("first create: %v, want Aborted", err)
+				}
 			}
-			e.pool.SetFail("CreateImage", nil)
-			vol := e.create(t, createReq("pvc-1", gib))
-			if !strings.HasSuffix(vol.GetVolumeId(), recs[0].UUID) {
-				t.Errorf("retry made %s, not the reserved %s", vol.GetVolumeId(), recs[0].UUID)
+			_, err := e.c.CreateVolume(context.Background(), createReq("pvc-1", gib))
+			wantCode(t, err, codes.Aborted)
+			if !strings.Contains(err.Error(), "being created by another request") {
+				t.Errorf("error %q does not say why", err)
+			}
+			if recs := e.records(t, journal.Volume); len(recs) != 1 {
+				t.Errorf("journal holds %d records, want the reservation", len(recs))
 			}
 		})
 	}
@@ -716,19 +776,6 @@ func TestCloneChainFlattenedBeyondHardDepth(t *testing.T) {
 	}
 }
 
-// waitUnlocked polls until key is free, as a retry would.
-func waitUnlocked(t *testing.T, locks *volume.Locks, key string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !locks.TryLock(key) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s is still locked", key)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	locks.Unlock(key)
-}
-
 // TestSnapshotWaitsForFlatten: while a volume's background flatten runs,
 // snapshots and clones of it wait; Unavailable when it outlasts the call,
 // and they go ahead once it is done.
@@ -751,8 +798,8 @@ func TestSnapshotWaitsForFlatten(t *testing.T) {
 	wantCode(t, err, codes.Unavailable)
 	_, err = e.c.CreateVolume(short(), cloneReq)
 	wantCode(t, err, codes.Unavailable)
-	waitUnlocked(t, &e.c.locks, "volname/pvc-clone") // the reservation is taken back in the background
-	if imgs := e.pool.ImageNames(); len(imgs) != 1 || len(e.records(t, journal.Volume)) != 1 {
+	// The provisioner retries the clone: its reservation stays, its image is not made.
+	if imgs := e.pool.ImageNames(); len(imgs) != 1 || len(e.records(t, journal.Volume)) != 2 {
 		t.Errorf("a clone that timed out left images %v, records %d", imgs, len(e.records(t, journal.Volume)))
 	}
 	snapped := make(chan error, 1)

@@ -13,6 +13,7 @@ import (
 	"maps"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
@@ -161,7 +162,7 @@ func (p *FakePool) byID(id string) (*FakeImage, error) {
 
 func (p *FakePool) add(spec ImageSpec, parent *ParentRef) error {
 	if _, err := p.byName(spec.Name); err == nil {
-		return fmt.Errorf("image %s exists", spec.Name)
+		return fmt.Errorf("image %s: %w", spec.Name, syscall.EEXIST) // as librbd
 	}
 	p.seq++
 	id := fmt.Sprintf("%x", 0x1000+p.seq)

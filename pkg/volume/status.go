@@ -53,3 +53,16 @@ func code(err error) codes.Code {
 	}
 	return ceph.Code(err) // by the errno a Ceph error carries; Internal without one
 }
+
+// Final reports whether a CreateVolume that failed with st (a gRPC status)
+// is over for the external-provisioner. On any other code it calls again,
+// even after the claim's deletion, until the call succeeds or fails
+// finally; so a reservation stays for that retry, whose create may be
+// under way in Ceph or in another replica meanwhile.
+func Final(st error) bool {
+	switch status.Code(st) {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
+		return false
+	}
+	return true
+}
