@@ -92,6 +92,18 @@ func (f *FakeMounter) Format(_ context.Context, device, fstype string, options [
 	return nil
 }
 
+// FormatBlank implements Mounter: like the real one, it formats over
+// whatever the device holds.
+func (f *FakeMounter) FormatBlank(_ context.Context, device, fstype string, options []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("FormatBlank", device, fstype, strings.Join(options, " ")); err != nil {
+		return err
+	}
+	f.Formats[device] = fstype
+	return nil
+}
+
 // Mount implements Mounter.
 func (f *FakeMounter) Mount(_ context.Context, source, target, fstype string, options []string) error {
 	f.mu.Lock()

@@ -81,8 +81,7 @@ func (m *HostMounter) probe(ctx context.Context, device string) (fsType, ptType 
 
 // Format implements Mounter.
 func (m *HostMounter) Format(ctx context.Context, device, fstype string, options []string) error {
-	args, err := formatArgs(fstype, options)
-	if err != nil {
+	if _, err := formatArgs(fstype, options); err != nil {
 		return err
 	}
 	fsType, ptType, err := m.probe(ctx, device)
@@ -91,6 +90,15 @@ func (m *HostMounter) Format(ctx context.Context, device, fstype string, options
 	}
 	if fsType != "" || ptType != "" {
 		return &NotEmptyError{Device: device, FSType: fsType, PTType: ptType}
+	}
+	return m.FormatBlank(ctx, device, fstype, options)
+}
+
+// FormatBlank implements Mounter.
+func (m *HostMounter) FormatBlank(ctx context.Context, device, fstype string, options []string) error {
+	args, err := formatArgs(fstype, options)
+	if err != nil {
+		return err
 	}
 	if _, err := m.runner.Run(ctx, "mkfs."+fstype, append(args, device)...); err != nil {
 		return fmt.Errorf("formatting %s as %s: %w", device, fstype, err)

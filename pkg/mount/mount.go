@@ -19,6 +19,10 @@ type Mounter interface {
 	// *NotEmptyError, which says what it found: probing once, it is also
 	// how a caller learns the filesystem of a device it may format.
 	Format(ctx context.Context, device, fstype string, options []string) error
+	// FormatBlank is Format without the probe, for a device its caller
+	// knows to read as zeroes wherever a probe would look: it formats
+	// whatever the device holds.
+	FormatBlank(ctx context.Context, device, fstype string, options []string) error
 	Mount(ctx context.Context, source, target, fstype string, options []string) error
 	// BindMount binds source onto target, read-only when asked. A block
 	// device bound read-only cannot be written through target.

@@ -122,6 +122,10 @@ type Pool interface {
 	Grow(ctx context.Context, image string, size int64, check func(ImageInfo, []Watcher) error) (int64, error)
 	Flatten(ctx context.Context, image string) error
 	Watchers(ctx context.Context, image string) ([]Watcher, error)
+	// StageView is Watchers and, from the same open, whether the image is
+	// blank where signatures are kept (see SignatureSpan): no parent, and
+	// no data there.
+	StageView(ctx context.Context, image string) (watchers []Watcher, blank bool, err error)
 	Metadata(ctx context.Context, image string) (map[string]string, error)
 	SetMetadata(ctx context.Context, image string, kv map[string]string) error
 	RemoveMetadata(ctx context.Context, image, key string) error

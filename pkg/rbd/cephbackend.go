@@ -221,6 +221,61 @@ func (p *cephPool) Watchers(ctx context.Context, image string) ([]Watcher, error
 	return out, err
 }
 
+func (p *cephPool) StageView(ctx context.Context, image string) (watchers []Watcher, blank bool, err error) {
+	err = p.withImage(ctx, "inspecting", image, false, func(img *librbd.Image) (err error) {
+		if watchers, err = listWatchers(img); err != nil {
+			return err
+		}
+		blank, err = signatureFree(img)
+		return err
+	})
+	return watchers, blank, err
+}
+
+// SignatureSpan is how much of an image's start and of its end a probe
+// for filesystems, partition tables, RAID, LVM and LUKS headers reads:
+// blkid looks no further in (LUKS2's last secondary header starts at 4
+// MiB; a GPT's backup, md and ZFS labels sit in the last MiB).
+const SignatureSpan = 8 << 20
+
+// signatureFree reports whether the open image has no parent and no data
+// in its first and last SignatureSpan bytes: all a probe would read there
+// are zeroes. It asks librbd which objects exist there, a few reads, not
+// the device.
+func signatureFree(img *librbd.Image) (bool, error) {
+	if _, err := img.GetParent(); !errors.Is(err, librbd.ErrNotFound) {
+		return false, err // a clone, or unknown
+	}
+	size, err := img.GetSize()
+	if err != nil {
+		return false, err
+	}
+	head := min(size, SignatureSpan)
+	tail := max(head, size-min(size, SignatureSpan))
+	found := false
+	for _, r := range [][2]uint64{{0, head}, {tail, size - tail}} {
+		if r[1] == 0 {
+			continue
+		}
+		err := img.DiffIterate(librbd.DiffIterateConfig{Offset: r[0], Length: r[1],
+			IncludeParent: librbd.ExcludeParent, WholeObject: librbd.EnableWholeObject,
+			Callback: func(_, _ uint64, exists int, _ interface{}) int {
+				if exists == 0 {
+					return 0
+				}
+				found = true
+				return -int(syscall.ECANCELED) // one is enough
+			}})
+		if found {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
 func (p *cephPool) Inspect(ctx context.Context, image string) (ImageInfo, []Watcher, error) {
 	var info ImageInfo
 	var watchers []Watcher

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"maps"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -94,6 +95,9 @@ type FakeImage struct {
 	parent   *ParentRef
 	snaps    map[string]SnapInfo
 	watchers []Watcher
+	// mapped: a node has recorded a mapping of the image, so it may hold
+	// data; StageView counts an image blank until then.
+	mapped   bool
 	meta     map[string]string
 	trashed  bool
 	created  time.Time
@@ -355,6 +359,35 @@ func (p *FakePool) Watchers(_ context.Context, image string) ([]Watcher, error) 
 	return append([]Watcher(nil), img.watchers...), nil
 }
 
+// StageView implements Pool: an image without a parent is blank until a
+// mapping of it is first recorded, or SetWritten says otherwise.
+func (p *FakePool) StageView(ctx context.Context, image string) ([]Watcher, bool, error) {
+	watchers, err := p.Watchers(ctx, image)
+	if err != nil {
+		return nil, false, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.hook("StageView"); err != nil {
+		return nil, false, err
+	}
+	img, err := p.byName(image)
+	if err != nil {
+		return nil, false, err
+	}
+	return watchers, img.parent == nil && !img.mapped, nil
+}
+
+// SetWritten marks an image as holding data, as one written outside the
+// driver does.
+func (p *FakePool) SetWritten(image string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if img, err := p.byName(image); err == nil {
+		img.mapped = true
+	}
+}
+
 func (p *FakePool) Metadata(ctx context.Context, image string) (map[string]string, error) {
 	m, _, err := p.Records(ctx, image)
 	return m, err
@@ -400,6 +433,9 @@ func (p *FakePool) UpdateRecords(_ context.Context, image string, version uint64
 		return fmt.Errorf("records of %s/%s at version %d, not %d: %w", p.Name(), image, img.version, version, ErrConflict)
 	}
 	maps.Copy(img.meta, set)
+	for k := range set {
+		img.mapped = img.mapped || strings.HasPrefix(k, metaMapPrefix)
+	}
 	for _, k := range remove {
 		delete(img.meta, k)
 	}

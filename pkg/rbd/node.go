@@ -147,11 +147,12 @@ func (n *Node) mapImage(ctx context.Context, req *csi.NodeStageVolumeRequest, pr
 			return nil, err
 		}
 	}
-	mapping, err := n.mapAndRecord(ctx, req, t)
+	mapping, blank, err := n.mapAndRecord(ctx, req, t)
 	if err != nil {
 		return nil, err
 	}
 	rec := newStageRecord(req, t, mapping, prev)
+	rec.blank = blank
 	// The stage record only after the image's mapping record: it makes a
 	// retry skip mapping, so it must only exist once the controller can
 	// see this node's client.
@@ -210,34 +211,35 @@ func (n *Node) stageTargetOf(ctx context.Context, req *csi.NodeStageVolumeReques
 }
 
 // mapAndRecord maps the image once no other node holds it, and records in
-// the image which client maps it on this node.
-func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest, t *stageTarget) (mapper.Mapping, error) {
-	vctx, cc, m := req.GetVolumeContext(), t.cluster, t.mapper
+// the image which client maps it on this node. blank is the image's
+// Pool.StageView before the map.
+func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest, t *stageTarget) (m mapper.Mapping, blank bool, err error) {
+	vctx, cc, mp := req.GetVolumeContext(), t.cluster, t.mapper
 	image := vctx[CtxImageName]
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
-	own := ownMappingClient(ctx, m, t.pool.Name(), cc.RBD.RadosNamespace, image)
-	usage, err := n.checkHolders(ctx, t.pool, image, req.GetVolumeId(), mode, own)
+	own := ownMappingClient(ctx, mp, t.pool.Name(), cc.RBD.RadosNamespace, image)
+	usage, blank, err := n.checkHolders(ctx, t.pool, image, req.GetVolumeId(), mode, own)
 	if err != nil {
-		return mapper.Mapping{}, err
+		return mapper.Mapping{}, false, err
 	}
 	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: t.pool.Name(),
 		RadosNamespace: cc.RBD.RadosNamespace, Name: image, Creds: t.creds}
-	mapping, err := n.mapFresh(ctx, m, img, usage.Records, mapper.MapOptions{
+	mapping, err := n.mapFresh(ctx, mp, img, usage.Records, mapper.MapOptions{
 		ReadOnly:  readOnlyMode(req.GetVolumeCapability()),
-		Exclusive: m.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
+		Exclusive: mp.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
 		Options:   t.mapOpts})
 	if err != nil {
-		return mapper.Mapping{}, err
+		return mapper.Mapping{}, false, err
 	}
 	recorded, err := n.recordMapping(ctx, t.pool, image, req.GetVolumeId(), mode, mapping, usage.Watchers)
 	if err != nil {
-		if m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
+		if mp.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
 			n.ended.add(mapping.ClientAddr, time.Now())
 		}
-		return mapper.Mapping{}, err
+		return mapper.Mapping{}, false, err
 	}
 	mapping.ClientAddr, mapping.ClientID = recorded.ClientAddr, recorded.ClientID
-	return mapping, nil
+	return mapping, blank, nil
 }
 
 // newStageRecord is the stage record of a mapping made for req; a
@@ -284,19 +286,38 @@ func nodeStatus(err error, volumeID string) error {
 // call, made at publish; a node only refuses, and names the holder. The
 // watch of own, this node's mapping of the image, is not a holder's.
 func (n *Node) checkHolders(ctx context.Context, pool Pool, image, volumeID string,
-	mode csi.VolumeCapability_AccessMode_Mode, own string) (*Usage, error) {
-	usage, err := readUsageOf(ctx, pool, image)
+	mode csi.VolumeCapability_AccessMode_Mode, own string) (*Usage, bool, error) {
+	usage, blank, err := readStageUsage(ctx, pool, image)
 	if err != nil {
-		return nil, nodeStatus(err, volumeID)
+		return nil, false, nodeStatus(err, volumeID)
 	}
 	now := time.Now()
 	usage.Watchers = slices.DeleteFunc(usage.Watchers, func(w Watcher) bool {
 		return (own != "" && ceph.SameClient(w.Addr, own)) || n.ended.has(w.Addr, now)
 	})
 	if err := n.refuseConflicts(usage, pool, image, volumeID, mode); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return usage, nil
+	return usage, blank, nil
+}
+
+// readStageUsage is readUsageOf for a stage, with the image's blankness
+// (Pool.StageView): the records are read while the image opens.
+func readStageUsage(ctx context.Context, pool Pool, image string) (*Usage, bool, error) {
+	var recs *Records
+	var recsErr error
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		recs, recsErr = readRecords(ctx, pool, image)
+	}()
+	watchers, blank, err := pool.StageView(ctx, image)
+	<-read
+	if err = errors.Join(recsErr, err); err != nil {
+		return nil, false, err
+	}
+	u := &Usage{Records: recs, Watchers: watchers, Now: time.Now()}
+	return u, blank, recognizeControllers(ctx, pool, u)
 }
 
 func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode) error {
@@ -393,7 +414,7 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return status.Error(codes.Internal, err.Error())
 	}
 	dev := rec.Mapping.Device
-	fstype, formatted, err := n.ensureFilesystem(ctx, req, dev, rec.FSType)
+	fstype, formatted, err := n.ensureFilesystem(ctx, req, dev, rec.FSType, rec.blank)
 	if err != nil {
 		return err
 	}
@@ -428,8 +449,9 @@ func (n *Node) mountFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequ
 // filesystem to mount, and whether it has just been made: a device that
 // holds one is never formatted again, whatever the request asks for. The
 // device is probed once, by Format itself, unless it is staged read-only
-// and must not be formatted at all.
-func (n *Node) ensureFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequest, dev, fstype string) (string, bool, error) {
+// and must not be formatted at all, or blank says the image read as
+// zeroes wherever a probe looks when this call mapped it.
+func (n *Node) ensureFilesystem(ctx context.Context, req *csi.NodeStageVolumeRequest, dev, fstype string, blank bool) (string, bool, error) {
 	if readOnlyMode(req.GetVolumeCapability()) {
 		existing, err := n.opts.Mounter.GetFormat(ctx, dev)
 		if err != nil {
@@ -441,7 +463,11 @@ func (n *Node) ensureFilesystem(ctx context.Context, req *csi.NodeStageVolumeReq
 		return existing, false, nil
 	}
 	opts := strings.Fields(req.GetVolumeContext()[ParamMkfsOptions])
-	err := n.opts.Mounter.Format(ctx, dev, fstype, opts)
+	format := n.opts.Mounter.Format
+	if blank {
+		format = n.opts.Mounter.FormatBlank
+	}
+	err := format(ctx, dev, fstype, opts)
 	var found *mount.NotEmptyError
 	switch {
 	case err == nil:

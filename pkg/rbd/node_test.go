@@ -127,6 +127,13 @@ func (e *nodeEnv) calls(method string) []string {
 	return out
 }
 
+// hasFilesystem puts a filesystem of fstype on the image that dev maps:
+// the image then holds data, so a stage probes it before any format.
+func (e *nodeEnv) hasFilesystem(dev, fstype string) {
+	e.mnt.Formats[dev] = fstype
+	e.pool.SetWritten(nodeTestImage)
+}
+
 func (e *nodeEnv) mapCalls() int   { return len(e.krbd.MapCalls()) + len(e.nbd.MapCalls()) }
 func (e *nodeEnv) unmapCalls() int { return len(e.krbd.UnmapCalls()) + len(e.nbd.UnmapCalls()) }
 
@@ -367,6 +374,7 @@ func TestNodeStage(t *testing.T) {
 		cap       *csi.VolumeCapability
 		ctx       map[string]string // added to the volume context
 		existing  string            // filesystem already on the device
+		written   bool              // the image holds data (without a filesystem unless existing)
 		mapper    string            // the mapper expected to map
 		readOnly  bool              // expected MapOptions.ReadOnly
 		exclusive bool              // expected MapOptions.Exclusive
@@ -375,32 +383,34 @@ func TestNodeStage(t *testing.T) {
 		options   []string
 	}{
 		{name: "blank ext4 on the default mapper", cap: mountCap(rwo), mapper: mapper.KRBD,
-			format: "Format /dev/fake0 ext4 ", fstype: "ext4"},
+			format: "FormatBlank /dev/fake0 ext4 ", fstype: "ext4"},
 		{name: "no fstype means ext4", cap: mountCapFS(rwo, ""), mapper: mapper.KRBD,
-			format: "Format /dev/fake0 ext4 ", fstype: "ext4"},
+			format: "FormatBlank /dev/fake0 ext4 ", fstype: "ext4"},
 		{name: "blank xfs mounts nouuid", cap: mountCapFS(rwo, "xfs"), mapper: mapper.KRBD,
-			format: "Format /dev/fake0 xfs ", fstype: "xfs", options: []string{"nouuid"}},
+			format: "FormatBlank /dev/fake0 xfs ", fstype: "xfs", options: []string{"nouuid"}},
 		{name: "mkfs options", cap: mountCap(rwo), ctx: map[string]string{ParamMkfsOptions: "-m0  -E nodiscard"},
-			mapper: mapper.KRBD, format: "Format /dev/fake0 ext4 -m0 -E nodiscard", fstype: "ext4"},
+			mapper: mapper.KRBD, format: "FormatBlank /dev/fake0 ext4 -m0 -E nodiscard", fstype: "ext4"},
 		{name: "mount flags", cap: mountCapFS(rwo, "ext4", "discard", "noatime"), mapper: mapper.KRBD,
-			format: "Format /dev/fake0 ext4 ", fstype: "ext4", options: []string{"discard", "noatime"}},
+			format: "FormatBlank /dev/fake0 ext4 ", fstype: "ext4", options: []string{"discard", "noatime"}},
+		{name: "data but no filesystem is probed first", cap: mountCap(rwo), written: true, mapper: mapper.KRBD,
+			format: "Format /dev/fake0 ext4 ", fstype: "ext4"},
 		{name: "existing ext4 is kept when xfs is asked", cap: mountCapFS(rwo, "xfs"), existing: "ext4",
 			mapper: mapper.KRBD, fstype: "ext4"},
 		{name: "existing xfs is kept when ext4 is asked", cap: mountCap(rwo), existing: "xfs",
 			mapper: mapper.KRBD, fstype: "xfs", options: []string{"nouuid"}},
 		{name: "existing ext4", cap: mountCap(rwo), existing: "ext4", mapper: mapper.KRBD, fstype: "ext4"},
 		{name: "mounter rbd-nbd", cap: mountCap(rwo), ctx: map[string]string{ParamMounter: "rbd-nbd"},
-			mapper: mapper.NBD, format: "Format /dev/fake0 ext4 ", fstype: "ext4"},
+			mapper: mapper.NBD, format: "FormatBlank /dev/fake0 ext4 ", fstype: "ext4"},
 		{name: "mounter nbd (ceph-csi spelling)", cap: mountCap(rwo), ctx: map[string]string{ParamMounter: "nbd"},
-			mapper: mapper.NBD, format: "Format /dev/fake0 ext4 ", fstype: "ext4"},
+			mapper: mapper.NBD, format: "FormatBlank /dev/fake0 ext4 ", fstype: "ext4"},
 		{name: "mounter krbd", cap: mountCap(rwo), ctx: map[string]string{ParamMounter: "krbd"},
-			mapper: mapper.KRBD, format: "Format /dev/fake0 ext4 ", fstype: "ext4"},
+			mapper: mapper.KRBD, format: "FormatBlank /dev/fake0 ext4 ", fstype: "ext4"},
 		{name: "krbd exclusive with exclusive-lock", cap: mountCap(singleWriter),
 			ctx:    map[string]string{ParamImageFeatures: "exclusive-lock,layering"},
-			mapper: mapper.KRBD, exclusive: true, format: "Format /dev/fake0 ext4 ", fstype: "ext4"},
+			mapper: mapper.KRBD, exclusive: true, format: "FormatBlank /dev/fake0 ext4 ", fstype: "ext4"},
 		{name: "nbd never exclusive", cap: mountCap(rwo),
 			ctx:    map[string]string{ParamImageFeatures: "exclusive-lock,layering", ParamMounter: "rbd-nbd"},
-			mapper: mapper.NBD, format: "Format /dev/fake0 ext4 ", fstype: "ext4"},
+			mapper: mapper.NBD, format: "FormatBlank /dev/fake0 ext4 ", fstype: "ext4"},
 		{name: "multi-node reader mounts ro", cap: mountCap(multiReader), existing: "ext4", mapper: mapper.KRBD,
 			readOnly: true, fstype: "ext4", options: []string{"ro"}},
 		{name: "single-node reader xfs mounts ro,nouuid", cap: mountCapFS(singleReader, "xfs"), existing: "xfs",
@@ -413,7 +423,10 @@ func TestNodeStage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newNodeEnv(t)
 			if tc.existing != "" {
-				e.mnt.Formats[nodeTestDev] = tc.existing
+				e.hasFilesystem(nodeTestDev, tc.existing)
+			}
+			if tc.written {
+				e.pool.SetWritten(nodeTestImage)
 			}
 			req := e.stageReq(tc.cap)
 			maps.Copy(req.VolumeContext, tc.ctx)
@@ -436,7 +449,7 @@ func TestNodeStage(t *testing.T) {
 				t.Errorf("map options %+v, want readOnly=%v exclusive=%v", c.Opts, tc.readOnly, tc.exclusive)
 			}
 
-			formats := e.calls("Format")
+			formats := append(e.calls("Format"), e.calls("FormatBlank")...)
 			switch {
 			case tc.format == "" && len(formats) > 0:
 				t.Errorf("formatted: %q", formats)
@@ -535,7 +548,7 @@ func TestNodeStageRefused(t *testing.T) {
 		{name: "multi-node reader, an unknown client watches", cap: mountCap(multiReader), code: codes.OK, wantMap: true,
 			setup: func(_ *testing.T, e *nodeEnv) {
 				e.pool.SetWatchers(nodeTestImage, Watcher{Addr: strangerAddr, ID: 5})
-				e.mnt.Formats[nodeTestDev] = "ext4"
+				e.hasFilesystem(nodeTestDev, "ext4")
 			}},
 		{name: "multi-node writer block, another node watches", cap: blockCap(rwx), code: codes.OK, wantMap: true,
 			setup: func(t *testing.T, e *nodeEnv) { e.otherNodeMaps(t) }},
@@ -784,7 +797,7 @@ func TestNodePublish(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newNodeEnv(t)
-			e.mnt.Formats[nodeTestDev] = "ext4" // readers need a filesystem
+			e.hasFilesystem(nodeTestDev, "ext4") // readers need a filesystem
 			if tc.stage != nil {
 				e.stage(t, e.stageReq(tc.stage))
 			}
@@ -978,7 +991,7 @@ func TestNodeExpandVolume(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newNodeEnv(t)
-			e.mnt.Formats[nodeTestDev] = "ext4"
+			e.hasFilesystem(nodeTestDev, "ext4")
 			capab := mountCap(rwo)
 			if tc.block {
 				capab = blockCap(rwo)
@@ -1170,6 +1183,23 @@ func TestNodeStageRetryRecordsMapping(t *testing.T) {
 	}
 }
 
+// TestNodeStageRetryProbesBeforeFormatting: a first stage formats a blank
+// image without a probe; its retry, which may follow a format cut short,
+// probes first, and keeps what it finds.
+func TestNodeStageRetryProbesBeforeFormatting(t *testing.T) {
+	e := newNodeEnv(t)
+	e.mnt.Errors["Mount"] = errors.New("mount: killed")
+	if _, err := e.n.NodeStageVolume(context.Background(), e.stageReq(mountCap(rwo))); err == nil {
+		t.Fatal("stage succeeded with mount failing")
+	}
+	delete(e.mnt.Errors, "Mount")
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	want := []string{"FormatBlank /dev/fake0 ext4 ", "RefusedFormat /dev/fake0 ext4"}
+	if got := append(e.calls("FormatBlank"), e.calls("RefusedFormat")...); !slices.Equal(got, want) {
+		t.Errorf("format calls %q, want %q", got, want)
+	}
+}
+
 // TestNodeStageRetryPastItsEndedClient: recording the mapping timed out
 // (an OSD stalled), so the stage unmapped by force; the ended client's
 // watch lingers until the OSD's watch timeout. The retry maps again at
@@ -1218,7 +1248,7 @@ func TestStageGrowsAnExpandedFilesystem(t *testing.T) {
 	for _, fstype := range []string{"ext4", "xfs"} {
 		t.Run(fstype, func(t *testing.T) {
 			e := newNodeEnv(t)
-			e.mnt.Formats[nodeTestDev] = fstype
+			e.hasFilesystem(nodeTestDev, fstype)
 			e.mnt.Sizes[nodeTestDev] = 2 * gib
 			e.mnt.FSSizes[nodeTestDev] = gib
 			e.stage(t, e.stageReq(mountCapFS(rwo, fstype)))
@@ -1237,7 +1267,7 @@ func TestStageGrowsAnExpandedFilesystem(t *testing.T) {
 			}
 			// Grown: the next stage has nothing to do.
 			e.unstage(t)
-			e.mnt.Formats[nodeTestDev] = fstype
+			e.hasFilesystem(nodeTestDev, fstype)
 			e.mnt.Sizes[nodeTestDev] = 2 * gib
 			calls := len(e.calls("ResizeFS"))
 			e.stage(t, e.stageReq(mountCapFS(rwo, fstype)))

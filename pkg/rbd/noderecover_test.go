@@ -22,7 +22,7 @@ import (
 // the second read-only.
 func (e *nodeEnv) stagedAndPublished(t *testing.T, c *csi.VolumeCapability) (rw, ro string) {
 	t.Helper()
-	e.mnt.Formats[nodeTestDev] = "ext4"
+	e.hasFilesystem(nodeTestDev, "ext4")
 	e.stage(t, e.stageReq(c))
 	rw, ro = e.target("pod1"), e.target("pod2")
 	e.publish(t, e.publishReq(rw, c))
@@ -48,7 +48,7 @@ func TestNodeStageReplacesDeadMapping(t *testing.T) {
 			rw, ro := e.stagedAndPublished(t, c)
 			old := e.record(t).Mapping
 			e.krbd.Kill(old.Device)
-			e.mnt.Formats["/dev/fake1"] = "ext4" // the next device the fake hands out: the same image
+			e.hasFilesystem("/dev/fake1", "ext4") // the next device the fake hands out: the same image
 			calls0 := len(e.mnt.CallLog())
 
 			var atRecord []string // what had happened when the new record was written
@@ -209,7 +209,7 @@ func TestNodeStageIncompatible(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newNodeEnv(t)
-			e.mnt.Formats[nodeTestDev] = "ext4"
+			e.hasFilesystem(nodeTestDev, "ext4")
 			e.stage(t, e.stageReq(tc.staged))
 			calls := len(e.mnt.CallLog())
 			_, err := e.n.NodeStageVolume(context.Background(), e.stageReq(tc.again))

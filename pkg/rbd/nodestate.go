@@ -42,6 +42,10 @@ type stageRecord struct {
 	// CephCSIStash: ceph-csi's image-meta.json is at the staging path, to
 	// remove with its mount point at unstage.
 	CephCSIStash bool `json:"cephCSIStash,omitempty"`
+	// blank: when this call mapped the image, it was blank where
+	// signatures are kept (Pool.StageView), so formatting it needs no
+	// probe. Never stored: a retry, which may follow a format, probes.
+	blank bool
 }
 
 // capabilityKey is nodefs.CapabilityKey with RBD's default filesystem.
