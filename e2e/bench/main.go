@@ -95,7 +95,7 @@ func parseOptions(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.fsKeyFile, "fs-key-file", "", "file holding the CephFS user's cephx key")
 	fs.IntVar(&o.fsVolumes, "cephfs-volumes", 50, "CephFS volumes created and deleted at each CephFS concurrency")
 	fsConc := fs.String("cephfs-concurrency", "4,8", "concurrencies of CephFS CreateVolume and DeleteVolume")
-	fs.IntVar(&o.fsClones, "cephfs-clones", 5, "CephFS volumes restored from a snapshot, and clones of a volume, one at a time")
+	fs.IntVar(&o.fsClones, "cephfs-clones", 15, "CephFS volumes restored from a snapshot, and clones of a volume, one at a time")
 	fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
 	fs.BoolVar(&o.strict, "strict", false, "exit 1 when a driver call failed at the highest concurrency")
 	if err := fs.Parse(args); err != nil {

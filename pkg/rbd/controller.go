@@ -340,6 +340,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 	if !fresh {
 		head, err = pool.Head(ctx, rec.Backing)
 	}
+	created := false // a new image, no clone: its metadata is empty
 	if errors.Is(err, ErrImageNotFound) {
 		spec := ImageSpec{Name: rec.Backing, Size: rec.SizeBytes, Features: params.Features, DataPool: params.DataPool,
 			ObjectSize: params.ObjectSize, StripeUnit: params.StripeUnit, StripeCount: params.StripeCount}
@@ -349,6 +350,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 			err = c.cloneImage(ctx, pool, rec, spec, source)
 		}
 		if err == nil {
+			created = source == nil
 			c.createStep(CreateStepImage)
 		} else if ceph.Errno(err) == syscall.EEXIST {
 			head, err = c.awaitCreated(ctx, pool, rec.Backing, source != nil)
@@ -368,7 +370,7 @@ func (c *Controller) ensureImage(ctx context.Context, pool Pool, rec *journal.Re
 		}
 	}
 	return writeOwner(ctx, pool, rec.Backing, Owner{Name: rec.Name, PVC: params.PVCName, Namespace: params.PVCNamespace,
-		PV: params.PVName, Params: rec.Params})
+		PV: params.PVName, Params: rec.Params}, created)
 }
 
 // finishExisting does what creating the existing image head may have left
@@ -417,9 +419,14 @@ func (c *Controller) awaitCreated(ctx context.Context, pool Pool, image string, 
 // record is written a clone carries its parent's, and the parent's
 // attachment, mapping and fence records, which name the parent's holders:
 // those go in the same conditional write. Once the owner record names this
-// volume, its usage records are its own and are left alone.
-func writeOwner(ctx context.Context, pool Pool, image string, owner Owner) error {
+// volume, its usage records are its own and are left alone. An image this
+// call has just created, no clone (created), has nothing to drop: the
+// record is written without a read.
+func writeOwner(ctx context.Context, pool Pool, image string, owner Owner, created bool) error {
 	b, _ := json.Marshal(owner)
+	if created {
+		return pool.SetMetadata(ctx, image, map[string]string{metaOwnerKey: string(b)})
+	}
 	for attempt := 1; ; attempt++ {
 		meta, version, err := pool.Records(ctx, image)
 		if err != nil {

@@ -294,6 +294,25 @@ func TestCreateVolumeCompletesReservation(t *testing.T) {
 	}
 }
 
+// TestCreateVolumeWritesANewImagesOwnerWithoutARead: a new image, no
+// clone, inherits no records, so its owner is written without reading
+// its metadata first; a retry that finds the image reads before writing.
+func TestCreateVolumeWritesANewImagesOwnerWithoutARead(t *testing.T) {
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	image := vol.GetVolumeContext()[CtxImageName]
+	if meta, _ := e.pool.Metadata(context.Background(), image); meta[metaOwnerKey] == "" {
+		t.Fatalf("no owner record on %s: %v", image, meta)
+	}
+	if n := e.pool.Calls("Records"); n != 1 { // the Metadata above
+		t.Errorf("%d metadata reads for a new image's owner, want none", n-1)
+	}
+	e.create(t, createReq("pvc-1", gib))
+	if n := e.pool.Calls("Records"); n != 2 {
+		t.Errorf("the retry read the records %d times, want once", n-1)
+	}
+}
+
 // TestCreateVolumeFailureReservation: a create that failed finally takes
 // its reservation back. One the provisioner retries keeps it, even after
 // the claim's deletion: the image may yet appear (a call abandoned at the
