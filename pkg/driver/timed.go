@@ -18,7 +18,7 @@ const (
 	OpMount = "mount"
 )
 
-// timedMounter times the mounter's Format (mkfs) and Mount.
+// timedMounter times the mounter's Format and FormatBlank (mkfs) and Mount.
 type timedMounter struct {
 	mount.Mounter
 	observe func(op string, d time.Duration)
@@ -27,6 +27,11 @@ type timedMounter struct {
 func (m timedMounter) Format(ctx context.Context, device, fstype string, options []string) error {
 	defer m.since(OpMkfs, time.Now())
 	return m.Mounter.Format(ctx, device, fstype, options)
+}
+
+func (m timedMounter) FormatBlank(ctx context.Context, device, fstype string, options []string) error {
+	defer m.since(OpMkfs, time.Now())
+	return m.Mounter.FormatBlank(ctx, device, fstype, options)
 }
 
 func (m timedMounter) Mount(ctx context.Context, source, target, fstype string, options []string) error {
