@@ -213,27 +213,27 @@ func (n *Node) stageTargetOf(ctx context.Context, req *csi.NodeStageVolumeReques
 // mapAndRecord maps the image once no other node holds it, and records in
 // the image which client maps it on this node. blank is the image's
 // Pool.StageView before the map.
-func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest, t *stageTarget) (m mapper.Mapping, blank bool, err error) {
-	vctx, cc, mp := req.GetVolumeContext(), t.cluster, t.mapper
+func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest, t *stageTarget) (mapper.Mapping, bool, error) {
+	vctx, cc, m := req.GetVolumeContext(), t.cluster, t.mapper
 	image := vctx[CtxImageName]
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
-	own := ownMappingClient(ctx, mp, t.pool.Name(), cc.RBD.RadosNamespace, image)
+	own := ownMappingClient(ctx, m, t.pool.Name(), cc.RBD.RadosNamespace, image)
 	usage, blank, err := n.checkHolders(ctx, t.pool, image, req.GetVolumeId(), mode, own)
 	if err != nil {
 		return mapper.Mapping{}, false, err
 	}
 	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: t.pool.Name(),
 		RadosNamespace: cc.RBD.RadosNamespace, Name: image, Creds: t.creds}
-	mapping, err := n.mapFresh(ctx, mp, img, usage.Records, mapper.MapOptions{
+	mapping, err := n.mapFresh(ctx, m, img, usage.Records, mapper.MapOptions{
 		ReadOnly:  readOnlyMode(req.GetVolumeCapability()),
-		Exclusive: mp.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
+		Exclusive: m.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
 		Options:   t.mapOpts})
 	if err != nil {
 		return mapper.Mapping{}, false, err
 	}
 	recorded, err := n.recordMapping(ctx, t.pool, image, req.GetVolumeId(), mode, mapping, usage.Watchers)
 	if err != nil {
-		if mp.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
+		if m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
 			n.ended.add(mapping.ClientAddr, time.Now())
 		}
 		return mapper.Mapping{}, false, err
