@@ -7,15 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // krbd maps images with the kernel rbd module, through `rbd device map`.
 // It reads what is mapped from sysfs, never from the rbd tool's output.
 type krbd struct {
-	cfg Config
+	cfg      Config
+	readFile func(string) ([]byte, error) // os.ReadFile; sysfs reads
 }
 
-func newKRBD(cfg Config) *krbd { return &krbd{cfg: cfg} }
+func newKRBD(cfg Config) *krbd { return &krbd{cfg: cfg, readFile: os.ReadFile} }
 
 func (k *krbd) Name() string { return KRBD }
 
@@ -197,8 +199,8 @@ func (k *krbd) devices() (map[string]krbdDevice, error) {
 	devs := make(map[string]krbdDevice, len(entries))
 	for _, e := range entries {
 		d, err := k.readDevice(e.Name())
-		if errors.Is(err, os.ErrNotExist) {
-			continue // unmapped while we read it
+		if unmappedMeanwhile(err) {
+			continue
 		}
 		if err != nil {
 			return nil, err
@@ -213,7 +215,7 @@ func (k *krbd) devices() (map[string]krbdDevice, error) {
 func (k *krbd) readDevice(id string) (krbdDevice, error) {
 	dir := filepath.Join(k.devicesDir(), id)
 	attr := func(name string) (string, error) {
-		b, err := os.ReadFile(filepath.Join(dir, name))
+		b, err := k.readFile(filepath.Join(dir, name))
 		return strings.TrimSpace(string(b)), err
 	}
 	// Older kernels lack pool_ns and client_addr; "" then.
@@ -241,6 +243,14 @@ func (k *krbd) readDevice(id string) (krbdDevice, error) {
 		ClientAddr:     optional("client_addr"),
 		ClientID:       clientName(optional("client_id")),
 	}}, nil
+}
+
+// unmappedMeanwhile tells whether err is a read of a device that another
+// unmap removed while we read it: its directory gone (ENOENT), or its
+// attributes already torn down (ENODEV, as the kernel answers during the
+// removal).
+func unmappedMeanwhile(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV)
 }
 
 // clientName spells the kernel's client_id ("client4126") as Ceph's
