@@ -3,10 +3,12 @@ package kernel
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +22,7 @@ var nbdClass = map[string]string{"mounter": "rbd-nbd"}
 func nbdDaemon(t *testing.T, dev string) int {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("/sys/block", dev, "pid"))
-	if os.IsNotExist(err) {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV) { // ENODEV: being disconnected
 		return 0
 	}
 	if err != nil {
