@@ -88,7 +88,7 @@ func TestGuest(t *testing.T) {
 		results.Flush()
 		t.Logf("guest suite: %s in %v", results.summary(), time.Since(suiteStart).Round(100*time.Millisecond))
 		if err != nil || code != 0 {
-			t.Fatalf("the guest suite exited %d, %v\n%s", code, err, v.ConsoleTail(8192))
+			t.Fatalf("the guest suite exited %d, %v; failed: %s\n%s", code, err, results.failures(), v.ConsoleTail(8192))
 		}
 	})
 	t.Run("HungGuestIsKilled", func(t *testing.T) { testHungGuestIsKilled(ctx, t, v) })
@@ -219,6 +219,7 @@ type suiteLog struct {
 	partial []byte
 	counts  map[string]int // PASS, FAIL, SKIP
 	skips   []string       // name: reason
+	failed  []string
 	lastSkp string
 }
 
@@ -256,6 +257,9 @@ func (l *suiteLog) line(s string) {
 	if m := resultLine.FindStringSubmatch(s); m != nil {
 		l.counts[m[1]]++
 		l.lastSkp = ""
+		if m[1] == "FAIL" {
+			l.failed = append(l.failed, m[2])
+		}
 		if m[1] == "SKIP" {
 			l.lastSkp = m[2]
 		}
@@ -275,6 +279,16 @@ func (l *suiteLog) summary() string {
 		s += "; skipped: " + strings.Join(l.skips, "; ")
 	}
 	return s
+}
+
+// failures names the tests that failed, or says that none did.
+func (l *suiteLog) failures() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.failed) == 0 {
+		return "no test"
+	}
+	return strings.Join(l.failed, ", ")
 }
 
 // shareWithGuest copies the file at path, or the cephcsi and cephcsi.gz a
