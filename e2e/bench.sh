@@ -3,7 +3,7 @@
 # RBD driver (controller and node in one process, fuse mapper, -v=2) and its
 # CephFS controller, runs e2e/bench against the drivers and the floor,
 # prints its table, and stops them. ARGS go to the program (-json, -strict,
-# -volumes N, -skip node, -cephfs-clones N, ...).
+# -volumes N, -skip node,cephfs, -cephfs-clones N, ...).
 # BENCH_DIR=DIR keeps the cluster directory and the driver's log there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

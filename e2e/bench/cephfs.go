@@ -106,6 +106,10 @@ func (b *bench) measureCephFS(ctx context.Context) {
 		b.notMeasured = append(b.notMeasured, "CephFS: no -cephfs-endpoint")
 		return
 	}
+	if b.opts.skipped("cephfs") {
+		b.notMeasured = append(b.notMeasured, "CephFS: -skip cephfs")
+		return
+	}
 	if err := b.fs.warmUp(ctx, b.name("fs-warm-up")); err != nil {
 		b.setupErrs = append(b.setupErrs, err.Error())
 		return

@@ -88,7 +88,7 @@ func parseOptions(args []string, out io.Writer) (options, error) {
 	fs.IntVar(&o.copyRounds, "copy-rounds", 3, "times the copy workloads (snapshots, restores, clones, expansion) run at each concurrency")
 	fs.IntVar(&o.expandRounds, "expand-rounds", 5, "times each volume is grown, by a quarter of -size each time")
 	fs.IntVar(&o.trashKept, "trash-kept", 0, "images left in the trash, kept by a snapshot each, throughout the run")
-	fs.StringVar(&o.skip, "skip", "", "workloads to leave out: controller, copies, node (comma-separated)")
+	fs.StringVar(&o.skip, "skip", "", "workloads to leave out: controller, copies, node, cephfs (comma-separated)")
 	fs.StringVar(&o.fsEndpoint, "cephfs-endpoint", "", "the CephFS driver's CSI endpoint (controller); empty: CephFS is not measured")
 	fs.StringVar(&o.fsName, "fs-name", "cephfs", "CephFS filesystem of the CephFS class")
 	fs.StringVar(&o.fsUser, "fs-user", "", "cephx user of the CephFS secrets, used by the CephFS floor too")
