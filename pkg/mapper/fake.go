@@ -65,22 +65,21 @@ func (f *FakeMapper) CheckCalls() int {
 	return f.checks
 }
 
-// Map returns the existing mapping of img, or a new one on /dev/fakeN.
-// A dead mapping of img is replaced, as the real mappers clear one.
-func (f *FakeMapper) Map(_ context.Context, img Image, opts MapOptions) (Mapping, error) {
+// Map returns the existing mapping of img, or a new one on /dev/fakeN
+// once opts.Admit lets it. A dead mapping of img is replaced, as the real
+// mappers clear one.
+func (f *FakeMapper) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, error) {
+	if m, found, err := f.existing(img, opts); found || err != nil {
+		return m, err
+	}
+	if err := opts.admit(ctx); err != nil {
+		return Mapping{}, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.mapCalls = append(f.mapCalls, FakeMapCall{img, opts})
-	if f.MapErr != nil {
-		return Mapping{}, f.MapErr
-	}
-	for i, m := range f.mappings {
-		if m.same(img) && !f.dead[m.Device] {
+	for _, m := range f.mappings {
+		if m.same(img) && !f.dead[m.Device] { // mapped while Admit ran
 			return m, nil
-		}
-		if m.same(img) {
-			f.mappings = append(f.mappings[:i], f.mappings[i+1:]...)
-			break
 		}
 	}
 	n := f.next
@@ -93,6 +92,35 @@ func (f *FakeMapper) Map(_ context.Context, img Image, opts MapOptions) (Mapping
 	}
 	f.mappings = append(f.mappings, m)
 	return m, nil
+}
+
+// NewMappings counts the mappings Map has made so far (a Map call that
+// returned an existing mapping, or failed, made none).
+func (f *FakeMapper) NewMappings() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.next
+}
+
+// existing records a Map call and returns img's live mapping, if any,
+// after dropping a dead one.
+func (f *FakeMapper) existing(img Image, opts MapOptions) (Mapping, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mapCalls = append(f.mapCalls, FakeMapCall{img, opts})
+	if f.MapErr != nil {
+		return Mapping{}, false, f.MapErr
+	}
+	for i, m := range f.mappings {
+		if m.same(img) && !f.dead[m.Device] {
+			return m, true, nil
+		}
+		if m.same(img) {
+			f.mappings = append(f.mappings[:i], f.mappings[i+1:]...)
+			break
+		}
+	}
+	return Mapping{}, false, nil
 }
 
 // Unmap removes the mapping with m's device, or m's image if m has none.

@@ -200,6 +200,11 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 	if err := writeFuseState(dir, st); err != nil {
 		return st, err
 	}
+	// rbd-fuse has not opened the image yet: it opens it at the first
+	// lookup of its file, which waitForImage makes (TestFuseRealAdmit).
+	if err := opts.admit(ctx); err != nil {
+		return st, err
+	}
 	if err := f.waitForImage(ctx, dir, st); err != nil {
 		return st, err
 	}

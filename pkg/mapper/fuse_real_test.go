@@ -288,6 +288,72 @@ func TestFuseRealCluster(t *testing.T) {
 	}
 }
 
+// TestFuseRealAdmit: with a real rbd-fuse, Admit runs once rbd-fuse has
+// mounted and before it opens the image (nothing watches the image yet),
+// so a node may check the image's holders meanwhile; a refusal undoes the
+// start and leaves nothing behind.
+func TestFuseRealAdmit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Ceph cluster")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for FUSE mounts and loop devices")
+	}
+	rc := realCluster{cephtest.Get(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stateDir := t.TempDir()
+	reg, err := NewRegistry(Config{Runner: util.ExecRunner{DefaultTimeout: time.Minute}, StateDir: stateDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := reg.Get(Fuse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := rc.image("", "mapper-admit-"+randomSuffix(t))
+	rc.createImage(t, img)
+
+	refused := errors.New("held elsewhere")
+	var watchedAtAdmit []rbdWatcher
+	_, err = m.Map(ctx, img, MapOptions{Admit: func(context.Context) error {
+		watchedAtAdmit = rc.watchers(t, img)
+		return refused
+	}})
+	if !errors.Is(err, refused) {
+		t.Fatalf("Map = %v, want Admit's refusal", err)
+	}
+	if len(watchedAtAdmit) != 0 {
+		t.Fatalf("the image was watched when Admit ran: %+v", watchedAtAdmit)
+	}
+	if listed, err := m.List(ctx); err != nil || len(listed) != 0 {
+		t.Fatalf("List after a refused Map = %+v, %v; want nothing", listed, err)
+	}
+	if w := rc.watchers(t, img); len(w) != 0 {
+		t.Fatalf("the image is watched after a refused Map: %+v", w)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(stateDir, "fuse")); len(entries) != 0 {
+		t.Fatalf("mapping directories left after a refused Map: %v", entries)
+	}
+
+	admitted := false
+	mp, err := m.Map(ctx, img, MapOptions{Admit: func(context.Context) error {
+		admitted, watchedAtAdmit = true, rc.watchers(t, img)
+		return nil
+	}})
+	if err != nil {
+		t.Fatalf("Map admitted: %v", err)
+	}
+	t.Cleanup(func() { _ = m.Unmap(context.Background(), mp, UnmapOptions{}) })
+	if !admitted || len(watchedAtAdmit) != 0 {
+		t.Fatalf("Admit called %v, with the image watched by %+v; want called, unwatched", admitted, watchedAtAdmit)
+	}
+	requireWatcher(t, rc.watchers(t, img), mp)
+	if err := m.Unmap(ctx, mp, UnmapOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // requireWatcher checks that the mapping's client is among the watchers.
 func requireWatcher(t *testing.T, watchers []rbdWatcher, m Mapping) {
 	t.Helper()

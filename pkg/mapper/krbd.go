@@ -45,6 +45,9 @@ func (k *krbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, er
 			return d.mapping, nil
 		}
 	}
+	if err := opts.admit(ctx); err != nil {
+		return Mapping{}, err
+	}
 
 	keyfile, removeKey, err := writeKeyfile(k.cfg.StateDir, img.Creds)
 	if err != nil {

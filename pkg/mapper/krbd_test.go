@@ -93,6 +93,22 @@ func TestKRBDMapReturnsExistingMapping(t *testing.T) {
 	}
 }
 
+// TestKRBDMapAdmitsFirst: krbd opens the image as it maps, so Admit runs
+// before anything; its refusal is Map's answer and nothing is run.
+func TestKRBDMapAdmitsFirst(t *testing.T) {
+	host := newFakeHost(t, "rbd")
+	r := &fakeRunner{}
+	refused := errors.New("held elsewhere")
+	_, err := newKRBD(host.config(r, nil)).Map(context.Background(), testImage(),
+		MapOptions{Admit: func(context.Context) error { return refused }})
+	if !errors.Is(err, refused) {
+		t.Fatalf("Map = %v, want Admit's refusal", err)
+	}
+	if len(r.calls) != 0 {
+		t.Fatalf("ran %q though Admit refused", r.calls)
+	}
+}
+
 // TestKRBDMapReusedID: while the image is mapped, another mapping on the
 // node is unmapped, and the kernel gives the new device the id it freed.
 func TestKRBDMapReusedID(t *testing.T) {

@@ -39,6 +39,22 @@ type MapOptions struct {
 	// Options are the StorageClass mapOptions for this mapper, comma
 	// separated, e.g. "lock_on_read,queue_depth=1024".
 	Options string
+	// Admit, when set, is called once a new mapping is wanted, before
+	// anything Map starts can open the image: first for krbd and rbd-nbd,
+	// which open it as they map; after rbd-fuse has mounted for fuse,
+	// which opens it at the first lookup of its file. An error from it
+	// ends the map, what was started undone, and is returned as is. It
+	// lets the caller check the image's holders while the mapper starts.
+	// Map returns an existing mapping without calling it.
+	Admit func(context.Context) error
+}
+
+// admit calls o.Admit, if set.
+func (o MapOptions) admit(ctx context.Context) error {
+	if o.Admit == nil {
+		return nil
+	}
+	return o.Admit(ctx)
 }
 
 // UnmapOptions modify one Unmap call.

@@ -44,6 +44,9 @@ func (n *nbd) Map(ctx context.Context, img Image, opts MapOptions) (Mapping, err
 			return m, nil
 		}
 	}
+	if err := opts.admit(ctx); err != nil {
+		return Mapping{}, err
+	}
 
 	keyfile, removeKey, err := writeKeyfile(n.cfg.StateDir, img.Creds)
 	if err != nil {

@@ -142,6 +142,25 @@ func TestNBDMapReturnsExistingMapping(t *testing.T) {
 	}
 }
 
+// TestNBDMapAdmitsFirst: rbd-nbd opens the image as it maps, so Admit
+// runs before it; its refusal is Map's answer and rbd-nbd never maps.
+func TestNBDMapAdmitsFirst(t *testing.T) {
+	host := newFakeHost(t, "nbd")
+	nbdHost := &fakeNBD{t: t, dev: host.dev}
+	r := &fakeRunner{handle: nbdHost.handle}
+	refused := errors.New("held elsewhere")
+	_, err := newNBD(host.config(r, nil)).Map(context.Background(), testImage(),
+		MapOptions{Admit: func(context.Context) error { return refused }})
+	if !errors.Is(err, refused) {
+		t.Fatalf("Map = %v, want Admit's refusal", err)
+	}
+	for _, argv := range r.calls {
+		if argv[1] != "list-mapped" {
+			t.Fatalf("ran %q though Admit refused", argv)
+		}
+	}
+}
+
 // TestNBDMapReusedDevice: while the image is mapped, another mapping on
 // the node is unmapped, and the new mapping gets the device it freed.
 func TestNBDMapReusedDevice(t *testing.T) {

@@ -120,6 +120,9 @@ type FakePool struct {
 	// check (with the pool unlocked): tests use it to change the records
 	// under a caller, as another process would.
 	BeforeUpdate func(image string)
+	// BeforeStageView, when set, runs as StageView starts (with the pool
+	// unlocked): tests use it to hold a holder check back.
+	BeforeStageView func(image string)
 }
 
 // NewFakePool returns an empty pool.
@@ -362,6 +365,9 @@ func (p *FakePool) Watchers(_ context.Context, image string) ([]Watcher, error) 
 // StageView implements Pool: an image without a parent is blank until a
 // mapping of it is first recorded, or SetWritten says otherwise.
 func (p *FakePool) StageView(ctx context.Context, image string) ([]Watcher, bool, error) {
+	if p.BeforeStageView != nil {
+		p.BeforeStageView(image)
+	}
 	watchers, err := p.Watchers(ctx, image)
 	if err != nil {
 		return nil, false, err

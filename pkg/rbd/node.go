@@ -212,25 +212,27 @@ func (n *Node) stageTargetOf(ctx context.Context, req *csi.NodeStageVolumeReques
 
 // mapAndRecord maps the image once no other node holds it, and records in
 // the image which client maps it on this node. blank is the image's
-// Pool.StageView before the map.
+// Pool.StageView before the map. The holder check runs while the mapper
+// starts (rbd-fuse takes tens of milliseconds to mount and connect): the
+// mapper's Admit waits for it before anything opens the image.
 func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest, t *stageTarget) (mapper.Mapping, bool, error) {
 	vctx, cc, m := req.GetVolumeContext(), t.cluster, t.mapper
 	image := vctx[CtxImageName]
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
 	own := ownMappingClient(ctx, m, t.pool.Name(), cc.RBD.RadosNamespace, image)
-	usage, blank, err := n.checkHolders(ctx, t.pool, image, req.GetVolumeId(), mode, own)
-	if err != nil {
-		return mapper.Mapping{}, false, err
-	}
+	check := n.startHolderCheck(ctx, t.pool, image, req.GetVolumeId(), mode, own)
 	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: t.pool.Name(),
 		RadosNamespace: cc.RBD.RadosNamespace, Name: image, Creds: t.creds}
-	mapping, err := n.mapFresh(ctx, m, img, usage.Records, mapper.MapOptions{
+	mapping, err := n.mapFresh(ctx, m, img, mapper.MapOptions{
 		ReadOnly:  readOnlyMode(req.GetVolumeCapability()),
 		Exclusive: m.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
-		Options:   t.mapOpts})
+		Options:   t.mapOpts,
+		Admit:     check.admit,
+	}, check.records)
 	if err != nil {
 		return mapper.Mapping{}, false, err
 	}
+	usage, blank := check.usage, check.blank
 	recorded, err := n.recordMapping(ctx, t.pool, image, req.GetVolumeId(), mode, mapping, usage.Watchers)
 	if err != nil {
 		if m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
@@ -240,6 +242,44 @@ func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest
 	}
 	mapping.ClientAddr, mapping.ClientID = recorded.ClientAddr, recorded.ClientID
 	return mapping, blank, nil
+}
+
+// holderCheck is checkHolders run while the mapper starts.
+type holderCheck struct {
+	done  chan struct{}
+	usage *Usage
+	blank bool
+	err   error
+}
+
+func (n *Node) startHolderCheck(ctx context.Context, pool Pool, image, volumeID string,
+	mode csi.VolumeCapability_AccessMode_Mode, own string) *holderCheck {
+	c := &holderCheck{done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		c.usage, c.blank, c.err = n.checkHolders(ctx, pool, image, volumeID, mode, own)
+	}()
+	return c
+}
+
+// admit is the mapper's Admit: the check's refusal, once it is known.
+func (c *holderCheck) admit(ctx context.Context) error {
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// records waits for the check and returns the image's records, or the
+// check's refusal.
+func (c *holderCheck) records() (*Records, error) {
+	<-c.done
+	if c.err != nil {
+		return nil, c.err
+	}
+	return c.usage.Records, nil
 }
 
 // newStageRecord is the stage record of a mapping made for req; a

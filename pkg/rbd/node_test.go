@@ -504,7 +504,7 @@ func TestNodeStageRefused(t *testing.T) {
 		cap     *csi.VolumeCapability
 		code    codes.Code
 		want    []string // in the message
-		wantMap bool     // the mapper was asked to map
+		wantMap bool     // the mapper was asked to map; if not, nothing was mapped (Admit refused)
 	}{
 		{name: "staging path holds another volume", cap: mountCap(rwo), code: codes.FailedPrecondition,
 			setup: func(t *testing.T, e *nodeEnv) {
@@ -614,11 +614,14 @@ func TestNodeStageRefused(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(t, e)
 			}
-			maps0, calls0 := len(e.krbd.MapCalls()), len(e.mnt.CallLog())
+			asked0, maps0, calls0 := len(e.krbd.MapCalls()), e.krbd.NewMappings(), len(e.mnt.CallLog())
 			_, err := e.n.NodeStageVolume(ctx, e.stageReq(tc.cap))
 			wantNodeErr(t, err, tc.code, tc.want...)
-			if got := len(e.krbd.MapCalls()) > maps0; got != tc.wantMap {
-				t.Errorf("mapper asked to map: %v, want %v", got, tc.wantMap)
+			if asked := len(e.krbd.MapCalls()) > asked0; tc.wantMap && !asked {
+				t.Error("the mapper was not asked to map")
+			}
+			if mapped := e.krbd.NewMappings() > maps0; !tc.wantMap && mapped {
+				t.Error("mapped, though the stage was refused")
 			}
 			if tc.code == codes.OK {
 				return
@@ -1180,6 +1183,32 @@ func TestNodeStageRetryRecordsMapping(t *testing.T) {
 	e.stage(t, e.stageReq(mountCap(rwo)))
 	if _, ok := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; !ok {
 		t.Error("after a retried stage the image metadata does not say this node maps it")
+	}
+}
+
+// TestNodeStageChecksHoldersWhileTheMapperStarts: the holder check and the
+// mapper's start overlap; nothing is mapped until the check has passed.
+func TestNodeStageChecksHoldersWhileTheMapperStarts(t *testing.T) {
+	e := newNodeEnv(t)
+	var asked bool
+	var mappedEarly int
+	e.pool.BeforeStageView = func(string) {
+		// Hold the check until the mapper has been asked to map.
+		deadline := time.Now().Add(10 * time.Second)
+		for len(e.krbd.MapCalls()) == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		asked, mappedEarly = len(e.krbd.MapCalls()) > 0, e.krbd.NewMappings()
+	}
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	if !asked {
+		t.Fatal("the holder check ran to its end before the mapper was asked to map")
+	}
+	if mappedEarly != 0 {
+		t.Fatalf("%d mappings made before the holder check passed", mappedEarly)
+	}
+	if n := e.krbd.NewMappings(); n != 1 {
+		t.Fatalf("%d mappings after the stage, want 1", n)
 	}
 }
 

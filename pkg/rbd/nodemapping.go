@@ -24,9 +24,17 @@ import (
 
 // mapFresh maps img, making sure the mapping it returns is not one whose
 // client instance was fenced: a mapper returns an existing mapping of the
-// image as it is, and a fenced one can no longer write.
-func (n *Node) mapFresh(ctx context.Context, m mapper.Mapper, img mapper.Image, recs *Records, opts mapper.MapOptions) (mapper.Mapping, error) {
+// image as it is, and a fenced one can no longer write. checked waits for
+// the holder check opts.Admit waits for, and returns the image's records
+// or the check's refusal, which is the answer whatever the map did (a new
+// mapping it refused was undone by the mapper).
+func (n *Node) mapFresh(ctx context.Context, m mapper.Mapper, img mapper.Image, opts mapper.MapOptions,
+	checked func() (*Records, error)) (mapper.Mapping, error) {
 	mapping, err := m.Map(ctx, img, opts)
+	recs, checkErr := checked()
+	if checkErr != nil {
+		return mapper.Mapping{}, checkErr
+	}
 	if err != nil {
 		return mapping, mapperStatus(err, "mapping "+img.Spec())
 	}

@@ -152,7 +152,7 @@ func TestReplacementRefusedWhenAnotherNodeTookTheVolume(t *testing.T) {
 	if m, _ := e.mappingRecord(t); m.ClientAddr != old.ClientAddr {
 		t.Fatalf("mapping record %+v; want the old one untouched", m)
 	}
-	if len(e.krbd.MapCalls()) != 1 {
+	if e.krbd.NewMappings() != 1 {
 		t.Fatal("mapped while another node holds the volume")
 	}
 }
