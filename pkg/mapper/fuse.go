@@ -215,6 +215,7 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 	go func() {
 		addr, id := f.clientIdentity(ctx, dir, img, conf, keyfile)
 		identity <- [2]string{addr, id}
+		f.quietMessenger(ctx, dir, img)
 	}()
 	learnt := sync.OnceValue(func() [2]string { return <-identity })
 	defer learnt()
@@ -304,12 +305,6 @@ func (f *fuse) waitForImage(ctx context.Context, dir string, st fuseState) error
 // result is "", "" when it cannot be found; mapping still succeeds.
 func (f *fuse) clientIdentity(ctx context.Context, dir string, img Image, conf, keyfile string) (addr, id string) {
 	socket := filepath.Join(dir, fuseSocketFile)
-	defer func() {
-		// Back to no messenger logging at all.
-		if _, err := asokCommand(ctx, socket, map[string]any{"prefix": "config set", "var": "debug_ms", "val": []string{"0/0"}}); err != nil {
-			klog.ErrorS(err, "fuse: resetting rbd-fuse messenger logging", "image", img.Spec())
-		}
-	}()
 	ours, err := f.learnedAddrs(ctx, socket, filepath.Join(dir, fuseLogFile))
 	if err != nil {
 		klog.ErrorS(err, "fuse: cannot learn the rbd-fuse client address", "image", img.Spec())
@@ -331,6 +326,22 @@ func (f *fuse) clientIdentity(ctx context.Context, dir string, img Image, conf, 
 		"addresses", ours, "watchers", watchers)
 	return "", ""
 }
+
+// quietMessenger turns rbd-fuse's in-memory messenger logging, needed
+// only until clientIdentity has read it, back off. It runs after the
+// identity is handed over, off the stage's path, on a deadline of its
+// own: the stage may have answered by then.
+func (f *fuse) quietMessenger(ctx context.Context, dir string, img Image) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), asokQuietTimeout)
+	defer cancel()
+	cmd := map[string]any{"prefix": "config set", "var": "debug_ms", "val": []string{"0/0"}}
+	if _, err := asokCommand(ctx, filepath.Join(dir, fuseSocketFile), cmd); err != nil {
+		klog.ErrorS(err, "fuse: resetting rbd-fuse messenger logging", "image", img.Spec())
+	}
+}
+
+// asokQuietTimeout bounds quietMessenger's admin socket call.
+const asokQuietTimeout = 10 * time.Second
 
 func (f *fuse) learnedAddrs(ctx context.Context, socket, logFile string) (map[string]bool, error) {
 	if _, err := asokCommand(ctx, socket, map[string]any{"prefix": "log dump"}); err != nil {

@@ -349,6 +349,18 @@ func TestFuseRealAdmit(t *testing.T) {
 		t.Fatalf("Admit called %v, with the image watched by %+v; want called, unwatched", admitted, watchedAtAdmit)
 	}
 	requireWatcher(t, rc.watchers(t, img), mp)
+	// The messenger logging the identity was learnt from is turned off
+	// once it is learnt.
+	socket := filepath.Join(m.(*fuse).dirFor(img.ClusterID, img.Pool, img.RadosNamespace, img.Name), fuseSocketFile)
+	var level []byte
+	err = util.WaitFor(ctx, 10*time.Second, "rbd-fuse's messenger logging off", func() (bool, error) {
+		out, err := asokCommand(ctx, socket, map[string]any{"prefix": "config get", "var": "debug_ms"})
+		level = out
+		return bytes.Contains(out, []byte(`"0/0"`)), err
+	})
+	if err != nil {
+		t.Fatalf("%v: debug_ms is %s", err, level)
+	}
 	if err := m.Unmap(ctx, mp, UnmapOptions{}); err != nil {
 		t.Fatal(err)
 	}
