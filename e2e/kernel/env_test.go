@@ -321,6 +321,13 @@ func sysfs(t *testing.T, path ...string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// deviceGone tells whether err is a read of a device's sysfs file made
+// while the device went away: its file gone, or its attributes torn down
+// (ENODEV) during an unmap or disconnect.
+func deviceGone(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV)
+}
+
 // writeSynced writes data to path and syncs it, returning the first error.
 func writeSynced(path string, data []byte) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)

@@ -46,7 +46,7 @@ func krbdDevices(t *testing.T, image string) []string {
 	var ids []string
 	for _, e := range entries {
 		b, err := os.ReadFile(filepath.Join("/sys/bus/rbd/devices", e.Name(), "name"))
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV) {
+		if deviceGone(err) {
 			continue // another test's device, being unmapped
 		}
 		if err != nil {

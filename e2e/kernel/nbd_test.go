@@ -3,12 +3,10 @@ package kernel
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,7 +20,7 @@ var nbdClass = map[string]string{"mounter": "rbd-nbd"}
 func nbdDaemon(t *testing.T, dev string) int {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("/sys/block", dev, "pid"))
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV) { // ENODEV: being disconnected
+	if deviceGone(err) {
 		return 0
 	}
 	if err != nil {
