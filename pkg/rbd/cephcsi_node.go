@@ -177,7 +177,7 @@ func (n *Node) recordAdopted(ctx context.Context, req *csi.NodeStageVolumeReques
 		return nil
 	}
 	recorded, err := n.recordMapping(ctx, pool, rec.Mapping.Image, req.GetVolumeId(),
-		req.GetVolumeCapability().GetAccessMode().GetMode(), rec.Mapping, nil)
+		req.GetVolumeCapability().GetAccessMode().GetMode(), rec.Mapping, &Usage{Records: recs})
 	if err != nil {
 		return err
 	}

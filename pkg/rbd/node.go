@@ -233,7 +233,7 @@ func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest
 		return mapper.Mapping{}, false, err
 	}
 	usage, blank := check.usage, check.blank
-	recorded, err := n.recordMapping(ctx, t.pool, image, req.GetVolumeId(), mode, mapping, usage.Watchers)
+	recorded, err := n.recordMapping(ctx, t.pool, image, req.GetVolumeId(), mode, mapping, usage)
 	if err != nil {
 		if m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
 			n.ended.add(mapping.ClientAddr, time.Now())
@@ -383,9 +383,11 @@ func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, 
 // exactly it should this node be cut off. A mapper that cannot tell its
 // client address is covered by the watcher that appeared with the mapping.
 // The record is written only if, on the records as they are now, no other
-// node has taken the volume meanwhile.
+// node has taken the volume meanwhile. seen is what the holder check read
+// before the map: its watchers, and its records, which the write starts
+// from (one write when they have not changed since).
 func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode,
-	m mapper.Mapping, before []Watcher) (NodeMapping, error) {
+	m mapper.Mapping, seen *Usage) (NodeMapping, error) {
 	rec := NodeMapping{Node: n.opts.NodeID, ClientAddr: m.ClientAddr, ClientID: m.ClientID, Mapper: m.Mapper,
 		ReadOnly: readOnlyMode(&csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}),
 		Since:    time.Now().UTC()}
@@ -396,7 +398,7 @@ func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID str
 		}
 		var fresh []Watcher
 		for _, w := range after {
-			if !watchedBy(before, w.Addr) {
+			if !watchedBy(seen.Watchers, w.Addr) {
 				fresh = append(fresh, w)
 			}
 		}
@@ -404,7 +406,7 @@ func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID str
 			rec.ClientAddr, rec.ClientID = fresh[0].Addr, fmt.Sprintf("client.%d", fresh[0].ID)
 		}
 	}
-	_, err := updateRecords(ctx, pool, image, func(recs *Records) (*recordChange, error) {
+	_, err := updateReadRecords(ctx, pool, image, seen.Records, func(recs *Records) (*recordChange, error) {
 		if err := n.refuseConflicts(&Usage{Records: recs, Now: time.Now()}, pool, image, volumeID, mode); err != nil {
 			return nil, err
 		}

@@ -142,6 +142,23 @@ func TestStageChecksAgainAfterMapping(t *testing.T) {
 	}
 }
 
+// TestStageRecordsFromTheCheck: a first stage reads the image's records
+// once, in its holder check, and writes its mapping record on them.
+func TestStageRecordsFromTheCheck(t *testing.T) {
+	e := newNodeEnv(t)
+	reads, writes := e.pool.Calls("Records"), e.pool.Calls("UpdateRecords")
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	if n := e.pool.Calls("Records") - reads; n != 1 {
+		t.Errorf("%d reads of the records, want 1", n)
+	}
+	if n := e.pool.Calls("UpdateRecords") - writes; n != 1 {
+		t.Errorf("%d writes of the records, want 1", n)
+	}
+	if m, ok := e.mappingRecord(t); !ok || m.Node != nodeTestNode {
+		t.Fatalf("mapping record %+v, %v", m, ok)
+	}
+}
+
 // TestMapperWatchers: the fuse mapper finds its rbd-fuse among the watchers
 // the node's own connection lists, with their global IDs.
 func TestMapperWatchers(t *testing.T) {

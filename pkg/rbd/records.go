@@ -172,10 +172,21 @@ const maxRecordAttempts = 16
 // stop, or an empty change when nothing needs writing. It returns the
 // records the change was applied to.
 func updateRecords(ctx context.Context, pool Pool, image string, decide func(*Records) (*recordChange, error)) (*Records, error) {
+	return updateReadRecords(ctx, pool, image, nil, decide)
+}
+
+// updateReadRecords is updateRecords starting from recs, the image's
+// records as read a moment ago (nil: read them now): when nothing has
+// changed since, the change takes one write; when the header has moved
+// on, the write is refused and the records are read again.
+func updateReadRecords(ctx context.Context, pool Pool, image string, recs *Records,
+	decide func(*Records) (*recordChange, error)) (*Records, error) {
 	for attempt := 1; ; attempt++ {
-		recs, err := readRecords(ctx, pool, image)
-		if err != nil {
-			return nil, err
+		if recs == nil {
+			var err error
+			if recs, err = readRecords(ctx, pool, image); err != nil {
+				return nil, err
+			}
 		}
 		change, err := decide(recs)
 		if err != nil || change == nil || change.empty() {
@@ -188,5 +199,6 @@ func updateRecords(ctx context.Context, pool Pool, image string, decide func(*Re
 		if attempt == maxRecordAttempts {
 			return nil, fmt.Errorf("records of %s/%s kept changing under %d attempts: %w", pool.Name(), image, attempt, err)
 		}
+		recs = nil
 	}
 }
