@@ -13,6 +13,12 @@ import (
 // not run); the rados timeouts bound how long that can be, and nothing
 // bounds a system call on a hung FUSE mount: only the caller is released.
 func Do[T any](ctx context.Context, what string, fn func() (T, error)) (T, error) {
+	return do(ctx, what, fn, func(call func()) { go call() })
+}
+
+// do is Do with the start of the call's goroutine left to spawn, so that
+// a test can hold it back.
+func do[T any](ctx context.Context, what string, fn func() (T, error), spawn func(func())) (T, error) {
 	type result struct {
 		v   T
 		err error
@@ -26,13 +32,13 @@ func Do[T any](ctx context.Context, what string, fn func() (T, error)) (T, error
 	// abandoned: on a starved CPU it could otherwise reach Ceph long after
 	// its caller answered (a reservation landing after the volume's delete).
 	var started atomic.Int32 // callPending, callRunning or callDropped
-	go func() {
+	spawn(func() {
 		if !started.CompareAndSwap(callPending, callRunning) {
 			return
 		}
 		v, err := fn()
 		done <- result{v, err}
-	}()
+	})
 	select {
 	case r := <-done:
 		return r.v, r.err
