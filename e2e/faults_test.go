@@ -249,6 +249,14 @@ func TestCreateDeleteStormWithCancellations(t *testing.T) {
 		if o.deleted {
 			continue
 		}
+		if len(o.ids) > 0 && !o.keep {
+			// Its delete failed: the provisioner retries the delete (it may
+			// have been done before its answer was lost), not the create.
+			retryAborted(ctx, t, name(i)+": retried delete", func() (*csi.DeleteVolumeResponse, error) {
+				return ctrls[i%2].DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: o.ids[0], Secrets: e.secrets})
+			})
+			continue
+		}
 		resp, _ := retryAborted(ctx, t, name(i)+": retried create", func() (*csi.CreateVolumeResponse, error) {
 			return ctrls[i%2].CreateVolume(ctx, e.createReq(name(i), 16<<20))
 		})
