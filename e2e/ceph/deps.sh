@@ -8,7 +8,7 @@ PKGS=(ceph-mon ceph-osd ceph-mgr ceph-mds ceph-common rbd-fuse ceph-fuse rbd-nbd
 	xfsprogs e2fsprogs iproute2 util-linux fuse3 gcc "$@")
 missing=()
 for p in "${PKGS[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *'ok installed'* ]] || missing+=("$p")
 done
 ((${#missing[@]})) || exit 0
 echo "deps: installing ${missing[*]}" >&2

@@ -20,7 +20,7 @@ fi
 CONF=$DIR/ceph.conf
 
 alive() {
-	[[ -n ${1:-} && -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$CONF"
+	[[ -n ${1:-} ]] && grep -qzF -- "$CONF" "/proc/$1/cmdline" 2>/dev/null
 }
 
 # Mounts under DIR (rbd-fuse, ceph-fuse, filesystems on loop devices backed by rbd-fuse

@@ -56,7 +56,7 @@ PKGS=(ceph-mon ceph-osd ceph-mgr ceph-mds ceph-common rbd-fuse ceph-fuse rbd-nbd
 	librados-dev librbd-dev libcephfs-dev xfsprogs e2fsprogs iproute2 util-linux)
 missing=()
 for p in "${PKGS[@]}" python3-rados python3-rbd; do
-	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed'; then
+	if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) != *'ok installed'* ]]; then
 		missing+=("$p")
 	fi
 done
@@ -70,7 +70,7 @@ fi
 # --- already there? ------------------------------------------------------------
 # alive PID: the process exists and was started with this cluster's conf
 alive() {
-	[[ -n ${1:-} && -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$CONF"
+	[[ -n ${1:-} ]] && grep -qzF -- "$CONF" "/proc/$1/cmdline" 2>/dev/null
 }
 
 if [[ -f $DIR/cluster.env ]]; then

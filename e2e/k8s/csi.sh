@@ -121,7 +121,9 @@ node_plugin() {
 
 # registered N DRIVER: node N's CSINode lists DRIVER
 registered() {
-	kubectl get csinode "$(node_name "$1")" -o jsonpath='{.spec.drivers[*].name}' | grep -qw "$2"
+	local names
+	names=$(kubectl get csinode "$(node_name "$1")" -o jsonpath='{.spec.drivers[*].name}') &&
+		[[ " $names " == *" $2 "* ]]
 }
 
 case ${2:-} in

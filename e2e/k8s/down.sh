@@ -15,7 +15,7 @@ init_dir "$1"
 ps_of_dir() {
 	local p
 	for p in /proc/[0-9]*; do
-		tr '\0' '\n' 2>/dev/null <"$p/environ" | grep -qxF "PELAGIC_K8S_DIR=$DIR" && echo "${p#/proc/}"
+		grep -qzxF "PELAGIC_K8S_DIR=$DIR" "$p/environ" 2>/dev/null && echo "${p#/proc/}"
 	done
 }
 

@@ -69,7 +69,8 @@ claim_network() {
 	fi
 	: >>"$DIR/env" # this cluster's from now on
 	ip link set "$BRIDGE" up
-	ip addr show dev "$BRIDGE" | grep -qF " $(node_ip 1)/24 " || ip addr add "$(node_ip 1)/24" dev "$BRIDGE"
+	# replace, not add: up.sh claims again what run.sh claimed, and replace is idempotent.
+	ip addr replace "$(node_ip 1)/24" dev "$BRIDGE"
 }
 
 # port_free PORT: nothing listens on PORT, on any address (of this network namespace).
@@ -93,7 +94,7 @@ pid_alive() {
 	local f=$RUN/$1.pid p
 	[[ -f $f ]] || return 1
 	p=$(<"$f")
-	tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -qxF "PELAGIC_K8S_DIR=$DIR"
+	grep -qzxF "PELAGIC_K8S_DIR=$DIR" "/proc/$p/environ" 2>/dev/null
 }
 
 # start NAME CMD...: run a daemon in a session of its own, log in LOGS/NAME.log.

@@ -12,7 +12,7 @@ work=$1 bridge=$2 tap=$3
 [[ -n $work && $work != / ]] || exit 2
 if [[ -f $work/qemu.pid ]]; then
 	pid=$(<"$work/qemu.pid")
-	if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$work/"; then
+	if [[ $pid =~ ^[0-9]+$ ]] && grep -qzF -- "$work/" "/proc/$pid/cmdline" 2>/dev/null; then
 		kill -KILL "$pid" 2>/dev/null
 		for _ in $(seq 100); do
 			[[ -e /proc/$pid ]] || break
