@@ -116,13 +116,16 @@ type FakePool struct {
 	fail    map[string]error // method name -> error to return
 	calls   map[string]int   // method name -> number of calls
 	hang    bool
-	// BeforeUpdate, when set, runs inside UpdateRecords before the version
-	// check (with the pool unlocked): tests use it to change the records
-	// under a caller, as another process would.
-	BeforeUpdate func(image string)
-	// BeforeStageView, when set, runs as StageView starts (with the pool
-	// unlocked): tests use it to hold a holder check back.
-	BeforeStageView func(image string)
+	// Before, when set, runs as UpdateRecords and StageView start, with
+	// the pool unlocked: tests use it to change the pool under a caller,
+	// as another process would, or to hold a call back.
+	Before func(method, image string)
+}
+
+func (p *FakePool) before(method, image string) {
+	if p.Before != nil {
+		p.Before(method, image)
+	}
 }
 
 // NewFakePool returns an empty pool.
@@ -365,9 +368,7 @@ func (p *FakePool) Watchers(_ context.Context, image string) ([]Watcher, error) 
 // StageView implements Pool: an image without a parent is blank until a
 // mapping of it is first recorded, or SetWritten says otherwise.
 func (p *FakePool) StageView(ctx context.Context, image string) ([]Watcher, bool, error) {
-	if p.BeforeStageView != nil {
-		p.BeforeStageView(image)
-	}
+	p.before("StageView", image)
 	watchers, err := p.Watchers(ctx, image)
 	if err != nil {
 		return nil, false, err
@@ -423,9 +424,7 @@ func (p *FakePool) Records(ctx context.Context, image string) (map[string]string
 
 // UpdateRecords applies the change only at the image's current version.
 func (p *FakePool) UpdateRecords(_ context.Context, image string, version uint64, set map[string]string, remove []string) error {
-	if p.BeforeUpdate != nil {
-		p.BeforeUpdate(image)
-	}
+	p.before("UpdateRecords", image)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.hook("UpdateRecords"); err != nil {

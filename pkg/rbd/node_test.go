@@ -1192,7 +1192,10 @@ func TestNodeStageChecksHoldersWhileTheMapperStarts(t *testing.T) {
 	e := newNodeEnv(t)
 	var asked bool
 	var mappedEarly int
-	e.pool.BeforeStageView = func(string) {
+	e.pool.Before = func(method, _ string) {
+		if method != "StageView" {
+			return
+		}
 		// Hold the check until the mapper has been asked to map.
 		deadline := time.Now().Add(10 * time.Second)
 		for len(e.krbd.MapCalls()) == 0 && time.Now().Before(deadline) {

@@ -122,8 +122,8 @@ func TestRestageAfterFenceMapsAfresh(t *testing.T) {
 func TestStageChecksAgainAfterMapping(t *testing.T) {
 	e := newNodeEnv(t)
 	raced := false
-	e.pool.BeforeUpdate = func(string) {
-		if !raced {
+	e.pool.Before = func(method, _ string) {
+		if method == "UpdateRecords" && !raced {
 			raced = true
 			e.setMeta(t, metaAttachPrefix+"node-b", Attachment{Node: "node-b", Mode: rwo.String()})
 			e.setMeta(t, metaMapPrefix+"node-b", NodeMapping{Node: "node-b", ClientAddr: otherNodeAddr})

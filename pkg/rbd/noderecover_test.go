@@ -52,7 +52,10 @@ func TestNodeStageReplacesDeadMapping(t *testing.T) {
 			calls0 := len(e.mnt.CallLog())
 
 			var atRecord []string // what had happened when the new record was written
-			e.pool.BeforeUpdate = func(string) {
+			e.pool.Before = func(method, _ string) {
+				if method != "UpdateRecords" {
+					return
+				}
 				atRecord = append(slices.Clone(e.mnt.CallLog()[calls0:]), fmt.Sprintf("%d Unmap", len(e.krbd.UnmapCalls())))
 			}
 			e.stage(t, e.stageReq(c))

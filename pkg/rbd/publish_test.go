@@ -157,8 +157,8 @@ func TestConcurrentPublishOneWinner(t *testing.T) {
 	e := newPublishEnv(t)
 	other := NewController(ControllerOptions{Connector: e.conn, Config: e.c.opts.Config})
 	raced := false
-	e.pool.BeforeUpdate = func(string) {
-		if raced {
+	e.pool.Before = func(method, _ string) {
+		if method != "UpdateRecords" || raced {
 			return
 		}
 		raced = true
