@@ -147,9 +147,11 @@ type Pool interface {
 	// Purge removes the trashed image with id unless snapshots or clone
 	// children still need it; removed says whether it did.
 	Purge(ctx context.Context, id string) (removed bool, err error)
-	// CreateSnap snapshots the image (a snapshot that exists is a retry)
-	// and describes the snapshot, in one open of the image.
-	CreateSnap(ctx context.Context, imageID, snap string) (SnapInfo, error)
+	// CreateSnap opens the image, lets name name the snapshot from the
+	// image's ID (or refuse, and nothing changes), snapshots it (a snapshot
+	// that exists is a retry) and describes the snapshot, all in one open.
+	// Whatever name waits for overlaps the open.
+	CreateSnap(ctx context.Context, image string, name SnapName) (SnapInfo, error)
 	// RemoveSnap removes a snapshot of the image with imageID (possibly
 	// trashed); clone v2 keeps it in the trash namespace while children need it.
 	RemoveSnap(ctx context.Context, imageID, snap string) error
@@ -159,6 +161,21 @@ type Pool interface {
 	// CephCSI is the journal ceph-csi keeps in the pool and namespace under
 	// its instance ID (see journal.CephCSI).
 	CephCSI(instanceID string) journal.Journal
+}
+
+// SnapName names the snapshot CreateSnap takes of the open image with
+// imageID, or refuses to take one.
+type SnapName func(imageID string) (string, error)
+
+// SnapOf names snapshot snap of the image with id, and refuses any other
+// image (ErrImageNotFound: the image of that name is not the one meant).
+func SnapOf(id, snap string) SnapName {
+	return func(imageID string) (string, error) {
+		if imageID != id {
+			return "", fmt.Errorf("%w: image ID %s, not %s", ErrImageNotFound, imageID, id)
+		}
+		return snap, nil
+	}
 }
 
 // Errors the backends return; they wrap the volume layer's, which give

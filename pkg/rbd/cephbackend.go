@@ -622,14 +622,21 @@ func (p *cephPool) Purge(ctx context.Context, id string) (bool, error) {
 	return false, fmt.Errorf("purging trashed image %s/%s: %w", p.Name(), id, err)
 }
 
-func (p *cephPool) CreateSnap(ctx context.Context, imageID, snap string) (SnapInfo, error) {
+func (p *cephPool) CreateSnap(ctx context.Context, image string, name SnapName) (SnapInfo, error) {
 	var out SnapInfo
-	err := p.withWritableImage(ctx, "snapshotting", imageID, true, func(img *librbd.Image) error {
+	err := p.withWritableImage(ctx, "snapshotting", image, false, func(img *librbd.Image) error {
+		id, err := img.GetId()
+		if err != nil {
+			return err
+		}
+		snap, err := name(id)
+		if err != nil {
+			return err
+		}
 		if _, err := img.CreateSnapshot(snap); err != nil && ceph.Errno(err) != syscall.EEXIST { // a retry after a crash
 			return err
 		}
-		var err error
-		out, err = findSnap(img, imageID, snap)
+		out, err = findSnap(img, id, snap)
 		return err
 	})
 	return out, err

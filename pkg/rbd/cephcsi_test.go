@@ -65,7 +65,7 @@ func (e *env) ccClone(t *testing.T, parent, child string, features uint64) {
 	t.Helper()
 	ctx := context.Background()
 	pid := e.imageID(t, parent)
-	if _, err := e.pool.CreateSnap(ctx, pid, child); err != nil {
+	if _, err := e.pool.CreateSnap(ctx, parent, SnapOf(pid, child)); err != nil {
 		t.Fatal(err)
 	}
 	info, _ := e.pool.Stat(ctx, parent)
@@ -83,7 +83,7 @@ func (e *env) ccSnapshot(t *testing.T, name, uuid, source string) string {
 	t.Helper()
 	image := "csi-snap-" + uuid
 	e.ccClone(t, source, image, 1)
-	if _, err := e.pool.CreateSnap(context.Background(), e.imageID(t, image), image); err != nil {
+	if _, err := e.pool.CreateSnap(context.Background(), image, SnapOf(e.imageID(t, image), image)); err != nil {
 		t.Fatal(err)
 	}
 	e.ccEntry(t, &journal.Record{Kind: journal.Snapshot, Name: name, UUID: uuid, Backing: image,

@@ -101,7 +101,7 @@ func (c *Controller) cloneImage(ctx context.Context, pool Pool, rec *journal.Rec
 		}
 		defer unlock()
 		snap = cloneSnapName(rec.UUID)
-		info, err := pool.CreateSnap(ctx, src.head.ID, snap)
+		info, err := pool.CreateSnap(ctx, parent, SnapOf(src.head.ID, snap))
 		if err != nil {
 			return err
 		}

@@ -805,11 +805,28 @@ func (c *Controller) snapshotImage(ctx context.Context, src *resolved, req *csi.
 		return nil, err
 	}
 	defer unlockFlatten()
-	rec, err := c.reserveSnapshot(ctx, src, req)
-	if err != nil {
-		return nil, err
+	// The reservation is made while the image opens; the snapshot waits for it.
+	var rec *journal.Record
+	var reserveErr error
+	reserved := make(chan struct{})
+	go func() {
+		defer close(reserved)
+		rec, reserveErr = c.reserveSnapshot(ctx, src, req)
+	}()
+	snap, err := src.pool.CreateSnap(ctx, src.rec.Backing, func(imageID string) (string, error) {
+		<-reserved
+		if reserveErr != nil {
+			return "", reserveErr
+		}
+		if err := ctx.Err(); err != nil { // the call was abandoned at its deadline
+			return "", err
+		}
+		return SnapOf(rec.BackingID, rec.SnapName)(imageID)
+	})
+	<-reserved
+	if reserveErr != nil {
+		return nil, reserveErr
 	}
-	snap, err := src.pool.CreateSnap(ctx, rec.BackingID, rec.SnapName)
 	if err != nil {
 		return nil, volume.Status(err)
 	}

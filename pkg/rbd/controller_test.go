@@ -607,6 +607,9 @@ func TestSnapshots(t *testing.T) {
 	}
 	_, err := e.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: other.GetVolumeId(), Secrets: testSecrets})
 	wantCode(t, err, codes.AlreadyExists)
+	if snaps := e.pool.Image(other.GetVolumeContext()[CtxImageName]).snaps; len(snaps) != 0 {
+		t.Errorf("a snapshot refused its name was taken: %v", snaps)
+	}
 	e.snapshot(t, "snap-2", other.GetVolumeId())
 	got, err := e.c.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: testSecrets})
 	if err != nil || got.GetSnapshot().GetSnapshotId() != snap.GetSnapshotId() || got.GetSnapshot().GetSourceVolumeId() != vol.GetVolumeId() {
@@ -792,6 +795,44 @@ func TestCloneChainFlattenedBeyondHardDepth(t *testing.T) {
 	}
 	if images[1].parent != nil || e.pool.Calls("Flatten") != 1 {
 		t.Errorf("depth-2 clone parent %+v after %d flattens, want flattened once", images[1].parent, e.pool.Calls("Flatten"))
+	}
+}
+
+// holdCalls holds the pool's calls of method back until ready holds (10 s
+// at most), then runs then.
+func holdCalls(p *FakePool, method string, ready func() bool, then func()) {
+	p.Before = func(m, _ string) {
+		if m != method {
+			return
+		}
+		_ = util.WaitFor(context.Background(), 10*time.Second, "the held call's cue", func() (bool, error) { return ready(), nil })
+		then()
+	}
+}
+
+// TestSnapshotReservesWhileTheImageOpens: CreateSnapshot opens the image
+// while it reserves the snapshot's name, and takes the snapshot only once
+// the reservation is made.
+func TestSnapshotReservesWhileTheImageOpens(t *testing.T) {
+	e := newEnv(t)
+	vol := e.create(t, createReq("pvc-1", gib))
+	image := vol.GetVolumeContext()[CtxImageName]
+	var opening bool
+	var snapsEarly int
+	// Hold the reservation until the image is being opened.
+	holdCalls(e.pool, "Head", func() bool { return e.pool.Calls("CreateSnap") > 0 }, func() {
+		opening, snapsEarly = e.pool.Calls("CreateSnap") > 0, len(e.pool.Image(image).snaps)
+	})
+	snap := e.snapshot(t, "snap-1", vol.GetVolumeId())
+	if !opening {
+		t.Fatal("the reservation was made before the image was opened")
+	}
+	if snapsEarly != 0 {
+		t.Fatalf("%d snapshots taken before the reservation", snapsEarly)
+	}
+	recs := e.records(t, journal.Snapshot)
+	if snaps := e.pool.Image(image).snaps; len(recs) != 1 || len(snaps) != 1 || snaps[recs[0].SnapName].Size != snap.GetSizeBytes() {
+		t.Fatalf("records %v, snapshots %v", recs, snaps)
 	}
 }
 

@@ -116,9 +116,9 @@ type FakePool struct {
 	fail    map[string]error // method name -> error to return
 	calls   map[string]int   // method name -> number of calls
 	hang    bool
-	// Before, when set, runs as UpdateRecords and StageView start, with
-	// the pool unlocked: tests use it to change the pool under a caller,
-	// as another process would, or to hold a call back.
+	// Before, when set, runs as UpdateRecords, StageView and Head start,
+	// with the pool unlocked: tests use it to change the pool under a
+	// caller, as another process would, or to hold a call back.
 	Before func(method, image string)
 }
 
@@ -279,6 +279,7 @@ func (p *FakePool) Inspect(_ context.Context, image string) (ImageInfo, []Watche
 }
 
 func (p *FakePool) Head(_ context.Context, image string) (ImageHead, error) {
+	p.before("Head", image)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.hook("Head"); err != nil {
@@ -555,16 +556,20 @@ func (p *FakePool) hasChildren(id string) bool {
 	return false
 }
 
-func (p *FakePool) CreateSnap(_ context.Context, imageID, snap string) (SnapInfo, error) {
+func (p *FakePool) CreateSnap(_ context.Context, image string, name SnapName) (SnapInfo, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.hook("CreateSnap"); err != nil {
+	err := p.hook("CreateSnap")
+	img, ierr := p.byName(image)
+	p.mu.Unlock()
+	if err = errors.Join(err, ierr); err != nil {
 		return SnapInfo{}, err
 	}
-	img, err := p.byID(imageID)
+	snap, err := name(img.id) // unlocked: it may wait for calls into the pool
 	if err != nil {
 		return SnapInfo{}, err
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if s, ok := img.snaps[snap]; ok {
 		return s, nil // EEXIST is a retry
 	}

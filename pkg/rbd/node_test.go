@@ -1192,17 +1192,10 @@ func TestNodeStageChecksHoldersWhileTheMapperStarts(t *testing.T) {
 	e := newNodeEnv(t)
 	var asked bool
 	var mappedEarly int
-	e.pool.Before = func(method, _ string) {
-		if method != "StageView" {
-			return
-		}
-		// Hold the check until the mapper has been asked to map.
-		deadline := time.Now().Add(10 * time.Second)
-		for len(e.krbd.MapCalls()) == 0 && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
-		}
+	// Hold the check until the mapper has been asked to map.
+	holdCalls(e.pool, "StageView", func() bool { return len(e.krbd.MapCalls()) > 0 }, func() {
 		asked, mappedEarly = len(e.krbd.MapCalls()) > 0, e.krbd.NewMappings()
-	}
+	})
 	e.stage(t, e.stageReq(mountCap(rwo)))
 	if !asked {
 		t.Fatal("the holder check ran to its end before the mapper was asked to map")
