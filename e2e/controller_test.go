@@ -31,6 +31,22 @@ type controllerEnv struct {
 	params  map[string]string
 }
 
+// adminPool connects to cluster c as its admin, over conns, and opens pool.
+func adminPool(ctx context.Context, t testing.TB, cfg *ceph.Config, conns *ceph.ConnPool, c *cephtest.Cluster,
+	pool string) (rbd.Cluster, rbd.Pool) {
+	t.Helper()
+	cl, err := (&rbd.CephConnector{Config: cfg, Conns: conns}).Connect(ctx, testClusterID,
+		ceph.Credentials{ID: c.AdminID, Key: c.AdminKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := cl.Pool(ctx, pool, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl, p
+}
+
 func newControllerEnv(t testing.TB) *controllerEnv {
 	return newControllerEnvOn(t, cephtest.Get(t))
 }

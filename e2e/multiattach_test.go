@@ -183,15 +183,7 @@ func (e *twoNodes) adminPool(t *testing.T, ctx context.Context) rbd.Pool {
 	t.Helper()
 	conns := ceph.NewConnPool(ceph.Timeouts{})
 	t.Cleanup(conns.Close)
-	cl, err := (&rbd.CephConnector{Config: e.cfg, Conns: conns}).Connect(ctx, testClusterID,
-		ceph.Credentials{ID: e.cluster.AdminID, Key: e.cluster.AdminKey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := cl.Pool(ctx, e.cluster.Pool, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, pool := adminPool(ctx, t, e.cfg, conns, e.cluster, e.cluster.Pool)
 	return pool
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/pelagic-csi/pelagic/cmd/pelagicctl/ctl"
-	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
 )
 
@@ -53,15 +52,7 @@ func TestPelagicctlStatusAndFenceLift(t *testing.T) {
 	// holder: a blocklist entry plus a record on the image. Nothing uses the
 	// nonce, so blocklisting it is harmless.
 	fenced := fmt.Sprintf("127.0.0.1:0/%d", 100000+time.Now().UnixNano()%800000) // unique across runs on a reused cluster
-	admin := ceph.Credentials{ID: e.cluster.AdminID, Key: e.cluster.AdminKey}
-	cl, err := (&rbd.CephConnector{Config: e.cfg, Conns: e.conns}).Connect(ctx, testClusterID, admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := cl.Pool(ctx, e.pool, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl, pool := adminPool(ctx, t, e.cfg, e.conns, e.cluster, e.pool)
 	if err := cl.Blocklist(ctx, fenced, time.Hour); err != nil {
 		t.Fatal(err)
 	}
