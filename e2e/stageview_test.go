@@ -9,8 +9,8 @@ import (
 	librbd "github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/rbd"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 )
 
 // TestStageViewBlankness: StageView counts an image blank, so that its
@@ -20,15 +20,7 @@ func TestStageViewBlankness(t *testing.T) {
 	e := newControllerEnv(t)
 	ctx := testContext(t, 2*time.Minute)
 	ioctx := e.adminIOContext(t)
-	cl, err := (&rbd.CephConnector{Config: e.cfg, Conns: e.conns}).Connect(ctx, testClusterID,
-		ceph.Credentials{ID: e.cluster.AdminID, Key: e.cluster.AdminKey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := cl.Pool(ctx, e.pool, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, pool := adminPool(ctx, t, e.cfg, e.conns, e.cluster, e.pool)
 	const big = 64 << 20
 	tests := []struct {
 		name  string
@@ -53,9 +45,12 @@ func TestStageViewBlankness(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeAt(t, ioctx, name, tc.at...)
-			watchers, blank, err := pool.StageView(ctx, name)
+			watchers, blank, view, err := pool.StageView(ctx, name)
 			if err != nil || blank != tc.blank || len(watchers) != 0 {
 				t.Errorf("StageView = %v, blank %v, %v; want blank %v and no watcher", watchers, blank, err, tc.blank)
+			}
+			if view != nil {
+				view.Close()
 			}
 		})
 	}
@@ -72,10 +67,50 @@ func TestStageViewBlankness(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, blank, err := pool.StageView(ctx, clone.GetVolume().GetVolumeContext()[rbd.CtxImageName]); err != nil || blank {
+		_, blank, view, err := pool.StageView(ctx, clone.GetVolume().GetVolumeContext()[rbd.CtxImageName])
+		if err != nil || blank {
 			t.Errorf("StageView of a clone: blank %v, %v; want false: its parent's data shows through", blank, err)
 		}
+		if view != nil {
+			view.Close()
+		}
 	})
+}
+
+// TestStageViewWatchersAgain: the view StageView keeps lists a watcher
+// that came after it opened (a mapper's client, opening the image), adds
+// none of its own, and ends at Close.
+func TestStageViewWatchersAgain(t *testing.T) {
+	e := newControllerEnv(t)
+	ctx := testContext(t, 2*time.Minute)
+	ioctx := e.adminIOContext(t)
+	_, pool := adminPool(ctx, t, e.cfg, e.conns, e.cluster, e.pool)
+	if err := librbd.CreateImage(ioctx, "view-watchers", 16<<20, librbd.NewRbdImageOptions()); err != nil {
+		t.Fatal(err)
+	}
+	watchers, _, view, err := pool.StageView(ctx, "view-watchers")
+	if err != nil || len(watchers) != 0 {
+		t.Fatalf("StageView = %v, %v; want no watcher", watchers, err)
+	}
+	if again, err := view.Watchers(ctx); err != nil || len(again) != 0 {
+		t.Fatalf("the view's own open watches: %v, %v", again, err)
+	}
+	img, err := librbd.OpenImage(ioctx, "view-watchers", librbd.NoSnapshot) // watches, as a mapper's client does
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	again, err := view.Watchers(ctx)
+	if err != nil || len(again) != 1 {
+		t.Fatalf("watchers over the view after another open = %v, %v; want that one", again, err)
+	}
+	view.Close()
+	if err := util.WaitFor(ctx, 10*time.Second, "the view to close", func() (bool, error) {
+		_, err := view.Watchers(ctx)
+		return err != nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // writeAt writes 512 bytes of 0xff at each offset of the image, outside

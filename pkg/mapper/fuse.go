@@ -213,7 +213,7 @@ func (f *fuse) start(ctx context.Context, dir string, img Image, opts MapOptions
 	// key file goes (deferred calls run last first).
 	identity := make(chan [2]string, 1)
 	go func() {
-		addr, id := f.clientIdentity(ctx, dir, img, conf, keyfile)
+		addr, id := f.clientIdentity(ctx, dir, img, conf, keyfile, opts.Watchers)
 		identity <- [2]string{addr, id}
 		f.quietMessenger(ctx, dir, img)
 	}()
@@ -303,14 +303,15 @@ func (f *fuse) waitForImage(ctx context.Context, dir string, st fuseState) error
 // and config fetch), so the one that counts is the one watching the image:
 // the watcher of the image (rbd status) whose address is in that set. The
 // result is "", "" when it cannot be found; mapping still succeeds.
-func (f *fuse) clientIdentity(ctx context.Context, dir string, img Image, conf, keyfile string) (addr, id string) {
+func (f *fuse) clientIdentity(ctx context.Context, dir string, img Image, conf, keyfile string,
+	list func(context.Context) ([]Watcher, error)) (addr, id string) {
 	socket := filepath.Join(dir, fuseSocketFile)
 	ours, err := f.learnedAddrs(ctx, socket, filepath.Join(dir, fuseLogFile))
 	if err != nil {
 		klog.ErrorS(err, "fuse: cannot learn the rbd-fuse client address", "image", img.Spec())
 		return "", ""
 	}
-	watchers, err := f.watchers(ctx, img, conf, keyfile)
+	watchers, err := f.watchers(ctx, img, conf, keyfile, list)
 	if err != nil {
 		klog.ErrorS(err, "fuse: cannot list the image's watchers", "image", img.Spec())
 		return "", ""
@@ -363,9 +364,12 @@ func (f *fuse) learnedAddrs(ctx context.Context, socket, logFile string) (map[st
 	return addrs, err
 }
 
-// watchers lists the image's watchers through Config.Watchers, or else
-// with `rbd status`.
-func (f *fuse) watchers(ctx context.Context, img Image, conf, keyfile string) ([]Watcher, error) {
+// watchers lists the image's watchers with list (MapOptions.Watchers),
+// through Config.Watchers, or else with `rbd status`.
+func (f *fuse) watchers(ctx context.Context, img Image, conf, keyfile string, list func(context.Context) ([]Watcher, error)) ([]Watcher, error) {
+	if list != nil {
+		return list(ctx)
+	}
 	if f.cfg.Watchers != nil {
 		return f.cfg.Watchers.Watchers(ctx, img)
 	}

@@ -7,12 +7,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -92,13 +94,25 @@ type rbdWatcher struct {
 // watchers returns the addresses and client ids watching an image.
 func (rc realCluster) watchers(t *testing.T, img Image) []rbdWatcher {
 	t.Helper()
+	ws, err := rc.status(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+// status is watchers for any goroutine: it returns its error.
+func (rc realCluster) status(img Image) ([]rbdWatcher, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "rbd", "-c", rc.c.Conf, "--id", rc.c.AdminID, "status", "--format", "json", img.Spec()).Output()
+	if err != nil {
+		return nil, fmt.Errorf("rbd status %s: %w", img.Spec(), err)
+	}
 	var status struct {
 		Watchers []rbdWatcher `json:"watchers"`
 	}
-	if err := json.Unmarshal(rc.rbd(t, "status", "--format", "json", img.Spec()), &status); err != nil {
-		t.Fatal(err)
-	}
-	return status.Watchers
+	return status.Watchers, json.Unmarshal(out, &status)
 }
 
 func (rc realCluster) image(namespace, name string) Image {
@@ -337,16 +351,32 @@ func TestFuseRealAdmit(t *testing.T) {
 	}
 
 	admitted := false
-	mp, err := m.Map(ctx, img, MapOptions{Admit: func(context.Context) error {
-		admitted, watchedAtAdmit = true, rc.watchers(t, img)
-		return nil
-	}})
+	var listed atomic.Int32
+	mp, err := m.Map(ctx, img, MapOptions{
+		Admit: func(context.Context) error {
+			admitted, watchedAtAdmit = true, rc.watchers(t, img)
+			return nil
+		},
+		// The caller's lister, not the mapper's own, finds rbd-fuse's client.
+		Watchers: func(context.Context) ([]Watcher, error) {
+			listed.Add(1)
+			ws, err := rc.status(img)
+			out := make([]Watcher, 0, len(ws))
+			for _, w := range ws {
+				out = append(out, Watcher{Addr: w.Address, Client: w.Client})
+			}
+			return out, err
+		},
+	})
 	if err != nil {
 		t.Fatalf("Map admitted: %v", err)
 	}
 	t.Cleanup(func() { _ = m.Unmap(context.Background(), mp, UnmapOptions{}) })
 	if !admitted || len(watchedAtAdmit) != 0 {
 		t.Fatalf("Admit called %v, with the image watched by %+v; want called, unwatched", admitted, watchedAtAdmit)
+	}
+	if listed.Load() == 0 {
+		t.Fatal("rbd-fuse's client was learnt without MapOptions.Watchers")
 	}
 	requireWatcher(t, rc.watchers(t, img), mp)
 	// The messenger logging the identity was learnt from is turned off

@@ -47,6 +47,10 @@ type MapOptions struct {
 	// lets the caller check the image's holders while the mapper starts.
 	// Map returns an existing mapping without calling it.
 	Admit func(context.Context) error
+	// Watchers, when set, lists the image's watchers instead of
+	// Config.Watchers: the fuse mapper finds rbd-fuse's client among
+	// them. The caller may hold the image open to make it one read.
+	Watchers func(context.Context) ([]Watcher, error)
 }
 
 // admit calls o.Admit, if set.

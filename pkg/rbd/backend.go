@@ -122,10 +122,11 @@ type Pool interface {
 	Grow(ctx context.Context, image string, size int64, check func(ImageInfo, []Watcher) error) (int64, error)
 	Flatten(ctx context.Context, image string) error
 	Watchers(ctx context.Context, image string) ([]Watcher, error)
-	// StageView is Watchers and, from the same open, whether the image is
-	// blank where signatures are kept (see SignatureSpan): no parent, and
-	// no data there.
-	StageView(ctx context.Context, image string) (watchers []Watcher, blank bool, err error)
+	// StageView is Watchers and, from the same read-only open, whether the
+	// image is blank where signatures are kept (see SignatureSpan): no
+	// parent, and no data there. The open is kept in view, for the
+	// watchers to be listed again with one read, until view is closed.
+	StageView(ctx context.Context, image string) (watchers []Watcher, blank bool, view ImageView, err error)
 	Metadata(ctx context.Context, image string) (map[string]string, error)
 	SetMetadata(ctx context.Context, image string, kv map[string]string) error
 	RemoveMetadata(ctx context.Context, image, key string) error
@@ -161,6 +162,13 @@ type Pool interface {
 	// CephCSI is the journal ceph-csi keeps in the pool and namespace under
 	// its instance ID (see journal.CephCSI).
 	CephCSI(instanceID string) journal.Journal
+}
+
+// ImageView is an image kept open read-only: listing its watchers again
+// costs one read, where an open costs several. Close never blocks.
+type ImageView interface {
+	Watchers(ctx context.Context) ([]Watcher, error)
+	Close()
 }
 
 // SnapName names the snapshot CreateSnap takes of the open image with

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"math/bits"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
+	"k8s.io/klog/v2"
 
 	"github.com/pelagic-csi/pelagic/pkg/ceph"
 	"github.com/pelagic-csi/pelagic/pkg/journal"
@@ -221,15 +223,72 @@ func (p *cephPool) Watchers(ctx context.Context, image string) ([]Watcher, error
 	return out, err
 }
 
-func (p *cephPool) StageView(ctx context.Context, image string) (watchers []Watcher, blank bool, err error) {
-	err = p.withImage(ctx, "inspecting", image, false, func(img *librbd.Image) (err error) {
-		if watchers, err = listWatchers(img); err != nil {
-			return err
+func (p *cephPool) StageView(ctx context.Context, image string) ([]Watcher, bool, ImageView, error) {
+	type seen struct {
+		watchers []Watcher
+		blank    bool
+	}
+	v := &imageView{what: p.Name() + "/" + image}
+	s, err := util.Do(ctx, "inspecting image "+image, func() (seen, error) {
+		img, err := librbd.OpenImageReadOnly(p.ioctx, image, librbd.NoSnapshot)
+		if err != nil {
+			return seen{}, p.imageErr(image, err)
 		}
-		blank, err = signatureFree(img)
-		return err
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		if v.closed { // abandoned, and closed meanwhile
+			return seen{}, errors.Join(errViewClosed, img.Close())
+		}
+		v.img = img
+		var s seen
+		if s.watchers, err = listWatchers(img); err != nil {
+			return s, err
+		}
+		s.blank, err = signatureFree(img)
+		return s, err
 	})
-	return watchers, blank, err
+	if err != nil {
+		v.Close()
+		return nil, false, nil, err
+	}
+	return s.watchers, s.blank, v, nil
+}
+
+var errViewClosed = errors.New("image view closed")
+
+// imageView is cephPool's ImageView. mu is held across each librbd call
+// on img, so that a call abandoned at its deadline ends before the image
+// is closed under it.
+type imageView struct {
+	what   string
+	mu     sync.Mutex
+	img    *librbd.Image
+	closed bool
+}
+
+func (v *imageView) Watchers(ctx context.Context) ([]Watcher, error) {
+	return util.Do(ctx, "listing the watchers of "+v.what, func() ([]Watcher, error) {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		if v.img == nil {
+			return nil, errViewClosed
+		}
+		return listWatchers(v.img)
+	})
+}
+
+func (v *imageView) Close() {
+	go func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		v.closed = true
+		if v.img != nil {
+			if err := v.img.Close(); err != nil {
+				klog.ErrorS(err, "closing an image view", "image", v.what)
+			}
+			v.img = nil
+		}
+	}()
 }
 
 // SignatureSpan is how much of an image's start and of its end a probe

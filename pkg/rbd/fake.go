@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -116,6 +117,7 @@ type FakePool struct {
 	fail    map[string]error // method name -> error to return
 	calls   map[string]int   // method name -> number of calls
 	hang    bool
+	views   int // StageView's, open
 	// Before, when set, runs as UpdateRecords, StageView and Head start,
 	// with the pool unlocked: tests use it to change the pool under a
 	// caller, as another process would, or to hold a call back.
@@ -368,22 +370,54 @@ func (p *FakePool) Watchers(_ context.Context, image string) ([]Watcher, error) 
 
 // StageView implements Pool: an image without a parent is blank until a
 // mapping of it is first recorded, or SetWritten says otherwise.
-func (p *FakePool) StageView(ctx context.Context, image string) ([]Watcher, bool, error) {
+func (p *FakePool) StageView(ctx context.Context, image string) ([]Watcher, bool, ImageView, error) {
 	p.before("StageView", image)
 	watchers, err := p.Watchers(ctx, image)
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.hook("StageView"); err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	img, err := p.byName(image)
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
-	return watchers, img.parent == nil && !img.mapped, nil
+	p.views++
+	return watchers, img.parent == nil && !img.mapped, &fakeView{pool: p, image: image}, nil
+}
+
+// OpenViews counts the views StageView returned that are not closed yet.
+func (p *FakePool) OpenViews() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.views
+}
+
+type fakeView struct {
+	pool   *FakePool
+	image  string
+	closed atomic.Bool
+}
+
+func (v *fakeView) Watchers(ctx context.Context) ([]Watcher, error) {
+	if v.closed.Load() {
+		return nil, errors.New("image view closed")
+	}
+	v.pool.mu.Lock()
+	v.pool.calls["ViewWatchers"]++
+	v.pool.mu.Unlock()
+	return v.pool.Watchers(ctx, v.image)
+}
+
+func (v *fakeView) Close() {
+	if v.closed.CompareAndSwap(false, true) {
+		v.pool.mu.Lock()
+		v.pool.views--
+		v.pool.mu.Unlock()
+	}
 }
 
 // SetWritten marks an image as holding data, as one written outside the

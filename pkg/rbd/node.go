@@ -221,6 +221,7 @@ func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
 	own := ownMappingClient(ctx, m, t.pool.Name(), cc.RBD.RadosNamespace, image)
 	check := n.startHolderCheck(ctx, t.pool, image, req.GetVolumeId(), mode, own)
+	defer check.release()
 	img := mapper.Image{ClusterID: cc.ClusterID, Monitors: cc.Monitors, Pool: t.pool.Name(),
 		RadosNamespace: cc.RBD.RadosNamespace, Name: image, Creds: t.creds}
 	mapping, err := n.mapFresh(ctx, m, img, mapper.MapOptions{
@@ -228,6 +229,7 @@ func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest
 		Exclusive: m.Name() == mapper.KRBD && singleNode(mode) && strings.Contains(vctx[ParamImageFeatures], "exclusive-lock"),
 		Options:   t.mapOpts,
 		Admit:     check.admit,
+		Watchers:  check.watchers,
 	}, check.records)
 	if err != nil {
 		return mapper.Mapping{}, false, err
@@ -244,11 +246,14 @@ func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest
 	return mapping, blank, nil
 }
 
-// holderCheck is checkHolders run while the mapper starts.
+// holderCheck is checkHolders run while the mapper starts. Its view of
+// the image stays open for the mapper to list the watchers again (the
+// fuse mapper finds rbd-fuse's client among them) until release.
 type holderCheck struct {
 	done  chan struct{}
 	usage *Usage
 	blank bool
+	view  ImageView
 	err   error
 }
 
@@ -257,9 +262,30 @@ func (n *Node) startHolderCheck(ctx context.Context, pool Pool, image, volumeID 
 	c := &holderCheck{done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
-		c.usage, c.blank, c.err = n.checkHolders(ctx, pool, image, volumeID, mode, own)
+		c.usage, c.blank, c.view, c.err = n.checkHolders(ctx, pool, image, volumeID, mode, own)
 	}()
 	return c
+}
+
+// release closes the check's view once the check is over, without
+// waiting for it.
+func (c *holderCheck) release() {
+	go func() {
+		<-c.done
+		if c.view != nil {
+			c.view.Close()
+		}
+	}()
+}
+
+// watchers is the mapper's Watchers: the image's watchers, listed over
+// the check's view.
+func (c *holderCheck) watchers(ctx context.Context) ([]mapper.Watcher, error) {
+	if err := c.admit(ctx); err != nil {
+		return nil, err
+	}
+	ws, err := c.view.Watchers(ctx)
+	return mapperWatchers(ws), err
 }
 
 // admit is the mapper's Admit: the check's refusal, once it is known.
@@ -324,26 +350,28 @@ func nodeStatus(err error, volumeID string) error {
 // checkHolders refuses to map a single-node volume that another node, or a
 // client no node recorded, may still write. Fencing is the controller's
 // call, made at publish; a node only refuses, and names the holder. The
-// watch of own, this node's mapping of the image, is not a holder's.
+// watch of own, this node's mapping of the image, is not a holder's. The
+// view it returns (Pool.StageView) is the caller's to close.
 func (n *Node) checkHolders(ctx context.Context, pool Pool, image, volumeID string,
-	mode csi.VolumeCapability_AccessMode_Mode, own string) (*Usage, bool, error) {
-	usage, blank, err := readStageUsage(ctx, pool, image)
+	mode csi.VolumeCapability_AccessMode_Mode, own string) (*Usage, bool, ImageView, error) {
+	usage, blank, view, err := readStageUsage(ctx, pool, image)
 	if err != nil {
-		return nil, false, nodeStatus(err, volumeID)
+		return nil, false, nil, nodeStatus(err, volumeID)
 	}
 	now := time.Now()
 	usage.Watchers = slices.DeleteFunc(usage.Watchers, func(w Watcher) bool {
 		return (own != "" && ceph.SameClient(w.Addr, own)) || n.ended.has(w.Addr, now)
 	})
 	if err := n.refuseConflicts(usage, pool, image, volumeID, mode); err != nil {
-		return nil, false, err
+		view.Close()
+		return nil, false, nil, err
 	}
-	return usage, blank, nil
+	return usage, blank, view, nil
 }
 
 // readStageUsage is readUsageOf for a stage, with the image's blankness
 // (Pool.StageView): the records are read while the image opens.
-func readStageUsage(ctx context.Context, pool Pool, image string) (*Usage, bool, error) {
+func readStageUsage(ctx context.Context, pool Pool, image string) (*Usage, bool, ImageView, error) {
 	var recs *Records
 	var recsErr error
 	read := make(chan struct{})
@@ -351,13 +379,18 @@ func readStageUsage(ctx context.Context, pool Pool, image string) (*Usage, bool,
 		defer close(read)
 		recs, recsErr = readRecords(ctx, pool, image)
 	}()
-	watchers, blank, err := pool.StageView(ctx, image)
+	watchers, blank, view, err := pool.StageView(ctx, image)
 	<-read
-	if err = errors.Join(recsErr, err); err != nil {
-		return nil, false, err
+	if err = errors.Join(recsErr, err); err == nil {
+		u := &Usage{Records: recs, Watchers: watchers, Now: time.Now()}
+		if err = recognizeControllers(ctx, pool, u); err == nil {
+			return u, blank, view, nil
+		}
 	}
-	u := &Usage{Records: recs, Watchers: watchers, Now: time.Now()}
-	return u, blank, recognizeControllers(ctx, pool, u)
+	if view != nil {
+		view.Close()
+	}
+	return nil, false, nil, err
 }
 
 func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode) error {

@@ -21,6 +21,7 @@ import (
 	"github.com/pelagic-csi/pelagic/pkg/mapper"
 	"github.com/pelagic-csi/pelagic/pkg/mount"
 	"github.com/pelagic-csi/pelagic/pkg/nodefs"
+	"github.com/pelagic-csi/pelagic/pkg/util"
 	"github.com/pelagic-csi/pelagic/pkg/volumeid"
 )
 
@@ -623,6 +624,11 @@ func TestNodeStageRefused(t *testing.T) {
 			if mapped := e.krbd.NewMappings() > maps0; !tc.wantMap && mapped {
 				t.Error("mapped, though the stage was refused")
 			}
+			if err := util.WaitFor(ctx, 10*time.Second, "the holder check's view to close", func() (bool, error) {
+				return e.pool.OpenViews() == 0, nil
+			}); err != nil {
+				t.Error(err)
+			}
 			if tc.code == codes.OK {
 				return
 			}
@@ -1183,6 +1189,36 @@ func TestNodeStageRetryRecordsMapping(t *testing.T) {
 	e.stage(t, e.stageReq(mountCap(rwo)))
 	if _, ok := e.pool.Image(nodeTestImage).meta[metaMapPrefix+nodeTestNode]; !ok {
 		t.Error("after a retried stage the image metadata does not say this node maps it")
+	}
+}
+
+// TestNodeStageListsWatchersOverTheCheck: the mapper lists the image's
+// watchers over the holder check's open of the image (one read, where an
+// open takes several), and that open is closed once the stage is over.
+func TestNodeStageListsWatchersOverTheCheck(t *testing.T) {
+	e := newNodeEnv(t)
+	const client = "192.0.2.1:0/1000" // the fake mapper's first client
+	var listed []mapper.Watcher
+	var listErr error
+	e.pool.Before = func(method, _ string) {
+		if method != "UpdateRecords" || listed != nil {
+			return
+		}
+		// The mapping's record is being written: the map is done, the
+		// check's open still held, and the mapping's client watches.
+		e.pool.SetWatchers(nodeTestImage, Watcher{Addr: client, ID: 4000})
+		calls := e.krbd.MapCalls()
+		listed, listErr = calls[len(calls)-1].Opts.Watchers(context.Background())
+	}
+	e.stage(t, e.stageReq(mountCap(rwo)))
+	if listErr != nil || len(listed) != 1 || listed[0].Addr != client || e.pool.Calls("ViewWatchers") != 1 {
+		t.Fatalf("the mapper's Watchers = %v, %v after %d lists over the view; want %s once",
+			listed, listErr, e.pool.Calls("ViewWatchers"), client)
+	}
+	if err := util.WaitFor(context.Background(), 10*time.Second, "the holder check's view to close", func() (bool, error) {
+		return e.pool.OpenViews() == 0, nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 

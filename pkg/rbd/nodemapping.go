@@ -358,9 +358,14 @@ func (w MapperWatchers) Watchers(ctx context.Context, img mapper.Image) ([]mappe
 		return nil, err
 	}
 	ws, err := pool.Watchers(ctx, img.Name)
+	return mapperWatchers(ws), err
+}
+
+// mapperWatchers is ws as the mappers see watchers.
+func mapperWatchers(ws []Watcher) []mapper.Watcher {
 	out := make([]mapper.Watcher, 0, len(ws))
 	for _, w := range ws {
 		out = append(out, mapper.Watcher{Addr: w.Addr, Client: uint64(w.ID)})
 	}
-	return out, err
+	return out
 }
