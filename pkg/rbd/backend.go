@@ -149,9 +149,9 @@ type Pool interface {
 	// children still need it; removed says whether it did.
 	Purge(ctx context.Context, id string) (removed bool, err error)
 	// CreateSnap opens the image, lets name name the snapshot from the
-	// image's ID (or refuse, and nothing changes), snapshots it (a snapshot
-	// that exists is a retry) and describes the snapshot, all in one open.
-	// Whatever name waits for overlaps the open.
+	// image's ID and size (or refuse, and nothing changes), snapshots it (a
+	// snapshot that exists is a retry) and describes the snapshot, all in
+	// one open.
 	CreateSnap(ctx context.Context, image string, name SnapName) (SnapInfo, error)
 	// RemoveSnap removes a snapshot of the image with imageID (possibly
 	// trashed); clone v2 keeps it in the trash namespace while children need it.
@@ -171,16 +171,16 @@ type ImageView interface {
 	Close()
 }
 
-// SnapName names the snapshot CreateSnap takes of the open image with
-// imageID, or refuses to take one.
-type SnapName func(imageID string) (string, error)
+// SnapName names the snapshot CreateSnap takes of the open image (head
+// has its ID and size; no parent), or refuses to take one.
+type SnapName func(head ImageHead) (string, error)
 
 // SnapOf names snapshot snap of the image with id, and refuses any other
 // image (ErrImageNotFound: the image of that name is not the one meant).
 func SnapOf(id, snap string) SnapName {
-	return func(imageID string) (string, error) {
-		if imageID != id {
-			return "", fmt.Errorf("%w: image ID %s, not %s", ErrImageNotFound, imageID, id)
+	return func(head ImageHead) (string, error) {
+		if head.ID != id {
+			return "", fmt.Errorf("%w: image ID %s, not %s", ErrImageNotFound, head.ID, id)
 		}
 		return snap, nil
 	}

@@ -688,7 +688,11 @@ func (p *cephPool) CreateSnap(ctx context.Context, image string, name SnapName) 
 		if err != nil {
 			return err
 		}
-		snap, err := name(id)
+		size, err := img.GetSize()
+		if err != nil {
+			return err
+		}
+		snap, err := name(ImageHead{ID: id, Size: int64(size)})
 		if err != nil {
 			return err
 		}

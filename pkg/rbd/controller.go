@@ -805,25 +805,19 @@ func (c *Controller) snapshotImage(ctx context.Context, src *resolved, req *csi.
 		return nil, err
 	}
 	defer unlockFlatten()
-	// The reservation is made while the image opens; the snapshot waits for it.
+	// The reservation takes the image's ID and size from the open that
+	// snapshots it: no read of its own.
 	var rec *journal.Record
 	var reserveErr error
-	reserved := make(chan struct{})
-	go func() {
-		defer close(reserved)
-		rec, reserveErr = c.reserveSnapshot(ctx, src, req)
-	}()
-	snap, err := src.pool.CreateSnap(ctx, src.rec.Backing, func(imageID string) (string, error) {
-		<-reserved
-		if reserveErr != nil {
-			return "", reserveErr
-		}
+	snap, err := src.pool.CreateSnap(ctx, src.rec.Backing, func(head ImageHead) (string, error) {
 		if err := ctx.Err(); err != nil { // the call was abandoned at its deadline
 			return "", err
 		}
-		return SnapOf(rec.BackingID, rec.SnapName)(imageID)
+		if rec, reserveErr = c.reserveSnapshot(ctx, src, req, head); reserveErr != nil {
+			return "", reserveErr
+		}
+		return SnapOf(rec.BackingID, rec.SnapName)(head)
 	})
-	<-reserved
 	if reserveErr != nil {
 		return nil, reserveErr
 	}
@@ -842,14 +836,10 @@ func (c *Controller) snapshotImage(ctx context.Context, src *resolved, req *csi.
 	return &csi.CreateSnapshotResponse{Snapshot: snapshotOf(id.String(), rec, snap)}, nil
 }
 
-// reserveSnapshot returns the journal record of the snapshot req names:
-// a fresh reservation, or the existing one of a retry for the same
-// source.
-func (c *Controller) reserveSnapshot(ctx context.Context, src *resolved, req *csi.CreateSnapshotRequest) (*journal.Record, error) {
-	head, err := src.pool.Head(ctx, src.rec.Backing)
-	if err != nil {
-		return nil, volume.Status(err)
-	}
+// reserveSnapshot returns the journal record of the snapshot req names, of
+// the image with head: a fresh reservation, or the existing one of a retry
+// for the same source.
+func (c *Controller) reserveSnapshot(ctx context.Context, src *resolved, req *csi.CreateSnapshotRequest, head ImageHead) (*journal.Record, error) {
 	uuid := volume.NewUUID()
 	rec, _, err := volume.ReserveName(ctx, src.pool, &journal.Record{Kind: journal.Snapshot, Name: req.GetName(),
 		UUID: uuid, Backing: src.rec.Backing, BackingID: head.ID, SnapName: "csi-snap-" + uuid,

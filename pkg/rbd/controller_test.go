@@ -798,41 +798,23 @@ func TestCloneChainFlattenedBeyondHardDepth(t *testing.T) {
 	}
 }
 
-// holdCalls holds the pool's calls of method back until ready holds (10 s
-// at most), then runs then.
-func holdCalls(p *FakePool, method string, ready func() bool, then func()) {
-	p.Before = func(m, _ string) {
-		if m != method {
-			return
-		}
-		_ = util.WaitFor(context.Background(), 10*time.Second, "the held call's cue", func() (bool, error) { return ready(), nil })
-		then()
-	}
-}
-
-// TestSnapshotReservesWhileTheImageOpens: CreateSnapshot opens the image
-// while it reserves the snapshot's name, and takes the snapshot only once
-// the reservation is made.
-func TestSnapshotReservesWhileTheImageOpens(t *testing.T) {
+// TestSnapshotReservesFromTheOpenImage: CreateSnapshot reserves the
+// snapshot's name with the ID and size of the image it opens to snapshot
+// it, reading neither itself.
+func TestSnapshotReservesFromTheOpenImage(t *testing.T) {
 	e := newEnv(t)
 	vol := e.create(t, createReq("pvc-1", gib))
 	image := vol.GetVolumeContext()[CtxImageName]
-	var opening bool
-	var snapsEarly int
-	// Hold the reservation until the image is being opened.
-	holdCalls(e.pool, "Head", func() bool { return e.pool.Calls("CreateSnap") > 0 }, func() {
-		opening, snapsEarly = e.pool.Calls("CreateSnap") > 0, len(e.pool.Image(image).snaps)
-	})
+	heads := e.pool.Calls("Head")
 	snap := e.snapshot(t, "snap-1", vol.GetVolumeId())
-	if !opening {
-		t.Fatal("the reservation was made before the image was opened")
-	}
-	if snapsEarly != 0 {
-		t.Fatalf("%d snapshots taken before the reservation", snapsEarly)
+	if n := e.pool.Calls("Head") - heads; n != 0 {
+		t.Errorf("%d header reads besides the open", n)
 	}
 	recs := e.records(t, journal.Snapshot)
-	if snaps := e.pool.Image(image).snaps; len(recs) != 1 || len(snaps) != 1 || snaps[recs[0].SnapName].Size != snap.GetSizeBytes() {
-		t.Fatalf("records %v, snapshots %v", recs, snaps)
+	img := e.pool.Image(image)
+	if len(recs) != 1 || recs[0].BackingID != img.id || recs[0].SizeBytes != gib || len(img.snaps) != 1 ||
+		img.snaps[recs[0].SnapName].Size != snap.GetSizeBytes() {
+		t.Fatalf("records %v, snapshots %v", recs, img.snaps)
 	}
 }
 

@@ -598,7 +598,10 @@ func (p *FakePool) CreateSnap(_ context.Context, image string, name SnapName) (S
 	if err = errors.Join(err, ierr); err != nil {
 		return SnapInfo{}, err
 	}
-	snap, err := name(img.id) // unlocked: it may wait for calls into the pool
+	p.mu.Lock()
+	head := ImageHead{ID: img.id, Size: img.size}
+	p.mu.Unlock()
+	snap, err := name(head) // unlocked: it calls into the pool
 	if err != nil {
 		return SnapInfo{}, err
 	}

@@ -1192,6 +1192,18 @@ func TestNodeStageRetryRecordsMapping(t *testing.T) {
 	}
 }
 
+// holdCalls holds the pool's calls of method back until ready holds (10 s
+// at most), then runs then.
+func holdCalls(p *FakePool, method string, ready func() bool, then func()) {
+	p.Before = func(m, _ string) {
+		if m != method {
+			return
+		}
+		_ = util.WaitFor(context.Background(), 10*time.Second, "the held call's cue", func() (bool, error) { return ready(), nil })
+		then()
+	}
+}
+
 // TestNodeStageListsWatchersOverTheCheck: the mapper lists the image's
 // watchers over the holder check's open of the image (one read, where an
 // open takes several), and that open is closed once the stage is over.
