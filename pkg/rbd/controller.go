@@ -806,21 +806,21 @@ func (c *Controller) snapshotImage(ctx context.Context, src *resolved, req *csi.
 	}
 	defer unlockFlatten()
 	// The reservation takes the image's ID and size from the open that
-	// snapshots it: no read of its own.
+	// snapshots it: no read of its own. rec is read only once CreateSnap
+	// has returned with no error: a call abandoned at its deadline may
+	// still be running.
 	var rec *journal.Record
-	var reserveErr error
 	snap, err := src.pool.CreateSnap(ctx, src.rec.Backing, func(head ImageHead) (string, error) {
-		if err := ctx.Err(); err != nil { // the call was abandoned at its deadline
+		if err := ctx.Err(); err != nil { // abandoned: reserve nothing after the answer
 			return "", err
 		}
-		if rec, reserveErr = c.reserveSnapshot(ctx, src, req, head); reserveErr != nil {
-			return "", reserveErr
+		r, err := c.reserveSnapshot(ctx, src, req, head)
+		if err != nil {
+			return "", err // its status, as it is
 		}
+		rec = r
 		return SnapOf(rec.BackingID, rec.SnapName)(head)
 	})
-	if reserveErr != nil {
-		return nil, reserveErr
-	}
 	if err != nil {
 		return nil, volume.Status(err)
 	}
