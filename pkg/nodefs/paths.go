@@ -8,6 +8,13 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// Linux's limits on a file name and on a path (NUL included). A path that
+// passes CheckPath leaves room for its stage record beside it (RecordPath).
+const (
+	nameMax = 255
+	pathMax = 4096
+)
+
 // CheckPath checks a staging or target path from the CO: absolute, no
 // ".." element, and inside root when root (the kubelet directory) is set.
 // Nothing is mounted on a path that fails: the error is InvalidArgument.
@@ -20,10 +27,15 @@ func CheckPath(what, path, root string) error {
 	case strings.ContainsRune(path, 0):
 		// No system call takes it: every file operation on it fails (EINVAL).
 		return status.Errorf(codes.InvalidArgument, "%s %q contains a NUL byte", what, path)
+	case len(path)+len(recordSuffix) >= pathMax:
+		return status.Errorf(codes.InvalidArgument, "%s is %d bytes long; at most %d", what, len(path), pathMax-1-len(recordSuffix))
 	}
 	for _, elem := range strings.Split(path, "/") {
 		if elem == ".." {
 			return status.Errorf(codes.InvalidArgument, "%s %q must not contain '..'", what, path)
+		}
+		if len(elem)+len(recordSuffix) > nameMax {
+			return status.Errorf(codes.InvalidArgument, "%s has a %d-byte element; at most %d", what, len(elem), nameMax-len(recordSuffix))
 		}
 	}
 	if root != "" {

@@ -1,6 +1,7 @@
 package nodefs
 
 import (
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -24,6 +25,10 @@ func TestCheckPath(t *testing.T) {
 		{"/var/lib/kubeletx/pods", kubelet, false},
 		{"/etc/passwd", kubelet, false},
 		{"/var/lib/kubelet/plugins/x/\x00/globalmount", kubelet, false},
+		{"/var/lib/kubelet/plugins/x/" + strings.Repeat("a", 242), kubelet, true}, // its record's name is 255 bytes
+		{"/var/lib/kubelet/plugins/x/" + strings.Repeat("a", 243), kubelet, false},
+		{"/var/lib/kubelet/" + strings.Repeat("a/", 2030), kubelet, true}, // 4077 bytes, 4090 with its record's suffix
+		{"/var/lib/kubelet/" + strings.Repeat("a/", 2040), kubelet, false},
 	}
 	for _, tc := range tests {
 		err := CheckPath("target path", tc.path, tc.root)

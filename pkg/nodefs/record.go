@@ -32,8 +32,10 @@ func WriteJSON(path string, v any) error {
 // RecordPath is where the stage record of a staging path lives: beside
 // it, so it outlives the mount and a restart of the plugin.
 func RecordPath(stagingPath string) string {
-	return filepath.Clean(stagingPath) + ".pelagic.json"
+	return filepath.Clean(stagingPath) + recordSuffix
 }
+
+const recordSuffix = ".pelagic.json"
 
 // ReadRecord reads the stage record of stagingPath into rec; an error
 // matching os.ErrNotExist means nothing is staged there.
