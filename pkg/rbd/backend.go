@@ -171,6 +171,9 @@ type ImageView interface {
 	Close()
 }
 
+// errViewClosed is an ImageView's answer once it is closed.
+var errViewClosed = errors.New("image view closed")
+
 // SnapName names the snapshot CreateSnap takes of the open image (head
 // has its ID and size; no parent), or refuses to take one.
 type SnapName func(head ImageHead) (string, error)

@@ -254,8 +254,6 @@ func (p *cephPool) StageView(ctx context.Context, image string) ([]Watcher, bool
 	return s.watchers, s.blank, v, nil
 }
 
-var errViewClosed = errors.New("image view closed")
-
 // imageView is cephPool's ImageView. mu is held across each librbd call
 // on img, so that a call abandoned at its deadline ends before the image
 // is closed under it.

@@ -118,9 +118,9 @@ type FakePool struct {
 	calls   map[string]int   // method name -> number of calls
 	hang    bool
 	views   int // StageView's, open
-	// Before, when set, runs as UpdateRecords, StageView and Head start,
-	// with the pool unlocked: tests use it to change the pool under a
-	// caller, as another process would, or to hold a call back.
+	// Before, when set, runs as UpdateRecords and StageView start, with
+	// the pool unlocked: tests use it to change the pool under a caller,
+	// as another process would, or to hold a call back.
 	Before func(method, image string)
 }
 
@@ -281,7 +281,6 @@ func (p *FakePool) Inspect(_ context.Context, image string) (ImageInfo, []Watche
 }
 
 func (p *FakePool) Head(_ context.Context, image string) (ImageHead, error) {
-	p.before("Head", image)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.hook("Head"); err != nil {
@@ -404,7 +403,7 @@ type fakeView struct {
 
 func (v *fakeView) Watchers(ctx context.Context) ([]Watcher, error) {
 	if v.closed.Load() {
-		return nil, errors.New("image view closed")
+		return nil, errViewClosed
 	}
 	v.pool.mu.Lock()
 	v.pool.calls["ViewWatchers"]++
@@ -594,13 +593,14 @@ func (p *FakePool) CreateSnap(_ context.Context, image string, name SnapName) (S
 	p.mu.Lock()
 	err := p.hook("CreateSnap")
 	img, ierr := p.byName(image)
+	var head ImageHead
+	if ierr == nil {
+		head = ImageHead{ID: img.id, Size: img.size}
+	}
 	p.mu.Unlock()
 	if err = errors.Join(err, ierr); err != nil {
 		return SnapInfo{}, err
 	}
-	p.mu.Lock()
-	head := ImageHead{ID: img.id, Size: img.size}
-	p.mu.Unlock()
 	snap, err := name(head) // unlocked: it calls into the pool
 	if err != nil {
 		return SnapInfo{}, err

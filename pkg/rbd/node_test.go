@@ -1192,18 +1192,6 @@ func TestNodeStageRetryRecordsMapping(t *testing.T) {
 	}
 }
 
-// holdCalls holds the pool's calls of method back until ready holds (10 s
-// at most), then runs then.
-func holdCalls(p *FakePool, method string, ready func() bool, then func()) {
-	p.Before = func(m, _ string) {
-		if m != method {
-			return
-		}
-		_ = util.WaitFor(context.Background(), 10*time.Second, "the held call's cue", func() (bool, error) { return ready(), nil })
-		then()
-	}
-}
-
 // TestNodeStageListsWatchersOverTheCheck: the mapper lists the image's
 // watchers over the holder check's open of the image (one read, where an
 // open takes several), and that open is closed once the stage is over.
@@ -1240,10 +1228,16 @@ func TestNodeStageChecksHoldersWhileTheMapperStarts(t *testing.T) {
 	e := newNodeEnv(t)
 	var asked bool
 	var mappedEarly int
-	// Hold the check until the mapper has been asked to map.
-	holdCalls(e.pool, "StageView", func() bool { return len(e.krbd.MapCalls()) > 0 }, func() {
+	e.pool.Before = func(method, _ string) {
+		if method != "StageView" {
+			return
+		}
+		// Hold the check until the mapper has been asked to map.
+		_ = util.WaitFor(context.Background(), 10*time.Second, "the map call", func() (bool, error) {
+			return len(e.krbd.MapCalls()) > 0, nil
+		})
 		asked, mappedEarly = len(e.krbd.MapCalls()) > 0, e.krbd.NewMappings()
-	})
+	}
 	e.stage(t, e.stageReq(mountCap(rwo)))
 	if !asked {
 		t.Fatal("the holder check ran to its end before the mapper was asked to map")
