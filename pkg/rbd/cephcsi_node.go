@@ -177,7 +177,8 @@ func (n *Node) recordAdopted(ctx context.Context, req *csi.NodeStageVolumeReques
 		return nil
 	}
 	recorded, err := n.recordMapping(ctx, pool, rec.Mapping.Image, req.GetVolumeId(),
-		req.GetVolumeCapability().GetAccessMode().GetMode(), rec.Mapping, &Usage{Records: recs})
+		req.GetVolumeCapability().GetAccessMode().GetMode(), rec.Mapping, &Usage{Records: recs},
+		func(ctx context.Context) ([]Watcher, error) { return pool.Watchers(ctx, rec.Mapping.Image) })
 	if err != nil {
 		return err
 	}

@@ -235,7 +235,7 @@ func (n *Node) mapAndRecord(ctx context.Context, req *csi.NodeStageVolumeRequest
 		return mapper.Mapping{}, false, err
 	}
 	usage, blank := check.usage, check.blank
-	recorded, err := n.recordMapping(ctx, t.pool, image, req.GetVolumeId(), mode, mapping, usage)
+	recorded, err := n.recordMapping(ctx, t.pool, image, req.GetVolumeId(), mode, mapping, usage, check.view.Watchers)
 	if err != nil {
 		if m.Unmap(context.WithoutCancel(ctx), mapping, mapper.UnmapOptions{Force: true}) == nil {
 			n.ended.add(mapping.ClientAddr, time.Now())
@@ -418,14 +418,15 @@ func (n *Node) refuseConflicts(usage *Usage, pool Pool, image, volumeID string, 
 // The record is written only if, on the records as they are now, no other
 // node has taken the volume meanwhile. seen is what the holder check read
 // before the map: its watchers, and its records, which the write starts
-// from (one write when they have not changed since).
+// from (one write when they have not changed since). watchers lists the
+// image's watchers now (over the check's open, when there is one).
 func (n *Node) recordMapping(ctx context.Context, pool Pool, image, volumeID string, mode csi.VolumeCapability_AccessMode_Mode,
-	m mapper.Mapping, seen *Usage) (NodeMapping, error) {
+	m mapper.Mapping, seen *Usage, watchers func(context.Context) ([]Watcher, error)) (NodeMapping, error) {
 	rec := NodeMapping{Node: n.opts.NodeID, ClientAddr: m.ClientAddr, ClientID: m.ClientID, Mapper: m.Mapper,
 		ReadOnly: readOnlyMode(&csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}),
 		Since:    time.Now().UTC()}
 	if rec.ClientAddr == "" {
-		after, err := pool.Watchers(ctx, image)
+		after, err := watchers(ctx)
 		if err != nil {
 			return rec, volume.Status(err)
 		}
